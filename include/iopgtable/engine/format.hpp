@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file format.hpp
+/// The contract between a page-table format and the generic engine.
+///
+/// A format is a struct of types, constexpr geometry and static descriptor functions; no
+/// objects, no virtual dispatch. Everything the engine knows about hardware goes through it:
+///
+/// | member | meaning |
+/// |---|---|
+/// | `word` | the descriptor word (std::uint32_t or std::uint64_t) |
+/// | `config` | run-time choices of one table (IAS, OAS, quirks, ...) |
+/// | `input_address` | iova_t (stage 1 / single stage) or ipa_t (stage 2) |
+/// | `name` | the family name `iopt --format` uses |
+/// | `max_levels` | most levels any configuration uses |
+/// | `item_lg2(level)` | bytes one entry maps at `level` (constexpr) |
+/// | `index_lg2(level)` | log2 entries of a non-top table at `level` (constexpr) |
+/// | `leaf_sizes(level)` | bitmap of leaf sizes the format can place at `level` (constexpr); a size larger than the item is written as identical replicated entries |
+/// | `make_geometry(config)` | checks the config, gives levels, top-table size, IAS/OAS and page sizes |
+/// | `classify(config, level, raw)` | empty / table / leaf (reserved encodings are `empty`: they translate nothing) |
+/// | `leaf_lg2(config, level, raw)` | size of the leaf `raw` belongs to |
+/// | `table_address(config, level, raw)` | address of the next-lower table |
+/// | `leaf_address(config, level, raw)` | output address of the leaf, aligned to its size |
+/// | `make_table(config, level, pa)` | a table entry pointing at `pa` |
+/// | `make_leaf(config, level, size_lg2, oa, prot)` | the leaf entry (each replicated copy is identical) |
+/// | `leaf_prot(config, level, raw)` | prot flags back from a leaf; `make_leaf(leaf_prot(x))` reproduces x |
+/// | `check_prot(config, prot)` | whether this table can express `prot` (errc::invalid if not) |
+///
+/// Optional, for dirty tracking (`has_dirty_tracking<F>`): `dirty_tracking(config)`,
+/// `leaf_dirty(config, level, raw)`, `leaf_clean(config, level, raw)`, `leaf_set_dirty(...)`.
+#include <concepts>
+#include <cstdint>
+
+#include "../core/address.hpp"
+#include "../core/bits.hpp"
+#include "../core/prot.hpp"
+#include "../core/result.hpp"
+
+namespace iopgtable {
+
+enum class entry_kind : std::uint8_t { empty, table, leaf };
+
+/// What a configuration makes of a format: the numbers the walker needs at run time.
+struct geometry {
+    unsigned levels = 0;          ///< levels used; the top level is `levels - 1`
+    unsigned top_index_lg2 = 0;   ///< log2 of the entries in the top table
+    unsigned ias = 0;             ///< input address bits
+    unsigned oas = 0;             ///< output address bits
+    std::uint64_t pgsize_bitmap = 0;  ///< leaf sizes this table uses (bit n: 2^n bytes)
+};
+
+template <class F>
+concept page_table_format = requires(const typename F::config& c, unsigned level, typename F::word w,
+                                     std::uint64_t a, prot p) {
+    typename F::word;
+    typename F::config;
+    typename F::input_address;
+    { F::name } -> std::convertible_to<const char*>;
+    { F::max_levels } -> std::convertible_to<unsigned>;
+    { F::item_lg2(level) } -> std::same_as<unsigned>;
+    { F::index_lg2(level) } -> std::same_as<unsigned>;
+    { F::leaf_sizes(level) } -> std::same_as<std::uint64_t>;
+    { F::make_geometry(c) } -> std::same_as<result<geometry>>;
+    { F::classify(c, level, w) } -> std::same_as<entry_kind>;
+    { F::leaf_lg2(c, level, w) } -> std::same_as<unsigned>;
+    { F::table_address(c, level, w) } -> std::same_as<std::uint64_t>;
+    { F::leaf_address(c, level, w) } -> std::same_as<std::uint64_t>;
+    { F::make_table(c, level, a) } -> std::same_as<typename F::word>;
+    { F::make_leaf(c, level, level, a, p) } -> std::same_as<typename F::word>;
+    { F::leaf_prot(c, level, w) } -> std::same_as<prot>;
+    { F::check_prot(c, p) } -> std::same_as<result<void>>;
+};
+
+template <class F>
+concept has_dirty_tracking = page_table_format<F> &&
+    requires(const typename F::config& c, unsigned level, typename F::word w) {
+        { F::dirty_tracking(c) } -> std::same_as<bool>;
+        { F::leaf_dirty(c, level, w) } -> std::same_as<bool>;
+        { F::leaf_clean(c, level, w) } -> std::same_as<typename F::word>;
+        { F::leaf_set_dirty(c, level, w) } -> std::same_as<typename F::word>;
+    };
+
+/// Bytes of a non-top table at `level`.
+template <class F>
+constexpr std::uint64_t level_table_bytes(unsigned level) noexcept {
+    return sizeof(typename F::word) << F::index_lg2(level);
+}
+
+/// The largest size in `bitmap` that `va` and `pa` are both aligned to and that fits in
+/// `length` bytes; 0 when none does. (Linux: iommu_pgsize / pt_compute_best_pgsize.)
+constexpr unsigned best_page_lg2(std::uint64_t bitmap, std::uint64_t va, std::uint64_t pa,
+                                 std::uint64_t length) noexcept {
+    if (length == 0) return 0;
+    std::uint64_t align = va | pa;
+    // sizes <= alignment of va|pa
+    if (align != 0) bitmap &= (align & (~align + 1)) | ((align & (~align + 1)) - 1);
+    // sizes <= length
+    unsigned top = 63 - static_cast<unsigned>(std::countl_zero(length));
+    bitmap &= low_mask(top + 1);
+    if (bitmap == 0) return 0;
+    return 63 - static_cast<unsigned>(std::countl_zero(bitmap));
+}
+
+} // namespace iopgtable

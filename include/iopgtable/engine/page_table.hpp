@@ -1,0 +1,764 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file page_table.hpp
+/// The generic engine: one page table of format F in table memory M, with map, map_pages,
+/// unmap, iova_to_phys, lookup, visit and reclaim written once for every format.
+///
+/// Every operation is compiled once per level with constant geometry (the level is a template
+/// parameter; the run-time top level picks the entry point). map and unmap run in two phases:
+/// a read-only plan that checks the whole range and counts the tables the change needs, then
+/// the change itself with those tables already allocated. So a failed operation (exists,
+/// partial, range, invalid, nomem) leaves the table exactly as it was.
+///
+/// Concurrency: map, unmap, iova_to_phys, lookup and visit may run from several threads at once
+/// on disjoint input ranges of one table. A new table is installed with compare-and-exchange;
+/// a thread that loses the race frees its copy and uses the winner's. Entries are loaded with
+/// acquire and stored with release (mem/memory.hpp). `reclaim()` and destruction need exclusive
+/// access. Operations on overlapping ranges at the same time are the caller's bug (as in Linux).
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "../mem/memory.hpp"
+#include "flush.hpp"
+#include "format.hpp"
+#include "walk.hpp"
+
+namespace iopgtable {
+
+/// Options of `unmap`.
+enum class unmap_mode : std::uint8_t {
+    exact,  ///< a range that starts or ends inside a leaf fails with errc::partial
+    /// Split the leaves the range's ends fall into, so that only the range goes. The split
+    /// replaces a live leaf by a table (or rewrites replicated entries) with the same
+    /// translation, without break-before-make: hardware that requires BBM for such changes
+    /// (Arm without FEAT_BBM level 2) may see a TLB conflict while it happens. Quiesce DMA to
+    /// the leaf first, or avoid splitting.
+    split,
+};
+
+template <page_table_format F, table_memory M>
+class page_table {
+public:
+    using format = F;
+    using memory = M;
+    using word = typename F::word;
+    using config = typename F::config;
+    using input_address = typename F::input_address;
+
+    /// Builds an empty table (the top table only).
+    /// Errors: the configuration's (errc::invalid / errc::range), errc::nomem.
+    static result<page_table> create(const config& cfg, M& mem, flush_hooks hooks = {}) {
+        auto geo = F::make_geometry(cfg);
+        if (!geo) return failure(geo.error());
+        const std::uint64_t top_bytes = sizeof(word) << geo->top_index_lg2;
+        auto root = mem.allocate_table(top_bytes);
+        if (!root) return failure(root.error());
+        return page_table(cfg, *geo, mem, *root, hooks, true);
+    }
+
+    /// Takes a table someone else built at `root` (a guest's, say). Nothing of its contents is
+    /// trusted: walks are bounded and every entry is bounds-checked by `mem`. Destruction frees
+    /// nothing. Changing it (map/unmap/reclaim) allocates and frees tables in `mem`, so do that
+    /// only to tables built with the same memory's allocator.
+    static result<page_table> borrow(const config& cfg, M& mem, pa_t root, flush_hooks hooks = {}) {
+        auto geo = F::make_geometry(cfg);
+        if (!geo) return failure(geo.error());
+        return page_table(cfg, *geo, mem, root, hooks, false);
+    }
+
+    page_table(page_table&& o) noexcept
+        : cfg_(o.cfg_), geo_(o.geo_), mem_(o.mem_), root_(o.root_), hooks_(o.hooks_), owned_(o.owned_),
+          table_bytes_(o.table_bytes_) {
+        o.mem_ = nullptr;
+    }
+    page_table& operator=(page_table&& o) noexcept {
+        if (this != &o) {
+            destroy();
+            cfg_ = o.cfg_;
+            geo_ = o.geo_;
+            mem_ = o.mem_;
+            root_ = o.root_;
+            hooks_ = o.hooks_;
+            owned_ = o.owned_;
+            table_bytes_ = o.table_bytes_;
+            o.mem_ = nullptr;
+        }
+        return *this;
+    }
+    page_table(const page_table&) = delete;
+    page_table& operator=(const page_table&) = delete;
+    /// Calls flush_all, then frees every table (the root too unless borrowed).
+    ~page_table() { destroy(); }
+
+    const config& cfg() const noexcept { return cfg_; }
+    const geometry& geo() const noexcept { return geo_; }
+    pa_t root() const noexcept { return root_; }
+    M& mem() const noexcept { return *mem_; }
+    /// Bytes of table memory this table holds (the root included when owned).
+    std::uint64_t table_bytes() const noexcept {
+        return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(table_bytes_)).load(std::memory_order_relaxed);
+    }
+    std::uint64_t top_table_bytes() const noexcept { return sizeof(word) << geo_.top_index_lg2; }
+    /// The smallest page this table maps.
+    std::uint64_t min_page() const noexcept { return geo_.pgsize_bitmap & (~geo_.pgsize_bitmap + 1); }
+
+    /// Maps [iova, iova + size) to [pa, pa + size) with the largest pages that the alignment of
+    /// iova and pa, the remaining length and the table's page sizes allow. All or nothing.
+    /// Errors: invalid (size 0, iova/pa/size not aligned to the smallest page, prot without
+    /// READ/WRITE or not expressible), range (beyond IAS or OAS, or wrapping), exists (anything
+    /// already mapped in the range), nomem, fault (a borrowed table points outside memory).
+    result<void> map(input_address iova, pa_t pa, length_t size, prot p) {
+        return map_range(iova.value, pa.value, size.value, p, geo_.pgsize_bitmap);
+    }
+
+    /// Linux's map_pages: `pgcount` pages of exactly `pgsize` bytes. Returns the bytes mapped
+    /// (always pgsize * pgcount: unlike Linux this never maps short, and on failure nothing
+    /// stays mapped). Errors as `map`; `pgsize` not one of the table's page sizes or iova/pa not
+    /// aligned to it → invalid.
+    result<length_t> map_pages(input_address iova, pa_t pa, length_t pgsize, std::uint64_t pgcount, prot p) {
+        const std::uint64_t sz = pgsize.value;
+        if (sz == 0 || (sz & (sz - 1)) != 0 || (sz & geo_.pgsize_bitmap) == 0 || pgcount == 0)
+            return failure(errc::invalid);
+        if (((iova.value | pa.value) & (sz - 1)) != 0) return failure(errc::invalid);
+        const unsigned lg2 = static_cast<unsigned>(std::countr_zero(sz));
+        if (pgcount > (~std::uint64_t{0} >> lg2)) return failure(errc::range);
+        auto r = map_range(iova.value, pa.value, pgcount << lg2, p, sz);
+        if (!r) return failure(r.error());
+        return length_t{pgcount << lg2};
+    }
+    /// Linux-style overload: adds the bytes mapped to `*mapped`.
+    result<void> map_pages(input_address iova, pa_t pa, length_t pgsize, std::uint64_t pgcount, prot p,
+                           std::uint64_t* mapped) {
+        auto r = map_pages(iova, pa, pgsize, pgcount, p);
+        if (!r) return failure(r.error());
+        if (mapped) *mapped += r->value;
+        return success();
+    }
+
+    /// Unmaps every leaf in [iova, iova + size); holes are skipped. Returns the bytes of the
+    /// leaves removed (0 for an empty range). Tables whose whole span the range covers are freed
+    /// (walk_flush first). A range that starts or ends inside a leaf fails with errc::partial and
+    /// changes nothing, unless `mode` is split (see unmap_mode). Errors: invalid (size 0 or not
+    /// aligned to the smallest page), range, partial, nomem (split only), fault.
+    result<length_t> unmap(input_address iova, length_t size, unmap_mode mode = unmap_mode::exact) {
+        const std::uint64_t va = iova.value;
+        if (size.value == 0 || ((va | size.value) & (min_page() - 1)) != 0) return failure(errc::invalid);
+        const std::uint64_t last = va + size.value - 1;
+        if (last < va || !in_ias(last)) return failure(errc::range);
+        if (mode == unmap_mode::split) {
+            auto r = split_ends(va, last);
+            if (!r) return failure(r.error());
+        }
+        auto plan = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); });
+        if (!plan) return failure(plan.error());
+        std::uint64_t bytes =
+            at_top([&]<unsigned L>(level_c<L>) { return apply_unmap<L>(root_.value, top_mask(), va, last); });
+        return length_t{bytes};
+    }
+
+    /// The output address `iova` translates to, or nothing (unmapped, out of range, or a bad
+    /// table address in a borrowed table).
+    std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
+        auto w = lookup(iova);
+        if (w.status != walk_status::mapped) return std::nullopt;
+        return w.oa;
+    }
+    /// The whole story of one walk (leaf level, size, permissions, raw entry, accesses).
+    walk_info<F> lookup(input_address iova) const noexcept {
+        return iopgtable::lookup<F>(cfg_, geo_, *mem_, root_, iova.value);
+    }
+    /// Visits leaf entries intersecting [first, last] in order (see walk.hpp `visit`).
+    template <class Fn>
+    result<void> visit(input_address first, input_address last, Fn&& fn) const {
+        return iopgtable::visit<F>(cfg_, geo_, *mem_, root_, first.value, last.value, std::forward<Fn>(fn));
+    }
+    /// Visits every leaf entry of the table.
+    template <class Fn>
+    result<void> visit_all(Fn&& fn) const {
+        return iopgtable::visit<F>(cfg_, geo_, *mem_, root_, 0, low_mask(geo_.ias), std::forward<Fn>(fn));
+    }
+
+    /// Frees tables that unmaps left empty (below the root), with walk_flush before each.
+    /// Needs exclusive access. After unmapping everything, only the root table remains.
+    /// Returns the bytes freed.
+    std::uint64_t reclaim() {
+        const std::uint64_t before = table_bytes();
+        at_top([&]<unsigned L>(level_c<L>) {
+            if constexpr (L > 0) reclaim_level<L>(root_.value, top_mask(), 0);
+        });
+        return before - table_bytes();
+    }
+
+    /// Reads and clears the dirty state of every leaf in [iova, iova + size): calls
+    /// `fn(iova, size)` for each dirty leaf (whole leaf size), then marks it clean, then calls
+    /// leaf_removed for it so the IOTLB forgets the dirty translation (Linux gathers the same
+    /// ranges). Errors: unsupported (format or configuration without dirty tracking), range.
+    template <class Fn>
+    result<void> read_and_clear_dirty(input_address iova, length_t size, Fn&& fn) {
+        if constexpr (!has_dirty_tracking<F>) {
+            return failure(errc::unsupported);
+        } else {
+            if (!F::dirty_tracking(cfg_)) return failure(errc::unsupported);
+            if (size.value == 0) return failure(errc::invalid);
+            const std::uint64_t last = iova.value + size.value - 1;
+            if (last < iova.value || !in_ias(last)) return failure(errc::range);
+            std::uint64_t reported_end = 0;
+            bool any = false;
+            return visit(iova, input_address{last}, [&](const leaf_entry<F>& e) {
+                word* p = mem_->template entry<word>(e.entry_address);
+                if (p == nullptr) return true;
+                word raw = load_entry(p);
+                if (!F::leaf_dirty(cfg_, e.level, raw)) return true;
+                // Replicated copies: one report per leaf, every copy cleaned.
+                const std::uint64_t base = e.iova & ~low_mask(e.size_lg2);
+                store_entry(p, F::leaf_clean(cfg_, e.level, raw));
+                if (!any || base >= reported_end) {
+                    any = true;
+                    reported_end = base + lg2_to_size(e.size_lg2);
+                    fn(input_address{base}, length_t{lg2_to_size(e.size_lg2)});
+                    if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(e.size_lg2));
+                }
+                return true;
+            });
+        }
+    }
+
+    /// Marks the leaf at `iova` dirty as hardware would (tests and simulations).
+    /// Errors: unsupported, fault (nothing mapped there).
+    result<void> set_dirty(input_address iova) {
+        if constexpr (!has_dirty_tracking<F>) {
+            return failure(errc::unsupported);
+        } else {
+            auto w = lookup(iova);
+            if (w.status != walk_status::mapped) return failure(errc::fault);
+            // Every replicated copy of the leaf.
+            const std::uint64_t item = lg2_to_size(F::item_lg2(w.level));
+            const std::uint64_t copies = lg2_to_size(w.size_lg2) / item;
+            const std::uint64_t first = w.entry_address.value - ((iova.value & low_mask(w.size_lg2)) / item) * sizeof(word);
+            for (std::uint64_t i = 0; i < copies; ++i) {
+                word* p = mem_->template entry<word>(pa_t{first + i * sizeof(word)});
+                if (p == nullptr) return failure(errc::fault);
+                store_entry(p, F::leaf_set_dirty(cfg_, w.level, load_entry(p)));
+            }
+            return success();
+        }
+    }
+
+private:
+    page_table(const config& cfg, const geometry& geo, M& mem, pa_t root, flush_hooks hooks, bool owned)
+        : cfg_(cfg), geo_(geo), mem_(&mem), root_(root), hooks_(hooks), owned_(owned),
+          table_bytes_(owned ? (sizeof(word) << geo.top_index_lg2) : 0) {}
+
+    static constexpr unsigned levels_max = F::max_levels;
+
+    /// Tables allocated before a change, handed out while applying it.
+    struct table_pool {
+        std::array<std::vector<std::uint64_t>, levels_max> free;
+        bool empty() const noexcept {
+            for (auto& v : free)
+                if (!v.empty()) return false;
+            return true;
+        }
+    };
+    using need_counts = std::array<std::uint64_t, levels_max>;
+
+    template <class Fn>
+    decltype(auto) at_top(Fn&& fn) const {
+        return with_level<levels_max>(geo_.levels - 1, std::forward<Fn>(fn));
+    }
+    std::uint64_t top_mask() const noexcept { return low_mask(geo_.top_index_lg2); }
+    bool in_ias(std::uint64_t a) const noexcept { return geo_.ias >= 64 || (a >> geo_.ias) == 0; }
+    word* slot(std::uint64_t table, std::uint64_t idx) const noexcept {
+        return mem_->template entry<word>(pa_t{table + idx * sizeof(word)});
+    }
+    void count_tables(std::int64_t delta_bytes) noexcept {
+        std::atomic_ref<std::uint64_t>(table_bytes_).fetch_add(static_cast<std::uint64_t>(delta_bytes),
+                                                                std::memory_order_relaxed);
+    }
+    void free_table(unsigned level, std::uint64_t pa) noexcept {
+        mem_->free_table(pa_t{pa}, level_table_bytes<F>(level));
+        count_tables(-static_cast<std::int64_t>(level_table_bytes<F>(level)));
+    }
+
+    result<void> fill_pool(const need_counts& need, table_pool& pool) {
+        for (unsigned l = 0; l < levels_max; ++l) {
+            if (need[l] == 0) continue;
+            pool.free[l].reserve(need[l]);
+            for (std::uint64_t i = 0; i < need[l]; ++i) {
+                auto t = mem_->allocate_table(level_table_bytes<F>(l));
+                if (!t) {
+                    drain_pool(pool);
+                    return failure(t.error());
+                }
+                count_tables(static_cast<std::int64_t>(level_table_bytes<F>(l)));
+                pool.free[l].push_back(t->value);
+            }
+        }
+        return success();
+    }
+    void drain_pool(table_pool& pool) noexcept {
+        for (unsigned l = 0; l < levels_max; ++l) {
+            for (auto t : pool.free[l]) free_table(l, t);
+            pool.free[l].clear();
+        }
+    }
+
+    // ---------------------------------------------------------------- map
+
+    result<void> map_range(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p, std::uint64_t sizes) {
+        if (size == 0 || !prot_valid(p)) return failure(errc::invalid);
+        if (auto c = F::check_prot(cfg_, p); !c) return c;
+        const std::uint64_t minp = sizes & (~sizes + 1);
+        if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
+        const std::uint64_t last = va + size - 1;
+        const std::uint64_t pa_last = pa + size - 1;
+        if (last < va || pa_last < pa || !in_ias(last)) return failure(errc::range);
+        if (geo_.oas < 64 && (pa_last >> geo_.oas) != 0) return failure(errc::range);
+        const std::uint64_t delta = pa - va;
+
+        need_counts need{};
+        auto plan = at_top([&]<unsigned L>(level_c<L>) {
+            return plan_map<L>(root_.value, top_mask(), va, last, delta, sizes, need);
+        });
+        if (!plan) return plan;
+        table_pool pool;
+        if (auto r = fill_pool(need, pool); !r) return r;
+        std::uint64_t done = va;  // first address not yet mapped
+        auto applied = at_top([&]<unsigned L>(level_c<L>) {
+            return apply_map<L>(root_.value, top_mask(), va, last, delta, sizes, p, pool, done);
+        });
+        drain_pool(pool);  // tables a concurrent mapper installed first
+        if (!applied) {
+            // Only reachable when another thread broke the disjoint-range contract.
+            if (done > va)
+                at_top([&]<unsigned L>(level_c<L>) { return apply_unmap<L>(root_.value, top_mask(), va, done - 1); });
+            return applied;
+        }
+        return success();
+    }
+
+    /// Leaf size to use at [pos, last] on level L, or 0 when the walk must descend.
+    template <unsigned L>
+    static unsigned leaf_choice(std::uint64_t pos, std::uint64_t last, std::uint64_t delta, std::uint64_t sizes) noexcept {
+        constexpr std::uint64_t here = F::leaf_sizes(L);
+        if constexpr (here == 0) {
+            return 0;
+        } else {
+            const unsigned lg2 = best_page_lg2(here & sizes, pos, pos + delta, last - pos + 1);
+            return lg2 >= F::item_lg2(L) ? lg2 : 0;
+        }
+    }
+
+    /// Tables a fresh (empty) subtree at level L needs for [va, last].
+    template <unsigned L>
+    static void count_fresh(std::uint64_t va, std::uint64_t last, std::uint64_t delta, std::uint64_t sizes,
+                            need_counts& need) noexcept {
+        if constexpr (L > 0) {
+            constexpr unsigned item = F::item_lg2(L);
+            std::uint64_t pos = va;
+            for (;;) {
+                std::uint64_t step_last;
+                if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
+                    step_last = pos + (lg2_to_size(lg2) - 1);
+                } else {
+                    step_last = std::min(last, pos | low_mask(item));
+                    ++need[L - 1];
+                    count_fresh<L - 1>(pos, step_last, delta, sizes, need);
+                }
+                if (step_last >= last) return;
+                pos = step_last + 1;
+            }
+        }
+    }
+
+    template <unsigned L>
+    result<void> plan_map(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
+                          std::uint64_t delta, std::uint64_t sizes, need_counts& need) const {
+        constexpr unsigned item = F::item_lg2(L);
+        std::uint64_t pos = va;
+        for (;;) {
+            const std::uint64_t idx = (pos >> item) & mask;
+            std::uint64_t step_last;
+            if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
+                const std::uint64_t n = lg2_to_size(lg2 - item);
+                for (std::uint64_t i = 0; i < n; ++i) {
+                    word* e = slot(table, idx + i);
+                    if (e == nullptr) return failure(errc::fault);
+                    if (F::classify(cfg_, L, load_entry(e)) != entry_kind::empty) return failure(errc::exists);
+                }
+                step_last = pos + (lg2_to_size(lg2) - 1);
+            } else {
+                if constexpr (L == 0) {
+                    return failure(errc::invalid);  // no page size fits: excluded by map_range's checks
+                } else {
+                    step_last = std::min(last, pos | low_mask(item));
+                    word* e = slot(table, idx);
+                    if (e == nullptr) return failure(errc::fault);
+                    const word raw = load_entry(e);
+                    switch (F::classify(cfg_, L, raw)) {
+                    case entry_kind::leaf:
+                        return failure(errc::exists);
+                    case entry_kind::table:
+                        if (auto r = plan_map<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), pos,
+                                                     step_last, delta, sizes, need);
+                            !r)
+                            return r;
+                        break;
+                    case entry_kind::empty:
+                        ++need[L - 1];
+                        count_fresh<L - 1>(pos, step_last, delta, sizes, need);
+                        break;
+                    }
+                }
+            }
+            if (step_last >= last) return success();
+            pos = step_last + 1;
+        }
+    }
+
+    template <unsigned L>
+    result<void> apply_map(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
+                           std::uint64_t delta, std::uint64_t sizes, prot p, table_pool& pool, std::uint64_t& done) {
+        constexpr unsigned item = F::item_lg2(L);
+        std::uint64_t pos = va;
+        for (;;) {
+            const std::uint64_t idx = (pos >> item) & mask;
+            std::uint64_t step_last;
+            if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
+                const std::uint64_t n = lg2_to_size(lg2 - item);
+                const word leaf = F::make_leaf(cfg_, L, lg2, pos + delta, p);
+                for (std::uint64_t i = 0; i < n; ++i) store_entry(slot(table, idx + i), leaf);
+                step_last = pos + (lg2_to_size(lg2) - 1);
+                done = step_last + 1;
+            } else {
+                if constexpr (L == 0) {
+                    return failure(errc::invalid);
+                } else {
+                    step_last = std::min(last, pos | low_mask(item));
+                    word* e = slot(table, idx);
+                    word raw = load_entry(e);
+                    if (F::classify(cfg_, L, raw) == entry_kind::empty) {
+                        auto& spare = pool.free[L - 1];
+                        if (spare.empty()) return failure(errc::nomem);  // plan and apply disagree: contract broken
+                        const std::uint64_t t = spare.back();
+                        spare.pop_back();
+                        const word seen = cas_entry(e, raw, F::make_table(cfg_, L, t));
+                        if (seen == raw) {
+                            raw = F::make_table(cfg_, L, t);
+                        } else {
+                            spare.push_back(t);  // lost the race: use the winner's table
+                            raw = seen;
+                        }
+                    }
+                    if (F::classify(cfg_, L, raw) != entry_kind::table) return failure(errc::exists);
+                    if (auto r = apply_map<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), pos,
+                                                  step_last, delta, sizes, p, pool, done);
+                        !r)
+                        return r;
+                }
+            }
+            if (step_last >= last) return success();
+            pos = step_last + 1;
+        }
+    }
+
+    // ---------------------------------------------------------------- unmap
+
+    template <unsigned L>
+    result<void> plan_unmap(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last) const {
+        constexpr unsigned item = F::item_lg2(L);
+        std::uint64_t pos = va;
+        for (;;) {
+            word* e = slot(table, (pos >> item) & mask);
+            if (e == nullptr) return failure(errc::fault);
+            const word raw = load_entry(e);
+            std::uint64_t step_last = std::min(last, pos | low_mask(item));
+            switch (F::classify(cfg_, L, raw)) {
+            case entry_kind::empty:
+                break;
+            case entry_kind::leaf: {
+                const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
+                const std::uint64_t base = pos & ~low_mask(lg2);
+                const std::uint64_t leaf_last = base + low_mask(lg2);
+                if (base < va || leaf_last > last) return failure(errc::partial);
+                step_last = leaf_last;
+                break;
+            }
+            case entry_kind::table:
+                if constexpr (L == 0) {
+                    return failure(errc::fault);
+                } else {
+                    const bool whole = (pos & low_mask(item)) == 0 && step_last == (pos | low_mask(item));
+                    if (!whole) {
+                        if (auto r = plan_unmap<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1),
+                                                       pos, step_last);
+                            !r)
+                            return r;
+                    }
+                }
+                break;
+            }
+            if (step_last >= last) return success();
+            pos = step_last + 1;
+        }
+    }
+
+    template <unsigned L>
+    std::uint64_t apply_unmap(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last) {
+        constexpr unsigned item = F::item_lg2(L);
+        std::uint64_t bytes = 0;
+        std::uint64_t pos = va;
+        for (;;) {
+            const std::uint64_t idx = (pos >> item) & mask;
+            word* e = slot(table, idx);
+            std::uint64_t step_last = std::min(last, pos | low_mask(item));
+            const word raw = e ? load_entry(e) : word{0};
+            switch (e ? F::classify(cfg_, L, raw) : entry_kind::empty) {
+            case entry_kind::empty:
+                break;
+            case entry_kind::leaf: {
+                const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
+                const std::uint64_t base = pos & ~low_mask(lg2);
+                const std::uint64_t n = lg2_to_size(lg2 - item);
+                const std::uint64_t first_idx = idx - ((pos - base) >> item);
+                for (std::uint64_t i = 0; i < n; ++i)
+                    if (word* c = slot(table, first_idx + i)) store_entry(c, word{0});
+                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(lg2));
+                bytes += lg2_to_size(lg2);
+                step_last = base + low_mask(lg2);
+                break;
+            }
+            case entry_kind::table:
+                if constexpr (L > 0) {
+                    const std::uint64_t child = F::table_address(cfg_, L, raw);
+                    const bool whole = (pos & low_mask(item)) == 0 && step_last == (pos | low_mask(item));
+                    if (whole) {
+                        store_entry(e, word{0});
+                        bytes += subtree_leaf_bytes<L - 1>(child, pos);
+                        if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos, lg2_to_size(item));
+                        free_subtree<L - 1>(child);
+                    } else {
+                        bytes += apply_unmap<L - 1>(child, detail::index_mask<F>(L - 1), pos, step_last);
+                    }
+                }
+                break;
+            }
+            if (step_last >= last) return bytes;
+            pos = step_last + 1;
+        }
+    }
+
+    /// Bytes of leaves in the subtree at `table` (level L, covering from `base`).
+    template <unsigned L>
+    std::uint64_t subtree_leaf_bytes(std::uint64_t table, std::uint64_t base) const {
+        constexpr unsigned item = F::item_lg2(L);
+        std::uint64_t bytes = 0;
+        const std::uint64_t n = lg2_to_size(F::index_lg2(L));
+        for (std::uint64_t i = 0; i < n; ++i) {
+            word* e = slot(table, i);
+            if (e == nullptr) continue;
+            const word raw = load_entry(e);
+            switch (F::classify(cfg_, L, raw)) {
+            case entry_kind::leaf:
+                bytes += lg2_to_size(item);  // each replicated copy counts its own slot
+                break;
+            case entry_kind::table:
+                if constexpr (L > 0) bytes += subtree_leaf_bytes<L - 1>(F::table_address(cfg_, L, raw), base + (i << item));
+                break;
+            case entry_kind::empty:
+                break;
+            }
+        }
+        return bytes;
+    }
+
+    /// Frees the table at `table` (level L) and every table below it.
+    template <unsigned L>
+    void free_subtree(std::uint64_t table) {
+        if constexpr (L > 0) {
+            const std::uint64_t n = lg2_to_size(F::index_lg2(L));
+            for (std::uint64_t i = 0; i < n; ++i) {
+                word* e = slot(table, i);
+                if (e == nullptr) continue;
+                const word raw = load_entry(e);
+                if (F::classify(cfg_, L, raw) == entry_kind::table) free_subtree<L - 1>(F::table_address(cfg_, L, raw));
+            }
+        }
+        free_table(L, table);
+    }
+
+    /// Returns true when the table at level L (below the root) is empty after reclaiming.
+    template <unsigned L>
+    bool reclaim_level(std::uint64_t table, std::uint64_t mask, std::uint64_t base) {
+        constexpr unsigned item = F::item_lg2(L);
+        bool empty = true;
+        const std::uint64_t n = mask + 1;
+        for (std::uint64_t i = 0; i < n; ++i) {
+            word* e = slot(table, i);
+            if (e == nullptr) continue;
+            const word raw = load_entry(e);
+            switch (F::classify(cfg_, L, raw)) {
+            case entry_kind::empty:
+                break;
+            case entry_kind::leaf:
+                empty = false;
+                break;
+            case entry_kind::table:
+                if constexpr (L > 0) {
+                    const std::uint64_t child = F::table_address(cfg_, L, raw);
+                    const std::uint64_t child_base = base + (i << item);
+                    if (reclaim_level<L - 1>(child, detail::index_mask<F>(L - 1), child_base)) {
+                        store_entry(e, word{0});
+                        if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, child_base, lg2_to_size(item));
+                        free_table(L - 1, child);
+                    } else {
+                        empty = false;
+                    }
+                }
+                break;
+            }
+        }
+        return empty;
+    }
+
+    // ---------------------------------------------------------------- split
+
+    /// Makes `boundary` a leaf edge (for both range ends), allocating every table first.
+    result<void> split_ends(std::uint64_t va, std::uint64_t last) {
+        need_counts need{};
+        split_at(va, nullptr, need);
+        const bool has_end = last + 1 != 0 && in_ias(last + 1);
+        if (has_end) split_at(last + 1, nullptr, need);
+        table_pool pool;
+        if (auto r = fill_pool(need, pool); !r) return r;
+        split_at(va, &pool, need);
+        if (has_end) split_at(last + 1, &pool, need);
+        drain_pool(pool);
+        return success();
+    }
+
+    /// Largest leaf size below `lg2` that level L can hold, or L's item size.
+    template <unsigned L>
+    unsigned smaller_leaf(unsigned lg2) const noexcept {
+        const std::uint64_t cand = F::leaf_sizes(L) & geo_.pgsize_bitmap & low_mask(lg2);
+        if (cand == 0) return F::item_lg2(L);
+        return 63 - static_cast<unsigned>(std::countl_zero(cand));
+    }
+
+    /// Walks to the leaf holding `boundary` and splits it until `boundary` is a leaf edge.
+    /// With `pool` null, only counts the tables needed into `need` (nothing is written).
+    void split_at(std::uint64_t boundary, table_pool* pool, need_counts& need) {
+        at_top([&]<unsigned L>(level_c<L>) { split_level<L>(root_.value, top_mask(), boundary, pool, need, 0, prot::none, false); });
+    }
+
+    /// `sim_lg2`/`sim` carry a leaf being split in a dry run (nothing in memory describes it).
+    template <unsigned L>
+    void split_level(std::uint64_t table, std::uint64_t mask, std::uint64_t b, table_pool* pool, need_counts& need,
+                     unsigned sim_lg2, prot sim_prot, bool sim) {
+        constexpr unsigned item = F::item_lg2(L);
+        const std::uint64_t idx = (b >> item) & mask;
+        unsigned lg2;
+        prot perm;
+        std::uint64_t oa = 0;
+        word raw{};
+        word* e = nullptr;
+        if (sim) {
+            lg2 = sim_lg2;
+            perm = sim_prot;
+        } else {
+            e = slot(table, idx);
+            if (e == nullptr) return;
+            raw = load_entry(e);
+            const entry_kind k = F::classify(cfg_, L, raw);
+            if (k == entry_kind::empty) return;
+            if (k == entry_kind::table) {
+                if constexpr (L > 0)
+                    split_level<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), b, pool, need, 0,
+                                       prot::none, false);
+                return;
+            }
+            lg2 = F::leaf_lg2(cfg_, L, raw);
+            perm = F::leaf_prot(cfg_, L, raw);
+            oa = F::leaf_address(cfg_, L, raw);
+        }
+        if ((b & low_mask(lg2)) == 0) return;  // already an edge
+        // A replicated leaf first becomes smaller leaves on the same level.
+        while (lg2 > item && (b & low_mask(lg2)) != 0) {
+            const unsigned to = smaller_leaf<L>(lg2);
+            if (pool != nullptr && !sim) {
+                const std::uint64_t base_va = b & ~low_mask(lg2);
+                const std::uint64_t first_idx = (base_va >> item) & mask;
+                for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i) {
+                    const std::uint64_t sub = (i << item) & ~low_mask(to);
+                    store_entry(slot(table, first_idx + i), F::make_leaf(cfg_, L, to, oa + sub, perm));
+                }
+                oa += (b & low_mask(lg2)) & ~low_mask(to);
+            }
+            lg2 = to;
+        }
+        if ((b & low_mask(lg2)) == 0) return;
+        // A single-entry leaf becomes a table of smaller leaves.
+        if constexpr (L > 0) {
+            const unsigned child_lg2 = smaller_leaf<L - 1>(F::item_lg2(L));
+            if (pool == nullptr || sim) {
+                ++need[L - 1];
+                split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, child_lg2, perm, true);
+                return;
+            }
+            auto& spare = pool->free[L - 1];
+            const std::uint64_t t = spare.back();
+            spare.pop_back();
+            const std::uint64_t n = lg2_to_size(F::index_lg2(L - 1));
+            constexpr unsigned child_item = F::item_lg2(L - 1);
+            for (std::uint64_t i = 0; i < n; ++i) {
+                const std::uint64_t sub = (i << child_item) & ~low_mask(child_lg2);
+                store_entry(slot(t, i), F::make_leaf(cfg_, L - 1, child_lg2, oa + sub, perm));
+            }
+            store_entry(e, F::make_table(cfg_, L, t));
+            split_level<L - 1>(t, detail::index_mask<F>(L - 1), b, pool, need, 0, prot::none, false);
+        }
+    }
+
+    // ---------------------------------------------------------------- teardown
+
+    void destroy() noexcept {
+        if (mem_ == nullptr) return;
+        if (hooks_.flush_all) hooks_.flush_all(hooks_.cookie);
+        if (!owned_) {  // a borrowed table belongs to its builder
+            mem_ = nullptr;
+            return;
+        }
+        at_top([&]<unsigned L>(level_c<L>) {
+            if constexpr (L > 0) {
+                const std::uint64_t n = top_mask() + 1;
+                for (std::uint64_t i = 0; i < n; ++i) {
+                    word* e = slot(root_.value, i);
+                    if (e == nullptr) continue;
+                    const word raw = load_entry(e);
+                    if (F::classify(cfg_, L, raw) == entry_kind::table) {
+                        store_entry(e, word{0});
+                        free_subtree<L - 1>(F::table_address(cfg_, L, raw));
+                    }
+                }
+            }
+        });
+        mem_->free_table(root_, top_table_bytes());
+        count_tables(-static_cast<std::int64_t>(top_table_bytes()));
+        mem_ = nullptr;
+    }
+
+    config cfg_;
+    geometry geo_;
+    M* mem_;
+    pa_t root_;
+    flush_hooks hooks_;
+    bool owned_;
+    std::uint64_t table_bytes_;
+};
+
+} // namespace iopgtable

@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file walk.hpp
+/// Read-only walks over a table of any format in any table memory: one-address lookup and an
+/// in-order visit of leaf entries. They need only a `table_reader`, so they also run over
+/// tables a guest wrote (untrusted): every entry is read through the memory's bounds check, and
+/// every walk descends at most `levels` times, so no input can make them loop or read outside
+/// the memory.
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "../mem/memory.hpp"
+#include "format.hpp"
+
+namespace iopgtable {
+
+template <unsigned L>
+using level_c = std::integral_constant<unsigned, L>;
+
+/// Calls `fn(level_c<L>{})` with L == `level` (< Max). Lets run-time levels reach code that is
+/// compiled once per level with constant geometry.
+template <unsigned Max, class Fn>
+constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
+    if constexpr (Max == 1) {
+        return fn(level_c<0>{});
+    } else {
+        if (level == Max - 1) return fn(level_c<Max - 1>{});
+        return with_level<Max - 1>(level, std::forward<Fn>(fn));
+    }
+}
+
+/// Where a one-address walk ended.
+enum class walk_status : std::uint8_t {
+    mapped,        ///< a leaf translates the address
+    unmapped,      ///< an empty entry (translation fault)
+    bad_table,     ///< an entry's table address is not backed by the memory
+    out_of_range,  ///< the address is beyond the input address size
+};
+
+/// Result of a one-address walk.
+template <class F>
+struct walk_info {
+    walk_status status = walk_status::unmapped;
+    unsigned level = 0;          ///< level of the leaf, or where the walk stopped
+    unsigned size_lg2 = 0;       ///< leaf size (mapped only)
+    std::uint64_t input_base = 0;///< input address of the leaf's start (mapped only)
+    pa_t oa{};                   ///< output address of the looked-up address (mapped only)
+    prot perm = prot::none;      ///< leaf permissions (mapped only)
+    typename F::word raw = 0;    ///< the last entry read
+    unsigned accesses = 0;       ///< table entries read
+    pa_t entry_address{};        ///< table-memory address of the last entry read
+};
+
+/// One entry a visit reports.
+template <class F>
+struct leaf_entry {
+    std::uint64_t iova = 0;    ///< input address the entry's slot covers (replicated copies each get their own)
+    unsigned level = 0;
+    unsigned size_lg2 = 0;     ///< size of the leaf the entry belongs to
+    typename F::word raw = 0;
+    pa_t entry_address{};      ///< table-memory address of the entry
+};
+
+namespace detail {
+
+template <class F>
+constexpr std::uint64_t index_mask(unsigned level) noexcept {
+    return low_mask(F::index_lg2(level));
+}
+
+template <class F, class R, unsigned L>
+inline void lookup_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
+                         std::uint64_t va, walk_info<F>& out) noexcept {
+    using word = typename F::word;
+    constexpr unsigned item = F::item_lg2(L);
+    const pa_t at{table + ((va >> item) & mask) * sizeof(word)};
+    word* e = mem.template entry<word>(at);
+    out.level = L;
+    out.entry_address = at;
+    if (e == nullptr) {
+        out.status = walk_status::bad_table;
+        return;
+    }
+    const word raw = load_entry(e);
+    ++out.accesses;
+    out.raw = raw;
+    switch (F::classify(cfg, L, raw)) {
+    case entry_kind::leaf: {
+        const unsigned lg2 = F::leaf_lg2(cfg, L, raw);
+        out.status = walk_status::mapped;
+        out.size_lg2 = lg2;
+        out.input_base = va & ~low_mask(lg2);
+        out.oa = pa_t{F::leaf_address(cfg, L, raw) + (va & low_mask(lg2))};
+        out.perm = F::leaf_prot(cfg, L, raw);
+        return;
+    }
+    case entry_kind::table:
+        if constexpr (L > 0) {
+            lookup_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1), va, out);
+            return;
+        } else {
+            out.status = walk_status::bad_table;  // formats never classify a level-0 entry as a table
+            return;
+        }
+    case entry_kind::empty:
+        out.status = walk_status::unmapped;
+        return;
+    }
+}
+
+template <class F, class R, unsigned L, class Fn>
+inline result<bool> visit_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
+                                std::uint64_t va, std::uint64_t last, Fn& fn) {
+    using word = typename F::word;
+    constexpr unsigned item = F::item_lg2(L);
+    std::uint64_t pos = va;
+    for (;;) {
+        const std::uint64_t slot_last = pos | low_mask(item);
+        const std::uint64_t step_last = slot_last < last ? slot_last : last;
+        const pa_t at{table + ((pos >> item) & mask) * sizeof(word)};
+        word* e = mem.template entry<word>(at);
+        if (e == nullptr) return failure(errc::fault);
+        const word raw = load_entry(e);
+        switch (F::classify(cfg, L, raw)) {
+        case entry_kind::leaf: {
+            leaf_entry<F> le{pos & ~low_mask(item), L, F::leaf_lg2(cfg, L, raw), raw, at};
+            if (!fn(std::as_const(le))) return false;
+            break;
+        }
+        case entry_kind::table:
+            if constexpr (L > 0) {
+                auto r = visit_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1),
+                                                  pos, step_last, fn);
+                if (!r.ok() || !r.value()) return r;
+            } else {
+                return failure(errc::fault);
+            }
+            break;
+        case entry_kind::empty:
+            break;
+        }
+        if (step_last >= last) return true;
+        pos = step_last + 1;
+    }
+}
+
+} // namespace detail
+
+/// Walks one input address through the table at `root`. Never fails: the status says how the
+/// walk ended. Reads at most `geo.levels` entries.
+template <page_table_format F, table_reader R>
+walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
+    walk_info<F> out;
+    if (geo.ias < 64 && (va >> geo.ias) != 0) {
+        out.status = walk_status::out_of_range;
+        out.level = geo.levels - 1;
+        return out;
+    }
+    with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
+        detail::lookup_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), va, out);
+    });
+    return out;
+}
+
+/// Calls `fn(const leaf_entry<F>&)` for every leaf entry whose slot intersects [first, last], in
+/// input-address order; `fn` returns false to stop. Errors: errc::range when the range leaves
+/// the input address size, errc::fault when a table address is not backed (the visit stops
+/// there). Cost is bounded by the number of entries the range covers.
+template <page_table_format F, table_reader R, class Fn>
+result<void> visit(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t first,
+                   std::uint64_t last, Fn&& fn) {
+    if (first > last || (geo.ias < 64 && (last >> geo.ias) != 0)) return failure(errc::range);
+    auto r = with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
+        return detail::visit_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), first, last, fn);
+    });
+    if (!r.ok()) return failure(r.error());
+    return success();
+}
+
+} // namespace iopgtable

@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file guest_ram.hpp
+/// Bounded guest RAM: one contiguous buffer standing for guest-physical memory
+/// [base, base + size). Every access is bounds-checked, so a table whose contents a guest
+/// wrote (untrusted) can be walked safely: an entry address outside RAM gives nullptr, never a
+/// read outside the buffer. Tables are allocated from a pool window inside RAM (by default all
+/// of it); allocation runs out with errc::nomem.
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "memory.hpp"
+
+namespace iopgtable {
+
+class guest_ram {
+public:
+    /// RAM of `size` bytes at guest-physical `base`. Tables come from [pool_base, pool_base +
+    /// pool_size) (default: all of RAM); the window is clipped to RAM.
+    explicit guest_ram(std::uint64_t size, pa_t base = pa_t{0})
+        : base_(base.value), size_(size), data_(new std::uint64_t[(size + 7) / 8]()) {
+        set_table_pool(base, size);
+    }
+    guest_ram(const guest_ram&) = delete;
+    guest_ram& operator=(const guest_ram&) = delete;
+
+    /// Restrict table allocation to a window of RAM. Call before allocating.
+    void set_table_pool(pa_t pool_base, std::uint64_t pool_size) noexcept {
+        std::lock_guard g(lock_);
+        std::uint64_t lo = pool_base.value < base_ ? base_ : pool_base.value;
+        std::uint64_t hi = pool_base.value + pool_size;
+        if (hi < pool_base.value || hi > base_ + size_) hi = base_ + size_;
+        pool_next_ = lo;
+        pool_end_ = hi < lo ? lo : hi;
+        free_.clear();
+    }
+
+    /// A zero-filled table of `bytes` (power of two), aligned to max(bytes, 64).
+    result<pa_t> allocate_table(std::uint64_t bytes) {
+        std::uint64_t alloc = bytes < 64 ? 64 : bytes;
+        if ((alloc & (alloc - 1)) != 0) return failure(errc::invalid);
+        std::lock_guard g(lock_);
+        std::uint64_t at = 0;
+        auto it = free_.find(alloc);
+        if (it != free_.end() && !it->second.empty()) {
+            at = it->second.back();
+            it->second.pop_back();
+        } else {
+            std::uint64_t aligned = (pool_next_ + alloc - 1) & ~(alloc - 1);
+            if (aligned < pool_next_ || aligned + alloc < aligned || aligned + alloc > pool_end_)
+                return failure(errc::nomem);
+            // Keep the skipped gap usable for smaller tables.
+            give_back_gap(pool_next_, aligned);
+            at = aligned;
+            pool_next_ = aligned + alloc;
+        }
+        std::memset(host(at), 0, alloc);
+        in_use_ += alloc;
+        return pa_t{at};
+    }
+    void free_table(pa_t pa, std::uint64_t bytes) noexcept {
+        std::uint64_t alloc = bytes < 64 ? 64 : bytes;
+        // Only tables this allocator could have handed out: inside the pool and aligned.
+        if ((pa.value & (alloc - 1)) != 0 || !contains(pa, alloc)) return;
+        std::lock_guard g(lock_);
+        if (in_use_ < alloc) return;
+        try {
+            free_[alloc].push_back(pa.value);
+        } catch (...) {
+            // Out of host memory for the free list: the table is leaked inside guest RAM only.
+        }
+        in_use_ -= alloc;
+    }
+
+    /// Pointer to the W-sized word at guest-physical `pa`, or nullptr if it is not inside RAM
+    /// or not W-aligned.
+    template <class W>
+    W* entry(pa_t pa) noexcept {
+        if (pa.value % sizeof(W) != 0 || !contains(pa, sizeof(W))) return nullptr;
+        return reinterpret_cast<W*>(host(pa.value));
+    }
+    /// True when [pa, pa + len) lies inside RAM.
+    bool contains(pa_t pa, std::uint64_t len) const noexcept {
+        return pa.value >= base_ && len <= size_ && pa.value - base_ <= size_ - len;
+    }
+    /// Copy guest bytes out / in; false (and nothing copied) when the range is not inside RAM.
+    bool read(pa_t pa, void* out, std::uint64_t len) const noexcept {
+        if (!contains(pa, len)) return false;
+        std::memcpy(out, host(pa.value), len);
+        return true;
+    }
+    bool write(pa_t pa, const void* in, std::uint64_t len) noexcept {
+        if (!contains(pa, len)) return false;
+        std::memcpy(host(pa.value), in, len);
+        return true;
+    }
+    /// All of RAM as bytes (for loading a guest image or fuzz input).
+    std::span<std::byte> bytes() noexcept { return {reinterpret_cast<std::byte*>(data_.get()), size_}; }
+    pa_t base() const noexcept { return pa_t{base_}; }
+    std::uint64_t size() const noexcept { return size_; }
+    /// Table bytes currently allocated (tables under 64 bytes count as 64).
+    std::uint64_t bytes_in_use() const noexcept {
+        std::lock_guard g(lock_);
+        return in_use_;
+    }
+
+private:
+    void* host(std::uint64_t pa) const noexcept {
+        return reinterpret_cast<std::byte*>(data_.get()) + (pa - base_);
+    }
+    void give_back_gap(std::uint64_t lo, std::uint64_t hi) {
+        // Split [lo, hi) into naturally aligned power-of-two blocks of at least 64 bytes.
+        while (lo < hi) {
+            std::uint64_t blk = lo & (~lo + 1);  // largest alignment of lo
+            if (blk == 0) blk = std::uint64_t{1} << 63;
+            while (lo + blk > hi) blk >>= 1;
+            if (blk >= 64) free_[blk].push_back(lo);
+            lo += blk;
+        }
+    }
+
+    std::uint64_t base_, size_;
+    std::unique_ptr<std::uint64_t[]> data_;
+    mutable std::mutex lock_;
+    std::uint64_t pool_next_ = 0, pool_end_ = 0, in_use_ = 0;
+    std::map<std::uint64_t, std::vector<std::uint64_t>> free_;
+};
+
+static_assert(table_memory<guest_ram>);
+
+} // namespace iopgtable

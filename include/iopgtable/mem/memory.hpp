@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file memory.hpp
+/// The only way the engine touches table memory.
+///
+/// A table memory hands out zero-filled tables, takes them back, and turns the table-memory
+/// address of one entry into a pointer to that entry (or nullptr when the address is not
+/// backed, e.g. a hostile guest table pointing outside guest RAM). Every entry load and store
+/// goes through `load_entry`/`store_entry`/`cas_entry` below with the memory order stated at the
+/// call site, so that a hardware walker (or another thread) never sees a half-built table.
+#include <atomic>
+#include <concepts>
+#include <cstdint>
+
+#include "../core/address.hpp"
+#include "../core/result.hpp"
+
+namespace iopgtable {
+
+/// Read access to table memory: enough to walk a table someone else built.
+template <class M>
+concept table_reader = requires(M& m, pa_t a) {
+    { m.template entry<std::uint64_t>(a) } noexcept -> std::same_as<std::uint64_t*>;
+    { m.template entry<std::uint32_t>(a) } noexcept -> std::same_as<std::uint32_t*>;
+};
+
+/// Table memory an engine can build tables in.
+/// - `allocate_table(bytes)`: a zero-filled table of `bytes` (a power of two), aligned to
+///   `bytes` (and to at least 64 bytes), or errc::nomem. Thread-safe.
+/// - `free_table(pa, bytes)`: gives back a table that `allocate_table(bytes)` returned.
+/// - `entry<W>(pa)`: pointer to the W-sized, W-aligned word at `pa`, or nullptr when `pa` is not
+///   backed or misaligned.
+template <class M>
+concept table_memory = table_reader<M> && requires(M& m, pa_t a, std::uint64_t bytes) {
+    { m.allocate_table(bytes) } -> std::same_as<result<pa_t>>;
+    { m.free_table(a, bytes) } noexcept;
+};
+
+/// Load an entry. Acquire: a table pointer read here makes the pointed-to table's
+/// initialisation (zero fill, entries written before it was installed) visible.
+template <class W>
+inline W load_entry(const W* p) noexcept {
+    return std::atomic_ref<W>(*const_cast<W*>(p)).load(std::memory_order_acquire);
+}
+/// Store an entry. Release: everything written before (e.g. the contents of a table this
+/// entry points to) is visible to whoever loads the entry.
+template <class W>
+inline void store_entry(W* p, W v) noexcept {
+    std::atomic_ref<W>(*p).store(v, std::memory_order_release);
+}
+/// Install `desired` where `expected` is. acq_rel: release publishes a new table's contents,
+/// acquire on failure makes the winner's table visible. Returns the value seen.
+template <class W>
+inline W cas_entry(W* p, W expected, W desired) noexcept {
+    std::atomic_ref<W>(*p).compare_exchange_strong(expected, desired, std::memory_order_acq_rel,
+                                                   std::memory_order_acquire);
+    return expected;
+}
+
+} // namespace iopgtable
