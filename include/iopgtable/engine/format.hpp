@@ -12,6 +12,10 @@
 /// | `config` | run-time choices of one table (IAS, OAS, quirks, ...) |
 /// | `input_address` | iova_t (stage 1 / single stage) or ipa_t (stage 2) |
 /// | `name` | the family name `iopt --format` uses |
+/// | `folder` | its folder under formats/ (README, vectors.txt) |
+/// | `accepts(options)`, `config_from(options)` | picks this variant / builds its config from named options (iopt, vectors) |
+/// | `registers(config, geometry, root)` | register values by name (`iopt regs`) |
+/// | `sample_configs()` | configurations the conformance suite runs |
 /// | `max_levels` | most levels any configuration uses |
 /// | `item_lg2(level)` | bytes one entry maps at `level` (constexpr) |
 /// | `index_lg2(level)` | log2 entries of a non-top table at `level` (constexpr) |
@@ -56,6 +60,7 @@ concept page_table_format = requires(const typename F::config& c, unsigned level
     typename F::config;
     typename F::input_address;
     { F::name } -> std::convertible_to<const char*>;
+    { F::folder } -> std::convertible_to<const char*>;
     { F::max_levels } -> std::convertible_to<unsigned>;
     { F::item_lg2(level) } -> std::same_as<unsigned>;
     { F::index_lg2(level) } -> std::same_as<unsigned>;

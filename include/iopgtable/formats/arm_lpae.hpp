@@ -67,6 +67,7 @@ struct arm_lpae {
     static constexpr lpae_stage stage = Stage;
     static constexpr unsigned granule_lg2 = GranuleLg2;
     static constexpr const char* name = Stage == lpae_stage::s1 ? "arm-lpae-s1" : "arm-lpae-s2";
+    static constexpr const char* folder = "arm-lpae";  ///< formats/<folder>/
     static constexpr const char* granule_name = GranuleLg2 == 12 ? "4k" : GranuleLg2 == 14 ? "16k" : "64k";
 
     /// Bits resolved per level: a table is one granule of 8-byte entries.
@@ -366,7 +367,8 @@ struct arm_lpae {
     // ---- options (iopt) ----
     /// Selects this granule: `granule` = 4k|16k|64k.
     static bool accepts(const options& o) { return o.text("granule").value_or("4k") == granule_name; }
-    /// `ias`, `oas` (default 48), `noncoherent`, `quirks` (comma list: ns, hd, s2fwb, outer_wbwa).
+    /// `ias`, `oas` (default 48), `coherent` 0|1 (or flag `noncoherent`), `quirks` (comma list:
+    /// ns, hd, s2fwb, outer_wbwa, or none).
     static result<config> config_from(const options& o) {
         config c;
         auto ias = o.number("ias", 48), oas = o.number("oas", 48);
@@ -374,7 +376,9 @@ struct arm_lpae {
         if (*ias > 64 || *oas > 64) return failure(errc::invalid);
         c.ias = static_cast<unsigned>(*ias);
         c.oas = static_cast<unsigned>(*oas);
-        c.coherent_walk = !o.flag("noncoherent");
+        auto coherent = o.number("coherent", 1);
+        if (!coherent || *coherent > 1) return failure(errc::invalid);
+        c.coherent_walk = *coherent == 1 && !o.flag("noncoherent");
         if (auto q = o.text("quirks")) {
             std::string_view s = *q;
             while (!s.empty()) {
