@@ -13,6 +13,7 @@
 #include "engine/page_table.hpp"
 #include "engine/walk.hpp"
 #include "formats/all.hpp"
+#include "mem/default_memory.hpp"
 #include "mem/guest_ram.hpp"
 #include "mem/host_heap.hpp"
 #include "mem/memory.hpp"

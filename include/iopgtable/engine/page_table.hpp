@@ -56,7 +56,7 @@ public:
         auto geo = F::make_geometry(cfg);
         if (!geo) return failure(geo.error());
         const std::uint64_t top_bytes = sizeof(word) << geo->top_index_lg2;
-        auto root = mem.allocate_table(top_bytes);
+        auto root = allocate_reachable(cfg, *geo, mem, top_bytes, 1);
         if (!root) return failure(root.error());
         return page_table(cfg, *geo, mem, *root, hooks, true);
     }
@@ -256,6 +256,24 @@ private:
 
     static constexpr unsigned levels_max = F::max_levels;
 
+    /// A table the format can point at: its address survives the table descriptor's encoding
+    /// (v7s tables must lie below 4 GiB) and, unless the memory is walked by software only
+    /// (`M::software_walk`), lies inside the output address space. Otherwise errc::nomem.
+    static result<pa_t> allocate_reachable(const config& cfg, const geometry& geo, M& mem, std::uint64_t bytes,
+                                           unsigned parent_level) {
+        auto t = mem.allocate_table(bytes);
+        if (!t) return t;
+        const std::uint64_t last = t->value + bytes - 1;
+        bool ok = F::table_address(cfg, parent_level, F::make_table(cfg, parent_level, t->value)) == t->value &&
+                  last >= t->value;
+        if constexpr (!requires { M::software_walk; }) ok = ok && (geo.oas >= 64 || (last >> geo.oas) == 0);
+        if (!ok) {
+            mem.free_table(*t, bytes);
+            return failure(errc::nomem);
+        }
+        return t;
+    }
+
     /// Tables allocated before a change, handed out while applying it.
     struct table_pool {
         std::array<std::vector<std::uint64_t>, levels_max> free;
@@ -290,7 +308,7 @@ private:
             if (need[l] == 0) continue;
             pool.free[l].reserve(need[l]);
             for (std::uint64_t i = 0; i < need[l]; ++i) {
-                auto t = mem_->allocate_table(level_table_bytes<F>(l));
+                auto t = allocate_reachable(cfg_, geo_, *mem_, level_table_bytes<F>(l), l + 1);
                 if (!t) {
                     drain_pool(pool);
                     return failure(t.error());

@@ -7,7 +7,9 @@
 /// read outside the buffer. Tables are allocated from a pool window inside RAM (by default all
 /// of it); allocation runs out with errc::nomem.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,7 +25,8 @@ public:
     /// RAM of `size` bytes at guest-physical `base`. Tables come from [pool_base, pool_base +
     /// pool_size) (default: all of RAM); the window is clipped to RAM.
     explicit guest_ram(std::uint64_t size, pa_t base = pa_t{0})
-        : base_(base.value), size_(size), data_(new std::uint64_t[(size + 7) / 8]()) {
+        : base_(base.value), size_(size), data_(static_cast<std::uint64_t*>(std::calloc((size + 7) / 8 + 1, 8))) {
+        if (!data_) throw std::bad_alloc();
         set_table_pool(base, size);
     }
     guest_ram(const guest_ram&) = delete;
@@ -125,7 +128,10 @@ private:
     }
 
     std::uint64_t base_, size_;
-    std::unique_ptr<std::uint64_t[]> data_;
+    struct free_deleter {
+        void operator()(std::uint64_t* p) const noexcept { std::free(p); }
+    };
+    std::unique_ptr<std::uint64_t[], free_deleter> data_;  // calloc: pages untouched until used
     mutable std::mutex lock_;
     std::uint64_t pool_next_ = 0, pool_end_ = 0, in_use_ = 0;
     std::map<std::uint64_t, std::vector<std::uint64_t>> free_;

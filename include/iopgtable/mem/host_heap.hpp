@@ -16,6 +16,10 @@ namespace iopgtable {
 
 class host_heap {
 public:
+    /// Tables here are walked by software only: their addresses are host pointers, so the
+    /// engine does not require them to lie inside a format's output address space.
+    static constexpr bool software_walk = true;
+
     /// `limit_bytes`: most table bytes alive at once (default: no limit).
     explicit host_heap(std::uint64_t limit_bytes = std::numeric_limits<std::uint64_t>::max()) noexcept
         : limit_(limit_bytes) {}
