@@ -39,7 +39,8 @@ namespace iopgtable {
 
 enum class lpae_stage : unsigned { s1 = 1, s2 = 2 };
 
-/// Quirk bits, with the values of Linux's IO_PGTABLE_QUIRK_*.
+/// Quirk bits, with the values of Linux's IO_PGTABLE_QUIRK_*. `hd` is accepted at stage 2 too
+/// (our extension: stage-2 DBM dirty state); Linux accepts it at stage 1 only.
 namespace lpae_quirk {
 inline constexpr std::uint32_t ns = 1u << 0;          ///< ARM_NS: NS in S1 leaves, NSTable in tables
 inline constexpr std::uint32_t outer_wbwa = 1u << 6;  ///< ARM_OUTER_WBWA: non-coherent walk, ORGN0 = WBWA
@@ -173,7 +174,7 @@ struct arm_lpae {
     static result<geometry> make_geometry(const config& c) noexcept {
         const std::uint32_t allowed = Stage == lpae_stage::s1
                                           ? (lpae_quirk::ns | lpae_quirk::outer_wbwa | lpae_quirk::hd)
-                                          : lpae_quirk::s2fwb;
+                                          : (lpae_quirk::s2fwb | lpae_quirk::hd);
         if ((c.quirks & ~allowed) != 0) return failure(errc::invalid);
         if ((c.quirks & lpae_quirk::outer_wbwa) && c.coherent_walk) return failure(errc::invalid);
         auto l = compute_layout(c);
@@ -218,7 +219,10 @@ struct arm_lpae {
             if (c.quirks & lpae_quirk::ns) w |= ns_bit::mask;
         } else {
             if (has(p, prot::read)) w |= ap_unpriv::mask;
-            if (has(p, prot::write)) w |= ap_rdonly::mask;
+            if (has(p, prot::write)) {
+                w |= ap_rdonly::mask;
+                if (c.quirks & lpae_quirk::hd) w |= dbm::mask;
+            }
             if (has(p, prot::mmio)) w |= mem_attr::make(memattr_dev);
             else if (has(p, prot::cache)) w |= mem_attr::make((c.quirks & lpae_quirk::s2fwb) ? memattr_fwb_wb : memattr_oiwb);
             else w |= mem_attr::make(memattr_nc);
@@ -251,12 +255,11 @@ struct arm_lpae {
     }
     static constexpr result<void> check_prot(const config&, prot) noexcept { return success(); }
 
-    // ---- dirty state (FEAT_HAFDBS): stage 1 with quirk hd; stage 2 always ----
-    /// Stage 1: dirty = DBM set and AP[2] clear; clean = AP[2] set (hardware clears it on write).
-    /// Stage 2: leaves written with S2AP write and DBM... only stage 1 here (Linux's ARM_HD).
-    static constexpr bool dirty_tracking(const config& c) noexcept {
-        return Stage == lpae_stage::s1 ? (c.quirks & lpae_quirk::hd) != 0 : true;
-    }
+    // ---- dirty state (FEAT_HAFDBS, D8.4.6), with quirk hd ----
+    /// Writable leaves carry DBM and start dirty. Stage 1: dirty = DBM and AP[2] clear; clean
+    /// sets AP[2] (hardware clears it on the next write). Stage 2: dirty = DBM and S2AP[1] set;
+    /// clean clears S2AP[1] (hardware sets it on the next write). Linux implements stage 1 only.
+    static constexpr bool dirty_tracking(const config& c) noexcept { return (c.quirks & lpae_quirk::hd) != 0; }
     static constexpr bool leaf_dirty(const config&, unsigned, word raw) noexcept {
         if constexpr (Stage == lpae_stage::s1) return dbm::test(raw) && !ap_rdonly::test(raw);
         else return dbm::test(raw) && ap_rdonly::test(raw);
@@ -284,6 +287,8 @@ struct arm_lpae {
     using ha = bit<39>;
     using hd_bit = bit<40>;
     using vtcr_res1 = bit<31>;
+    using vtcr_ha = bit<21>;
+    using vtcr_hd = bit<22>;
 
     static constexpr std::uint64_t tg0_encoding = GranuleLg2 == 12 ? 0 : GranuleLg2 == 16 ? 1 : 2;
 
@@ -309,7 +314,9 @@ struct arm_lpae {
             r.add("mair", mair_value);
         } else {
             r.add("vttbr", root.value);
-            r.add("vtcr", base | sl0::make(sl0_encoding(g)) | ps::make(ips_encoding(c.oas)) | vtcr_res1::mask);
+            std::uint64_t vtcr = base | sl0::make(sl0_encoding(g)) | ps::make(ips_encoding(c.oas)) | vtcr_res1::mask;
+            if (c.quirks & lpae_quirk::hd) vtcr |= vtcr_ha::mask | vtcr_hd::mask;
+            r.add("vtcr", vtcr);
         }
         return r;
     }
@@ -358,6 +365,7 @@ struct arm_lpae {
         if (!l) return why = Stage == lpae_stage::s2 && c.ias > c.oas ? "T0SZ: IPA size above PS" : "T0SZ/IPS combination",
                      failure(l.error());
         if constexpr (Stage == lpae_stage::s2) {
+            if (vtcr_hd::test(v)) c.quirks |= lpae_quirk::hd;
             geometry g{l->levels, l->top_index_lg2, c.ias, c.oas, 0};
             if (sl0::get(v) != sl0_encoding(g)) return why = "SL0 inconsistent with T0SZ and granule", failure(errc::invalid);
         }
@@ -418,6 +426,9 @@ struct arm_lpae {
             add(42, 52);
         }
         if constexpr (GranuleLg2 == 14) add(37, 40);
+        config dirty;  // hardware dirty state (DBM) on writable leaves
+        dirty.quirks = lpae_quirk::hd;
+        v.push_back(dirty);
         return v;
     }
 };
