@@ -69,6 +69,10 @@ struct arm_lpae {
     static constexpr unsigned granule_lg2 = GranuleLg2;
     static constexpr const char* name = Stage == lpae_stage::s1 ? "arm-lpae-s1" : "arm-lpae-s2";
     static constexpr const char* folder = "arm-lpae";  ///< formats/<folder>/
+    /// Page-table sharing registry (formats/README.md): model ARM (1), variant LPAE 64-bit (1).
+    /// Only stage-1 tables are offered to guests.
+    static constexpr std::uint32_t sharing_model = 1, sharing_variant = 1;
+    static constexpr bool guest_shareable = Stage == lpae_stage::s1;
     static constexpr const char* granule_name = GranuleLg2 == 12 ? "4k" : GranuleLg2 == 14 ? "16k" : "64k";
 
     /// Bits resolved per level: a table is one granule of 8-byte entries.
@@ -331,7 +335,7 @@ struct arm_lpae {
         if (!ctl) return why = Stage == lpae_stage::s1 ? "tcr missing" : "vtcr missing", failure(errc::invalid);
         const std::uint64_t v = *ctl;
         if (tg0::get(v) == 3) return why = "TG0 reserved", failure(errc::invalid);
-        if (tg0::get(v) != tg0_encoding) return why = "TG0 is not this granule", failure(errc::invalid);
+        if (tg0::get(v) != tg0_encoding) return why = "TG0 is not this granule", failure(errc::unsupported);
         const unsigned tsz = static_cast<unsigned>(t0sz::get(v));
         if (tsz > 32 || 64 - tsz > max_ias || 64 - tsz < 32) return why = "T0SZ out of range", failure(errc::range);
         c.ias = 64 - tsz;
@@ -370,6 +374,12 @@ struct arm_lpae {
             if (sl0::get(v) != sl0_encoding(g)) return why = "SL0 inconsistent with T0SZ and granule", failure(errc::invalid);
         }
         return c;
+    }
+
+    /// True when TCR/VTCR values describe this granule (TG0), so a register set picks its engine.
+    static bool matches_registers(const register_set& r) noexcept {
+        const auto ctl = r.get(Stage == lpae_stage::s1 ? "tcr" : "vtcr");
+        return ctl && tg0::get(*ctl) == tg0_encoding;
     }
 
     // ---- options (iopt) ----

@@ -57,6 +57,10 @@ struct arm_v7s {
     using input_address = iova_t;
     static constexpr const char* name = "arm-v7s";
     static constexpr const char* folder = "arm-v7s";
+    /// Page-table sharing registry (formats/README.md): model ARM (1), variant short-descriptor (3).
+    static constexpr std::uint32_t sharing_model = 1, sharing_variant = 3;
+    static constexpr bool guest_shareable = true;
+    static bool matches_registers(const register_set&) noexcept { return true; }
     static constexpr unsigned max_levels = 2;
 
     static constexpr unsigned item_lg2(unsigned level) noexcept { return level == 0 ? 12 : 20; }

@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file wire.hpp
+/// virtio-iommu wire structures: the requests, config space and fault event of the virtio
+/// specification (5.13 "IOMMU device", v1.2/1.3), and this project's page-table-sharing
+/// requests PROBE_TABLE, ATTACH_TABLE and INVALIDATE (registry: formats/README.md).
+/// All fields little-endian, alignment 1, sizes and offsets checked by static_assert here and
+/// against <linux/virtio_iommu.h> in the tests.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "../core/le.hpp"
+
+namespace iopgtable::virtio {
+
+// ---- feature bits (5.13.3) ----
+inline constexpr unsigned f_input_range = 0;
+inline constexpr unsigned f_domain_range = 1;
+inline constexpr unsigned f_map_unmap = 2;
+inline constexpr unsigned f_bypass = 3;
+inline constexpr unsigned f_probe = 4;
+inline constexpr unsigned f_mmio = 5;
+inline constexpr unsigned f_bypass_config = 6;
+/// This project's page-table sharing (PROBE_TABLE / ATTACH_TABLE / INVALIDATE). Bit 23 is the
+/// last of the low device-specific range; drafts used 5–9 and collide with the spec.
+inline constexpr unsigned f_table_sharing = 23;
+inline constexpr unsigned f_version_1 = 32;
+inline constexpr unsigned f_indirect_desc = 28;
+inline constexpr unsigned f_event_idx = 29;
+
+// ---- request types and status (5.13.6) ----
+enum class req_type : std::uint8_t {
+    attach = 1,
+    detach = 2,
+    map = 3,
+    unmap = 4,
+    probe = 5,
+    /// This project's; far from the spec's 1–5 and from the drafts' 6–8.
+    probe_table = 0x40,
+    attach_table = 0x41,
+    invalidate = 0x42,
+};
+
+enum class status : std::uint8_t {
+    ok = 0,
+    ioerr = 1,
+    unsupp = 2,
+    deverr = 3,
+    inval = 4,
+    range = 5,
+    noent = 6,
+    fault = 7,
+    nomem = 8,
+};
+
+/// Status names as `iopt virtio` prints them (OK, INVAL, ...).
+constexpr std::string_view to_string(status s) noexcept {
+    switch (s) {
+    case status::ok: return "OK";
+    case status::ioerr: return "IOERR";
+    case status::unsupp: return "UNSUPP";
+    case status::deverr: return "DEVERR";
+    case status::inval: return "INVAL";
+    case status::range: return "RANGE";
+    case status::noent: return "NOENT";
+    case status::fault: return "FAULT";
+    case status::nomem: return "NOMEM";
+    }
+    return "UNKNOWN";
+}
+
+struct req_head {
+    std::uint8_t type = 0;
+    std::uint8_t reserved[3]{};
+};
+struct req_tail {
+    std::uint8_t status = 0;
+    std::uint8_t reserved[3]{};
+};
+
+// ---- config space (5.13.4), 40 bytes ----
+struct range64 {
+    le64 start, end;
+};
+struct range32 {
+    le32 start, end;
+};
+struct config {
+    le64 page_size_mask;
+    range64 input_range;
+    range32 domain_range;
+    le32 probe_size;
+    std::uint8_t bypass = 0;
+    std::uint8_t reserved[3]{};
+};
+
+// ---- requests of the specification (5.13.6) ----
+inline constexpr std::uint32_t attach_f_bypass = 1u << 0;
+struct req_attach {
+    req_head head;
+    le32 domain, endpoint, flags;
+    std::uint8_t reserved[4]{};
+    req_tail tail;
+};
+struct req_detach {
+    req_head head;
+    le32 domain, endpoint;
+    std::uint8_t reserved[8]{};
+    req_tail tail;
+};
+inline constexpr std::uint32_t map_f_read = 1u << 0, map_f_write = 1u << 1, map_f_mmio = 1u << 2;
+inline constexpr std::uint32_t map_f_mask = map_f_read | map_f_write | map_f_mmio;
+struct req_map {
+    req_head head;
+    le32 domain;
+    le64 virt_start, virt_end, phys_start;
+    le32 flags;
+    req_tail tail;
+};
+struct req_unmap {
+    req_head head;
+    le32 domain;
+    le64 virt_start, virt_end;
+    std::uint8_t reserved[4]{};
+    req_tail tail;
+};
+/// The device-readable part of PROBE; properties (probe_size bytes) and the tail follow.
+struct req_probe {
+    req_head head;
+    le32 endpoint;
+    std::uint8_t reserved[64]{};
+};
+inline constexpr std::uint16_t probe_t_none = 0, probe_t_resv_mem = 1, probe_t_mask = 0xfff;
+struct probe_property {
+    le16 type, length;
+};
+inline constexpr std::uint8_t resv_mem_t_reserved = 0, resv_mem_t_msi = 1;
+struct probe_resv_mem {
+    probe_property head;
+    std::uint8_t subtype = 0;
+    std::uint8_t reserved[3]{};
+    le64 start, end;
+};
+
+// ---- fault event (5.13.6.6), 24 bytes ----
+inline constexpr std::uint8_t fault_r_unknown = 0, fault_r_domain = 1, fault_r_mapping = 2;
+inline constexpr std::uint32_t fault_f_read = 1u << 0, fault_f_write = 1u << 1, fault_f_exec = 1u << 2,
+                               fault_f_address = 1u << 8;
+struct fault {
+    std::uint8_t reason = 0;
+    std::uint8_t reserved[3]{};
+    le32 flags, endpoint;
+    std::uint8_t reserved2[4]{};
+    le64 address;
+};
+
+// ---- this project's page-table sharing (registry: formats/README.md) ----
+/// PROBE_TABLE / ATTACH_TABLE flags.
+inline constexpr std::uint32_t table_f_indirect = 1u << 0;  ///< `table` is a context table (slot i = context i)
+inline constexpr std::uint32_t table_f_native = 1u << 1;    ///< the guest's MMU format
+inline constexpr std::uint32_t table_f_fault = 1u << 2;     ///< recoverable faults reported to the guest
+inline constexpr std::uint32_t table_f_mask = table_f_indirect | table_f_native | table_f_fault;
+
+/// Page-table models.
+enum class table_model : std::uint32_t { invalid = 0, arm = 1, x86 = 2 };
+
+/// One format the device's IOMMU walks: the model and a model-defined 64-byte descriptor.
+struct pg_format {
+    le32 model;
+    std::uint8_t format[64]{};
+};
+
+/// PROBE_TABLE, device-readable part: head, address_space, flags.
+struct req_probe_table {
+    req_head head;
+    le32 address_space;
+    le32 flags;
+};
+/// PROBE_TABLE, device-writable part before the formats: the device writes `len` = how many
+/// formats exist (possibly more than fit) and `nr_contexts` = the most contexts a table may
+/// have; then as many pg_format entries as the writable buffer holds (unused ones zeroed, model
+/// 0), then the tail.
+struct probe_table_reply {
+    le32 len;
+    le32 nr_contexts;
+};
+
+/// ATTACH_TABLE: everything up to the tail is device-readable.
+struct req_attach_table {
+    req_head head;
+    le32 address_space;
+    le32 flags;
+    le64 table;        ///< guest-physical address of the page directory (or context table)
+    le32 nr_contexts;  ///< with F_INDIRECT: slots in the context table; otherwise 0 or 1
+    le32 model;
+    std::uint8_t config[64]{};
+    req_tail tail;
+};
+
+/// INVALIDATE kinds (flags bits 7:0); other flag bits are reserved.
+enum class invalidate_kind : std::uint8_t {
+    vaddr = 0,   ///< [virt_addr, virt_addr + range_size) in one context
+    single = 1,  ///< everything of one context
+    table = 2,   ///< re-read the context table (F_INDIRECT only)
+};
+inline constexpr std::uint32_t invalidate_kind_mask = 0xff;
+
+struct req_invalidate {
+    req_head head;
+    le32 address_space;
+    le32 context;
+    le32 flags;
+    le64 virt_addr;
+    le64 range_size;
+    std::uint8_t opaque[64]{};
+    req_tail tail;
+};
+
+static_assert(sizeof(req_head) == 4 && sizeof(req_tail) == 4);
+static_assert(sizeof(config) == 40 && offsetof(config, bypass) == 36);
+static_assert(sizeof(req_attach) == 24 && sizeof(req_detach) == 24);
+static_assert(sizeof(req_map) == 40 && offsetof(req_map, flags) == 32);
+static_assert(sizeof(req_unmap) == 32);
+static_assert(sizeof(req_probe) == 72);
+static_assert(sizeof(probe_resv_mem) == 24);
+static_assert(sizeof(fault) == 24 && offsetof(fault, address) == 16);
+static_assert(sizeof(pg_format) == 68);
+static_assert(sizeof(req_probe_table) == 12 && sizeof(probe_table_reply) == 8);
+static_assert(sizeof(req_attach_table) == 96 && offsetof(req_attach_table, table) == 12 &&
+              offsetof(req_attach_table, config) == 28 && offsetof(req_attach_table, tail) == 92);
+static_assert(sizeof(req_invalidate) == 100 && offsetof(req_invalidate, virt_addr) == 16 &&
+              offsetof(req_invalidate, opaque) == 32);
+
+} // namespace iopgtable::virtio
