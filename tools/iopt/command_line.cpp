@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: MIT
+#include "command_line.hpp"
+
+#include <string_view>
+
+namespace iopt {
+
+std::variant<iopgtable::options, std::string> parse_options(std::span<char* const> args) {
+    iopgtable::options opts;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string_view original = args[i];
+        std::string_view word = original;
+        if (!word.starts_with("--")) return "unexpected argument '" + std::string(word) + "' (options are --key value)";
+        word.remove_prefix(2);
+        std::string key, value;
+        if (auto eq = word.find('='); eq != std::string_view::npos) {
+            key = word.substr(0, eq);
+            value = word.substr(eq + 1);
+        } else {
+            key = word;
+            if (i + 1 < args.size() && !std::string_view(args[i + 1]).starts_with("--")) value = args[++i];
+        }
+        if (key.empty()) return "empty option name '" + std::string(original) + "'";
+        if (opts.has(key)) return "option --" + key + " given twice";
+        opts.values.emplace(std::move(key), std::move(value));
+    }
+    return opts;
+}
+
+std::string option_text(const std::string& key, const std::string& value) {
+    return value.empty() ? "--" + key : "--" + key + " " + value;
+}
+
+} // namespace iopt
