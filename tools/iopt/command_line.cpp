@@ -21,7 +21,7 @@ std::variant<iopgtable::options, std::string> parse_options(std::span<char* cons
             if (i + 1 < args.size() && !std::string_view(args[i + 1]).starts_with("--")) value = args[++i];
         }
         if (key.empty()) return "empty option name '" + std::string(original) + "'";
-        if (opts.has(key)) return "option --" + key + " given twice";
+        if (opts.values.count(key) != 0) return "option --" + key + " given twice";
         opts.values.emplace(std::move(key), std::move(value));
     }
     return opts;

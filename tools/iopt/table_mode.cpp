@@ -113,6 +113,12 @@ int run_format(const options& o, std::uint64_t memory_bytes) {
         return fail(std::string(F::name) + " refuses " + format_options_text(o) + ": " +
                     std::string(to_string(cfg.error())) + hint("accepted", blamed));
     }
+    std::vector<std::string> typos;
+    for (const auto& k : o.unread())
+        if (!own_option(k)) typos.push_back(option_text(k, o.values.at(k)));
+    if (!typos.empty())
+        return fail(std::string(F::name) + " does not take " + joined(typos, ", ") + " (see formats/" + F::folder +
+                    "/README.md)");
     iopgtable::guest_ram ram{memory_bytes, iopgtable::pa_t{table_memory_base}};
     auto table = iopgtable::page_table<F, iopgtable::guest_ram>::create(*cfg, ram);
     if (!table) {

@@ -9,19 +9,33 @@
 #include <cstdlib>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "../core/result.hpp"
 
 namespace iopgtable {
 
-/// Option name → text. Names are without dashes (`ias`, `granule`, `snoop`).
+/// Option name → text. Names are without dashes (`ias`, `granule`, `snoop`). Every key a
+/// reader asks for is remembered, so that a tool can report options nobody read (typos).
 struct options {
     std::map<std::string, std::string, std::less<>> values;
 
-    bool has(std::string_view k) const { return values.find(k) != values.end(); }
+    bool has(std::string_view k) const {
+        mark(k);
+        return values.find(k) != values.end();
+    }
+    /// Keys present but never asked for, in key order.
+    std::vector<std::string> unread() const {
+        std::vector<std::string> out;
+        for (const auto& [k, v] : values)
+            if (read_.find(k) == read_.end()) out.push_back(k);
+        return out;
+    }
     std::optional<std::string_view> text(std::string_view k) const {
+        mark(k);
         auto it = values.find(k);
         if (it == values.end()) return std::nullopt;
         return std::string_view(it->second);
@@ -43,6 +57,12 @@ struct options {
         auto t = text(k);
         return t && *t != "0" && *t != "false";
     }
+
+private:
+    void mark(std::string_view k) const {
+        if (read_.find(k) == read_.end()) read_.emplace(k);
+    }
+    mutable std::set<std::string, std::less<>> read_;
 };
 
 /// One register's name and value, as `iopt regs` prints it.

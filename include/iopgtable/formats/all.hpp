@@ -7,12 +7,15 @@
 #include <boost/hana/type.hpp>
 
 #include "arm_lpae.hpp"
+#include "vtd_fl.hpp"
+#include "vtd_sl.hpp"
 
 namespace iopgtable {
 
 /// Every concrete format type the library implements (one per compile-time variant).
 inline constexpr auto all_formats = boost::hana::tuple_t<
     arm_lpae_s1_4k, arm_lpae_s1_16k, arm_lpae_s1_64k,
-    arm_lpae_s2_4k, arm_lpae_s2_16k, arm_lpae_s2_64k>;
+    arm_lpae_s2_4k, arm_lpae_s2_16k, arm_lpae_s2_64k,
+    vtd_sl, vtd_fl>;
 
 } // namespace iopgtable
