@@ -60,6 +60,10 @@ struct vtd_fl {
     using input_address = iova_t;
     static constexpr const char* name = "vtd-fl";
     static constexpr const char* folder = "vtd-fl";  ///< formats/<folder>/
+    /// Page-table sharing registry (formats/README.md): model X86 (2), variant VT-d first-stage (1).
+    static constexpr std::uint32_t sharing_model = 2, sharing_variant = 1;
+    static constexpr bool guest_shareable = true;
+    static bool matches_registers(const register_set&) noexcept { return true; }
 
     static constexpr unsigned granule_lg2 = 12;
     static constexpr unsigned bits_per_level = 9;

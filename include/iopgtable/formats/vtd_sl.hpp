@@ -61,6 +61,11 @@ struct vtd_sl {
     using input_address = ipa_t;
     static constexpr const char* name = "vtd-sl";
     static constexpr const char* folder = "vtd-sl";  ///< formats/<folder>/
+    /// Page-table sharing registry (formats/README.md): model X86 (2), variant VT-d second-stage (2).
+    /// A second-stage table is the host's: never offered for guest tables.
+    static constexpr std::uint32_t sharing_model = 2, sharing_variant = 2;
+    static constexpr bool guest_shareable = false;
+    static bool matches_registers(const register_set&) noexcept { return true; }
 
     static constexpr unsigned granule_lg2 = 12;
     static constexpr unsigned bits_per_level = 9;

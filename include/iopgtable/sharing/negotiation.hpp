@@ -55,7 +55,13 @@ format_caps caps_of(const device_format<F>& d) noexcept {
     if (!g) return c;
     c.model = F::sharing_model;
     c.variant = F::sharing_variant;
-    c.sizes = F::sharing_model == model_arm ? (1u << F::item_lg2(0)) : (1u << g->levels);
+    if constexpr (F::sharing_model == model_arm) {
+        c.sizes = 1u << F::item_lg2(0);  // the granule
+    } else {  // every table depth the format has up to the limit's (SAGAW-like)
+        c.sizes = 1u << g->levels;
+        for (const auto& s : F::sample_configs())
+            if (auto sg = F::make_geometry(s); sg && sg->levels <= g->levels) c.sizes |= 1u << sg->levels;
+    }
     c.max_ias = static_cast<std::uint8_t>(g->ias);
     c.max_oas = static_cast<std::uint8_t>(g->oas);
     c.tag_bits = d.tag_bits;
