@@ -14,6 +14,7 @@
 
 #include "hex.hpp"
 #include "script.hpp"
+#include "sharing_mode.hpp"
 #include "table_mode.hpp"
 
 namespace {
@@ -29,6 +30,9 @@ struct command {
 
 constexpr command commands[] = {
     {"help", "", help_command},
+    {"probe", "[--formats LIST] [--len N] [--nr-contexts N]", iopt::probe_mode},
+    {"config", "--format NAME [format options] [--tag N] [--root ADDR]", iopt::config_mode},
+    {"attach", "--model N --config HEX [--table ADDR] [--flags F] [--nr-contexts N] [--formats LIST]", iopt::attach_mode},
 };
 
 std::string usage() {

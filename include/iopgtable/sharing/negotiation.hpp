@@ -12,6 +12,7 @@
 ///
 /// Every refusal names the field and carries the virtio status to answer with.
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -40,6 +41,7 @@ struct device_format {
     using format = F;
     typename F::config limits{};
     std::uint8_t tag_bits = 16;
+    bool enabled = true;  ///< a device may switch a compiled-in format off at run time
 };
 
 /// Limits of ATTACH_TABLE the device enforces.
@@ -81,6 +83,7 @@ std::vector<virtio::pg_format> offered_formats(const Formats& formats) {
     boost::hana::for_each(formats, [&](const auto& d) {
         using F = typename std::decay_t<decltype(d)>::format;
         if constexpr (F::guest_shareable) {
+            if (!d.enabled) return;
             const format_caps c = caps_of(d);
             if (c.model == 0) return;
             auto it = std::find_if(merged.begin(), merged.end(),
@@ -101,6 +104,46 @@ std::vector<virtio::pg_format> offered_formats(const Formats& formats) {
     out.reserve(merged.size());
     for (const auto& c : merged) out.push_back(encode_format(c));
     return out;
+}
+
+/// Device side: writes the PROBE_TABLE reply into `out`, the device-writable part of the request
+/// before its tail: `len` = how many formats exist, `nr_contexts`, then as many pg_format
+/// entries as fit (the rest of `out` zeroed: model 0). Returns the bytes written (all of
+/// `out`), or 0 when `out` cannot hold the 8-byte reply header.
+inline std::size_t write_probe_table(std::span<const virtio::pg_format> offered, std::uint32_t nr_contexts,
+                                     std::span<std::uint8_t> out) noexcept {
+    if (out.size() < sizeof(virtio::probe_table_reply)) return 0;
+    std::fill(out.begin(), out.end(), std::uint8_t{0});
+    virtio::probe_table_reply head;
+    head.len = static_cast<std::uint32_t>(offered.size());
+    head.nr_contexts = nr_contexts;
+    std::memcpy(out.data(), &head, sizeof head);
+    const std::size_t slots = (out.size() - sizeof head) / sizeof(virtio::pg_format);
+    for (std::size_t i = 0; i < slots && i < offered.size(); ++i)
+        std::memcpy(out.data() + sizeof head + i * sizeof(virtio::pg_format), &offered[i], sizeof(virtio::pg_format));
+    return out.size();
+}
+
+/// Driver side: a PROBE_TABLE reply as the device wrote it.
+struct probe_table_result {
+    std::uint32_t len = 0;          ///< formats the device has (may exceed `formats.size()`)
+    std::uint32_t nr_contexts = 0;
+    std::vector<virtio::pg_format> formats;  ///< the entries received, unused (model 0) ones dropped
+};
+inline checked<probe_table_result> parse_probe_table(std::span<const std::uint8_t> in) {
+    if (in.size() < sizeof(virtio::probe_table_reply)) return refusal{virtio::status::ioerr, "reply too short"};
+    virtio::probe_table_reply head;
+    std::memcpy(&head, in.data(), sizeof head);
+    probe_table_result r;
+    r.len = head.len;
+    r.nr_contexts = head.nr_contexts;
+    const std::size_t slots = (in.size() - sizeof head) / sizeof(virtio::pg_format);
+    for (std::size_t i = 0; i < slots; ++i) {
+        virtio::pg_format f;
+        std::memcpy(&f, in.data() + sizeof head + i * sizeof f, sizeof f);
+        if (f.model.get() != 0) r.formats.push_back(f);
+    }
+    return r;
 }
 
 /// One format's engine bound to a guest table: its configuration and geometry.
@@ -250,7 +293,7 @@ checked<binding_for<Formats>> validate_attach(const Formats& formats, const virt
         const auto& d = boost::hana::at_c<I>(formats);
         using F = typename std::decay_t<decltype(d)>::format;
         if constexpr (F::guest_shareable) {
-            if (out || F::sharing_model != model || F::sharing_variant != tc->variant) return;
+            if (out || !d.enabled || F::sharing_model != model || F::sharing_variant != tc->variant) return;
             std::string_view why;
             if (!F::matches_registers(tc->regs)) {  // another granule: keep the most precise reason
                 auto other = F::config_from_registers(tc->regs, why);
