@@ -7,6 +7,7 @@
 #include <boost/hana/type.hpp>
 
 #include "arm_lpae.hpp"
+#include "arm_v7s.hpp"
 #include "vtd_fl.hpp"
 #include "vtd_sl.hpp"
 
@@ -16,6 +17,7 @@ namespace iopgtable {
 inline constexpr auto all_formats = boost::hana::tuple_t<
     arm_lpae_s1_4k, arm_lpae_s1_16k, arm_lpae_s1_64k,
     arm_lpae_s2_4k, arm_lpae_s2_16k, arm_lpae_s2_64k,
+    arm_v7s,
     vtd_sl, vtd_fl>;
 
 } // namespace iopgtable
