@@ -56,7 +56,7 @@ public:
         auto geo = F::make_geometry(cfg);
         if (!geo) return failure(geo.error());
         const std::uint64_t top_bytes = sizeof(word) << geo->top_index_lg2;
-        auto root = allocate_reachable(cfg, *geo, mem, top_bytes, 1);
+        auto root = allocate_reachable(cfg, *geo, mem, top_bytes, 1, true);
         if (!root) return failure(root.error());
         return page_table(cfg, *geo, mem, *root, hooks, true);
     }
@@ -112,6 +112,8 @@ public:
     /// Errors: invalid (size 0, iova/pa/size not aligned to the smallest page, prot without
     /// READ/WRITE or not expressible), range (beyond IAS or OAS, or wrapping), exists (anything
     /// already mapped in the range), nomem, fault (a borrowed table points outside memory).
+    /// A table that holds no mapping where a larger page goes is unlinked, walk_flush'ed and
+    /// freed before the page is written (break-before-make).
     result<void> map(input_address iova, pa_t pa, length_t size, prot p) {
         return map_range(iova.value, pa.value, size.value, p, geo_.pgsize_bitmap);
     }
@@ -259,12 +261,15 @@ private:
     /// A table the format can point at: its address survives the table descriptor's encoding
     /// (v7s tables must lie below 4 GiB) and, unless the memory is walked by software only
     /// (`M::software_walk`), lies inside the output address space. Otherwise errc::nomem.
+    /// A `root` is held by a register, not a descriptor: a root smaller than a page (LPAE 4K,
+    /// IAS 32: 32 bytes) need not be page-aligned, so only its page-aligned part is checked.
     static result<pa_t> allocate_reachable(const config& cfg, const geometry& geo, M& mem, std::uint64_t bytes,
-                                           unsigned parent_level) {
+                                           unsigned parent_level, bool root = false) {
         auto t = mem.allocate_table(bytes);
         if (!t) return t;
         const std::uint64_t last = t->value + bytes - 1;
-        bool ok = F::table_address(cfg, parent_level, F::make_table(cfg, parent_level, t->value)) == t->value &&
+        const std::uint64_t probe = root ? t->value & ~low_mask(F::item_lg2(0)) : t->value;
+        bool ok = F::table_address(cfg, parent_level, F::make_table(cfg, parent_level, probe)) == probe &&
                   last >= t->value;
         if constexpr (!requires { M::software_walk; }) ok = ok && (geo.oas >= 64 || (last >> geo.oas) == 0);
         if (!ok) {
@@ -407,7 +412,17 @@ private:
                 for (std::uint64_t i = 0; i < n; ++i) {
                     word* e = slot(table, idx + i);
                     if (e == nullptr) return failure(errc::fault);
-                    if (F::classify(cfg_, L, load_entry(e)) != entry_kind::empty) return failure(errc::exists);
+                    const word raw = load_entry(e);
+                    switch (F::classify(cfg_, L, raw)) {
+                    case entry_kind::empty:
+                        break;
+                    case entry_kind::table:  // gives way to the leaf only when it maps nothing
+                        if constexpr (L > 0)
+                            if (subtree_empty<L - 1>(F::table_address(cfg_, L, raw))) break;
+                        return failure(errc::exists);
+                    case entry_kind::leaf:
+                        return failure(errc::exists);
+                    }
                 }
                 step_last = pos + (lg2_to_size(lg2) - 1);
             } else {
@@ -450,7 +465,18 @@ private:
             if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
                 const std::uint64_t n = lg2_to_size(lg2 - item);
                 const word leaf = F::make_leaf(cfg_, L, lg2, pos + delta, p);
-                for (std::uint64_t i = 0; i < n; ++i) store_entry(slot(table, idx + i), leaf);
+                for (std::uint64_t i = 0; i < n; ++i) {
+                    word* e = slot(table, idx + i);
+                    if constexpr (L > 0) {
+                        const word old = load_entry(e);
+                        if (F::classify(cfg_, L, old) == entry_kind::table) {  // empty (plan_map checked)
+                            store_entry(e, word{0});
+                            if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos + (i << item), lg2_to_size(item));
+                            free_subtree<L - 1>(F::table_address(cfg_, L, old));
+                        }
+                    }
+                    store_entry(e, leaf);
+                }
                 step_last = pos + (lg2_to_size(lg2) - 1);
                 done = step_last + 1;
             } else {
@@ -595,6 +621,28 @@ private:
         return bytes;
     }
 
+    /// True when the subtree at `table` (level L) holds no leaf and all of it is readable.
+    template <unsigned L>
+    bool subtree_empty(std::uint64_t table) const {
+        const std::uint64_t n = lg2_to_size(F::index_lg2(L));
+        for (std::uint64_t i = 0; i < n; ++i) {
+            word* e = slot(table, i);
+            if (e == nullptr) return false;
+            const word raw = load_entry(e);
+            switch (F::classify(cfg_, L, raw)) {
+            case entry_kind::empty:
+                break;
+            case entry_kind::table:
+                if constexpr (L > 0)
+                    if (subtree_empty<L - 1>(F::table_address(cfg_, L, raw))) break;
+                return false;
+            case entry_kind::leaf:
+                return false;
+            }
+        }
+        return true;
+    }
+
     /// Frees the table at `table` (level L) and every table below it.
     template <unsigned L>
     void free_subtree(std::uint64_t table) {
@@ -648,10 +696,18 @@ private:
 
     /// Makes `boundary` a leaf edge (for both range ends), allocating every table first.
     result<void> split_ends(std::uint64_t va, std::uint64_t last) {
-        need_counts need{};
+        need_counts need{}, end_need{};
         split_at(va, nullptr, need);
         const bool has_end = last + 1 != 0 && in_ias(last + 1);
-        if (has_end) split_at(last + 1, nullptr, need);
+        if (has_end) split_at(last + 1, nullptr, end_need);
+        // Both dry runs see the unsplit table: a leaf holding both ends becomes one table (at
+        // level l, from the level-l+1 slot both ends share), not two. Count it once, or a
+        // split that fits in memory fails with nomem.
+        for (unsigned l = 0; l < levels_max; ++l) {
+            const bool shared = need[l] != 0 && end_need[l] != 0 && l + 1 < levels_max &&
+                                (va >> F::item_lg2(l + 1)) == ((last + 1) >> F::item_lg2(l + 1));
+            if (!shared) need[l] += end_need[l];
+        }
         table_pool pool;
         if (auto r = fill_pool(need, pool); !r) return r;
         split_at(va, &pool, need);
@@ -671,13 +727,14 @@ private:
     /// Walks to the leaf holding `boundary` and splits it until `boundary` is a leaf edge.
     /// With `pool` null, only counts the tables needed into `need` (nothing is written).
     void split_at(std::uint64_t boundary, table_pool* pool, need_counts& need) {
-        at_top([&]<unsigned L>(level_c<L>) { split_level<L>(root_.value, top_mask(), boundary, pool, need, 0, prot::none, false); });
+        at_top([&]<unsigned L>(level_c<L>) { split_level<L>(root_.value, top_mask(), boundary, pool, need, prot::none, false); });
     }
 
-    /// `sim_lg2`/`sim` carry a leaf being split in a dry run (nothing in memory describes it).
+    /// `sim`: a dry run below a leaf being split (nothing in memory describes it yet); `sim_prot`
+    /// is that leaf's permissions.
     template <unsigned L>
     void split_level(std::uint64_t table, std::uint64_t mask, std::uint64_t b, table_pool* pool, need_counts& need,
-                     unsigned sim_lg2, prot sim_prot, bool sim) {
+                     prot sim_prot, bool sim) {
         constexpr unsigned item = F::item_lg2(L);
         const std::uint64_t idx = (b >> item) & mask;
         unsigned lg2;
@@ -686,7 +743,15 @@ private:
         word raw{};
         word* e = nullptr;
         if (sim) {
-            lg2 = sim_lg2;
+            // A table the split above fills afresh (count_fresh counted its tables): the entry
+            // holding b is a leaf of the largest size usable here, or a table of the level below.
+            constexpr unsigned span_lg2 = item + F::index_lg2(L);
+            const std::uint64_t span_base = b & ~low_mask(span_lg2);
+            lg2 = leaf_choice<L>(span_base, span_base | low_mask(span_lg2), 0, geo_.pgsize_bitmap);
+            if (lg2 == 0) {
+                if constexpr (L > 0) split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, sim_prot, true);
+                return;
+            }
             perm = sim_prot;
         } else {
             e = slot(table, idx);
@@ -696,7 +761,7 @@ private:
             if (k == entry_kind::empty) return;
             if (k == entry_kind::table) {
                 if constexpr (L > 0)
-                    split_level<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), b, pool, need, 0,
+                    split_level<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), b, pool, need,
                                        prot::none, false);
                 return;
             }
@@ -720,25 +785,24 @@ private:
             lg2 = to;
         }
         if ((b & low_mask(lg2)) == 0) return;
-        // A single-entry leaf becomes a table of smaller leaves.
+        // A single-entry leaf becomes a table holding the same translation in the largest pages
+        // the table's sizes allow (with tables below it where this level has no usable size).
         if constexpr (L > 0) {
-            const unsigned child_lg2 = smaller_leaf<L - 1>(F::item_lg2(L));
+            const std::uint64_t base_va = b & ~low_mask(item);
             if (pool == nullptr || sim) {
                 ++need[L - 1];
-                split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, child_lg2, perm, true);
+                count_fresh<L - 1>(base_va, base_va | low_mask(item), 0, geo_.pgsize_bitmap, need);
+                split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, perm, true);
                 return;
             }
             auto& spare = pool->free[L - 1];
             const std::uint64_t t = spare.back();
             spare.pop_back();
-            const std::uint64_t n = lg2_to_size(F::index_lg2(L - 1));
-            constexpr unsigned child_item = F::item_lg2(L - 1);
-            for (std::uint64_t i = 0; i < n; ++i) {
-                const std::uint64_t sub = (i << child_item) & ~low_mask(child_lg2);
-                store_entry(slot(t, i), F::make_leaf(cfg_, L - 1, child_lg2, oa + sub, perm));
-            }
+            std::uint64_t done = base_va;
+            (void)apply_map<L - 1>(t, detail::index_mask<F>(L - 1), base_va, base_va | low_mask(item), oa - base_va,
+                                   geo_.pgsize_bitmap, perm, *pool, done);
             store_entry(e, F::make_table(cfg_, L, t));
-            split_level<L - 1>(t, detail::index_mask<F>(L - 1), b, pool, need, 0, prot::none, false);
+            split_level<L - 1>(t, detail::index_mask<F>(L - 1), b, pool, need, prot::none, false);
         }
     }
 

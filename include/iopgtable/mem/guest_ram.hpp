@@ -25,7 +25,8 @@ public:
     /// RAM of `size` bytes at guest-physical `base`. Tables come from [pool_base, pool_base +
     /// pool_size) (default: all of RAM); the window is clipped to RAM.
     explicit guest_ram(std::uint64_t size, pa_t base = pa_t{0})
-        : base_(base.value), size_(size), data_(static_cast<std::uint64_t*>(std::calloc((size + 7) / 8 + 1, 8))) {
+        : base_(base.value), size_(size), skew_(base.value % 8),
+          data_(static_cast<std::uint64_t*>(std::calloc((size + 7) / 8 + 1, 8))) {
         if (!data_) throw std::bad_alloc();
         set_table_pool(base, size);
     }
@@ -103,7 +104,7 @@ public:
         return true;
     }
     /// All of RAM as bytes (for loading a guest image or fuzz input).
-    std::span<std::byte> bytes() noexcept { return {reinterpret_cast<std::byte*>(data_.get()), size_}; }
+    std::span<std::byte> bytes() noexcept { return {reinterpret_cast<std::byte*>(data_.get()) + skew_, size_}; }
     pa_t base() const noexcept { return pa_t{base_}; }
     std::uint64_t size() const noexcept { return size_; }
     /// Table bytes currently allocated (tables under 64 bytes count as 64).
@@ -114,7 +115,7 @@ public:
 
 private:
     void* host(std::uint64_t pa) const noexcept {
-        return reinterpret_cast<std::byte*>(data_.get()) + (pa - base_);
+        return reinterpret_cast<std::byte*>(data_.get()) + skew_ + (pa - base_);
     }
     void give_back_gap(std::uint64_t lo, std::uint64_t hi) {
         // Split [lo, hi) into naturally aligned power-of-two blocks of at least 64 bytes.
@@ -128,6 +129,9 @@ private:
     }
 
     std::uint64_t base_, size_;
+    /// Host offset of guest address `base_` in the buffer (the spare word at the end makes
+    /// room): a guest-aligned word is host-aligned even when `base_` is not 8-aligned.
+    std::uint64_t skew_;
     struct free_deleter {
         void operator()(std::uint64_t* p) const noexcept { std::free(p); }
     };

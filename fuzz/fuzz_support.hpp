@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file fuzz_support.hpp
+/// What every fuzz target shares: reading decisions from the input bytes, picking a format and
+/// a configuration from `all_formats`, and failing loudly (message on stderr, then a trap that
+/// libFuzzer reports as a crash and saves the input for).
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <span>
+
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/length.hpp>
+
+#include <iopgtable/core/bits.hpp>
+#include <iopgtable/formats/all.hpp>
+
+namespace iopgtable::fuzz {
+
+/// Prints `where: what` and the formatted detail, then traps. Never returns.
+[[noreturn]] inline void fail(const char* where, const char* what, const char* fmt, ...) {
+    std::fprintf(stderr, "\n*** fuzz check failed at %s: %s\n    ", where, what);
+    std::va_list ap;
+    va_start(ap, fmt);
+    std::vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+    __builtin_trap();
+}
+
+#define IOPGTABLE_FUZZ_STR2(x) #x
+#define IOPGTABLE_FUZZ_STR(x) IOPGTABLE_FUZZ_STR2(x)
+/// `FUZZ_CHECK(cond, "printf format", args...)`: traps with the message when `cond` is false.
+#define FUZZ_CHECK(cond, ...)                                                                          \
+    do {                                                                                               \
+        if (!(cond)) ::iopgtable::fuzz::fail(__FILE__ ":" IOPGTABLE_FUZZ_STR(__LINE__), #cond, __VA_ARGS__); \
+    } while (0)
+
+/// Reads decisions from the front of the input, little-endian. Past the end every read gives
+/// zero, so a short input is still a complete (if dull) run.
+class byte_reader {
+public:
+    byte_reader(const std::uint8_t* data, std::size_t size) noexcept : data_(data), size_(size) {}
+
+    bool empty() const noexcept { return pos_ >= size_; }
+    std::uint8_t u8() noexcept { return pos_ < size_ ? data_[pos_++] : 0; }
+    std::uint16_t u16() noexcept { return static_cast<std::uint16_t>(u8() | (u8() << 8)); }
+    std::uint32_t u32() noexcept { return u16() | (static_cast<std::uint32_t>(u16()) << 16); }
+    std::uint64_t u64() noexcept { return u32() | (static_cast<std::uint64_t>(u32()) << 32); }
+    /// The bytes not read yet (consumes them).
+    std::span<const std::uint8_t> rest() noexcept {
+        std::span<const std::uint8_t> r;
+        if (pos_ < size_) r = {data_ + pos_, size_ - pos_};
+        pos_ = size_;
+        return r;
+    }
+
+private:
+    const std::uint8_t* data_;
+    std::size_t size_;
+    std::size_t pos_ = 0;
+};
+
+/// Number of entries in `all_formats`.
+inline constexpr std::size_t format_count = decltype(boost::hana::length(all_formats))::value;
+
+/// Calls `fn(boost::hana::type_c<F>)` for the format at `index % format_count` of
+/// `all_formats`, so formats added to the list are fuzzed without touching the targets.
+template <class Fn>
+void with_format(std::size_t index, Fn&& fn) {
+    const std::size_t want = index % format_count;
+    std::size_t i = 0;
+    boost::hana::for_each(all_formats, [&](auto type) {
+        if (i++ == want) fn(type);
+    });
+}
+
+/// True when `x` does not fit in `bits` bits.
+constexpr bool beyond(std::uint64_t x, unsigned bits) noexcept { return bits < 64 && (x >> bits) != 0; }
+
+} // namespace iopgtable::fuzz

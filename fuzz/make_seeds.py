@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Writes the hand-made seed corpora under fuzz/corpus/ (small files; run from anywhere).
+
+The byte layouts are the ones fuzz_ops.cpp and fuzz_hostile_table.cpp read (see
+fuzz/README.md). Format indices follow formats/all.hpp: 0..5 are ARM LPAE s1 4k/16k/64k and
+s2 4k/16k/64k; the fuzzers take the index modulo the number of formats, so later formats
+are reached by mutation.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------- fuzz_ops
+
+R, W = 0x1, 0x2
+
+
+def ops_header(fmt, cfg, tables, base_mode=0, window_mode=0):
+    return bytes([fmt, cfg, tables, base_mode, window_mode])
+
+
+def addr(anchor=0, size_sel=0, mult=0, jitter=0, negative=False):
+    """Window anchor (0..3 largest pages) + mult * size[size_sel] +/- jitter smallest pages."""
+    return bytes([(anchor & 3) | (size_sel << 2), (mult & 7) | ((jitter & 15) << 3) | (0x80 if negative else 0)])
+
+
+def size(sel=0, mult=1, extra_pages=0, special=0):
+    """mult (1..4) * size[sel] (+ extra_pages smallest pages); special 0xf zero, 0xe misaligned,
+    0xd the window, 0xc huge."""
+    e = special & 0xF
+    if extra_pages:
+        e |= 0x80 | ((extra_pages & 7) << 4)
+    return bytes([sel | ((mult - 1) << 4), e])
+
+
+def op_map(a, sz, pa_mode=0, pa_k=0, prot=R | W):
+    return bytes([0]) + a + bytes([pa_mode | (pa_k << 2)]) + sz + bytes([prot])
+
+
+def op_map_pages(a, sel, count, pa_mode=0, pa_k=0, prot=R | W):
+    return bytes([1]) + a + bytes([pa_mode | (pa_k << 2), sel, count - 1, prot])
+
+
+def op_unmap(a, sz, split=False):
+    return bytes([3 if split else 2]) + a + sz
+
+
+def op_translate_leaf(index):
+    return bytes([4, 0, 1]) + struct.pack("<H", index)
+
+
+def op_reclaim():
+    return bytes([5])
+
+
+def op_lookup_leaf(index, offset_pages):
+    return bytes([6, 1]) + struct.pack("<HH", index, offset_pages)
+
+
+def op_lookup(a):
+    return bytes([6, 0]) + a
+
+
+OPS_SEEDS = {
+    # Map a page, unmap it (its table stays, empty), then a block over the empty table.
+    "block_over_empty_table": ops_header(0, 6, 8)
+    + op_map(addr(), size(0))
+    + op_unmap(addr(), size(0))
+    + op_map(addr(), size(1))
+    + op_lookup(addr()),
+    # Blocks, pages next to them, a split unmap inside a block, reclaim.
+    "split_and_reclaim": ops_header(0, 5, 12)
+    + op_map(addr(1), size(1, 2))
+    + op_map(addr(1, 1, 2), size(0, 3))
+    + op_unmap(addr(1, 0, 1), size(0), split=True)
+    + op_translate_leaf(0)
+    + op_unmap(addr(1), size(1, 3))
+    + op_reclaim()
+    + op_lookup_leaf(0, 3),
+    # Exact unmap that cuts a block (partial), then an overlapping map (exists).
+    "partial_and_exists": ops_header(3, 1, 6)
+    + op_map(addr(2), size(1))
+    + op_unmap(addr(2, 0, 1), size(0))
+    + op_map(addr(2, 0, 3), size(0))
+    + op_map_pages(addr(2, 0, 0, 2, True), 0, 4)
+    + op_unmap(addr(2), size(1)),
+    # Too little RAM: nomem on a map and on a split.
+    "nomem": ops_header(1, 3, 1)
+    + op_map(addr(0), size(1))
+    + op_map(addr(1, 0, 1), size(0))
+    + op_map(addr(2, 0, 1), size(0))
+    + op_unmap(addr(0, 0, 1), size(0), split=True)
+    + op_reclaim(),
+    # 64K granule: map_pages, ragged sizes, misaligned pa, range errors at the window's top.
+    "64k_ragged": ops_header(2, 2, 6, 2, 1)
+    + op_map_pages(addr(3, 0, 2), 0, 8)
+    + op_map(addr(3, 0, 7), size(0, 2, 3), pa_mode=1, pa_k=3)
+    + op_map(addr(3, 1, 1), size(1, 4), pa_mode=3, pa_k=5)
+    + op_unmap(addr(3), size(special=0xd))
+    + op_translate_leaf(1),
+    # Stage 2 with a concatenated top table; bad prot, zero size, misaligned size.
+    "s2_concat_errors": ops_header(3, 3, 4)
+    + op_map(addr(), size(0), prot=0x80)
+    + op_map(addr(), size(special=0xf))
+    + op_map(addr(), size(special=0xe))
+    + op_map(addr(0, 1), size(1), prot=R | 0x4 | 0x8)
+    + op_unmap(addr(), size(special=0xc)),
+    # Every op once on the 16K granule.
+    "16k_all_ops": ops_header(4, 0, 10)
+    + op_map(addr(1), size(1))
+    + op_map_pages(addr(2, 0, 1), 0, 3, prot=W)
+    + op_unmap(addr(1, 0, 5), size(0, 2), split=True)
+    + op_unmap(addr(2, 0, 1), size(0))
+    + op_translate_leaf(0)
+    + op_lookup_leaf(2, 1)
+    + op_reclaim(),
+    # Index 6: the first format after the LPAE ones (blocks and pages).
+    "format6": ops_header(6, 0, 8)
+    + op_map(addr(0), size(1, 2))
+    + op_map(addr(1, 0, 3), size(0, 4))
+    + op_unmap(addr(0, 0, 9), size(0), split=True)
+    + op_reclaim(),
+}
+
+# ---------------------------------------------------------------- fuzz_hostile_table
+
+VALID, TABLE = 0x1, 0x2
+AF = 1 << 10
+PAGE = VALID | TABLE | AF  # LPAE level-0 page
+BLOCK = VALID | AF         # LPAE block
+
+
+def hostile(fmt, cfg, ram_sel, base, root, tile, probes, ranges, ram):
+    """base: (mode, bytes), root: (mode, bytes); probes: u64s; ranges: (first, pages)."""
+    out = bytes([fmt, cfg, ram_sel, base[0]]) + base[1] + bytes([root[0]]) + root[1] + bytes([tile])
+    out += bytes([len(probes)]) + b"".join(struct.pack("<Q", p) for p in probes)
+    out += bytes([len(ranges)]) + b"".join(struct.pack("<QH", f, n) for f, n in ranges)
+    return out + ram
+
+
+def table_image(entries, size):
+    """RAM image: entries = {byte offset: 64-bit word}."""
+    img = bytearray(size)
+    for off, w in entries.items():
+        img[off : off + 8] = struct.pack("<Q", w)
+    return bytes(img.rstrip(b"\0"))
+
+
+ROOT0 = (0, struct.pack("<H", 0))  # root at RAM base + 0
+BASE0 = (0, b"")
+
+HOSTILE_SEEDS = {
+    # LPAE s1 4K, IAS 48 (4 levels): root -> L2 -> L1 (a 2M block) -> L0 (pages).
+    "lpae4k_wellformed": hostile(
+        0, 6, 0, BASE0, ROOT0, 0,
+        [0x0, 0x1000, 0x200000, 0x201000, 0x1234567000],
+        [(0, 1024)],
+        table_image({0x0: 0x1000 | VALID | TABLE, 0x1000: 0x2000 | VALID | TABLE,
+                     0x2000: 0x3000 | VALID | TABLE, 0x2008: 0x40000000 | BLOCK,
+                     0x3000: 0x80000000 | PAGE, 0x3008: 0x80001000 | PAGE}, 0x4000),
+    ),
+    # Every table entry points at the root itself: the walk must stop after `levels` reads.
+    "self_loop": hostile(
+        0, 6, 0, BASE0, ROOT0, 1, [0x0, 0xFFFFFFFFF000, 0x8000_0000_0000_0000], [(0, 4095)],
+        struct.pack("<Q", 0x0 | VALID | TABLE) * 8,
+    ),
+    # Tables pointing outside RAM and a misaligned root.
+    "outside_and_misaligned": hostile(
+        3, 2, 1, (1, struct.pack("<H", 1)), (1, struct.pack("<I", 4)), 0, [0x0, 0x40000000], [(0, 64)],
+        table_image({0x0: 0xFFFF_F000 | VALID | TABLE, 0x8: 0x10000 | VALID | TABLE}, 0x100),
+    ),
+    # Root at the very end of RAM, tiled pattern of pages and blocks.
+    "root_at_end": hostile(
+        2, 0, 2, BASE0, (3, bytes([1])), 1, [0x0, 0x10000], [(0, 2048)],
+        struct.pack("<QQ", 0x0 | PAGE, 0x20000000 | BLOCK),
+    ),
+    # Index 6: the first format after the LPAE ones, over random-looking words.
+    "format6_noise": hostile(
+        6, 1, 0, BASE0, ROOT0, 1, [0x0, 0x200000, 0x40000000], [(0, 512)],
+        struct.pack("<QQQQ", 0x1003, 0x2003, 0x3083, 0x0000000080000003),
+    ),
+    # Stage 2, 64K granule, dirty tracking over a range of pages.
+    # Tiled so that every 64K table is the same: entry 0 leads to the next 64K (a table, and a
+    # page at level 0), entry 1 is a page with DBM and S2AP set (dirty).
+    "s2_64k_dirty": hostile(
+        5, 6, 1, BASE0, ROOT0, 1, [0x0, 0x10000], [(0, 16)],
+        struct.pack("<QQ", 0x10000 | VALID | TABLE, 0xA0000 | PAGE | (1 << 51) | 0xC0),
+    ),
+}
+
+
+def write(target, seeds):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    write("fuzz_ops", OPS_SEEDS)
+    write("fuzz_hostile_table", HOSTILE_SEEDS)
