@@ -16,7 +16,7 @@ namespace iopgtable {
 /// True when F's table entries can point at a typical user-space host address.
 template <class F>
 inline constexpr bool holds_host_pointers = [] {
-    constexpr std::uint64_t probe = 0x7ffffffff000ull;
+    constexpr std::uint64_t probe = 0x7fffff000000ull;  // high user-space address, aligned for every granule
     typename F::config c{};
     return F::table_address(c, 1, F::make_table(c, 1, probe)) == probe;
 }();

@@ -396,9 +396,13 @@ bool pick_format(const Guest& guest, std::span<const virtio::pg_format> offered,
 
 /// Driver side: the ATTACH_TABLE request for a table of format F at `root` (or a context table
 /// with `nr_contexts` slots when `flags` has F_INDIRECT), tagged `tag` (ASID / domain id).
+/// Refused (UNSUPP): stage-2-only formats, and configurations the config blob cannot carry —
+/// those the device would read back (decode_config, F::config_from_registers) as a table of
+/// another shape (levels, top table, IAS) or with other quirks (e.g. v7s with IAS < 32).
 template <class F>
 checked<virtio::req_attach_table> make_attach_table(const typename F::config& cfg, pa_t root, std::uint32_t tag,
                                                     std::uint32_t flags = 0, std::uint32_t nr_contexts = 0) {
+    if constexpr (!F::guest_shareable) return refusal{virtio::status::unsupp, "format: stage-2 only"};
     auto geo = F::make_geometry(cfg);
     if (!geo) return refusal{to_status(geo.error()), "config"};
     table_config tc;
@@ -408,6 +412,16 @@ checked<virtio::req_attach_table> make_attach_table(const typename F::config& cf
     tc.tag = tag;
     auto b = encode_config(tc);
     if (!b) return b.why();
+    auto seen = decode_config(F::sharing_model, b->data());
+    if (!seen) return seen.why();
+    std::string_view why;
+    auto back = F::config_from_registers(seen->regs, why);
+    if (!back) return refusal{to_status(back.error()), why};
+    auto back_geo = F::make_geometry(*back);
+    bool same = back_geo && back_geo->levels == geo->levels && back_geo->top_index_lg2 == geo->top_index_lg2 &&
+                back_geo->ias == geo->ias;
+    if constexpr (requires { cfg.quirks; }) same = same && back->quirks == cfg.quirks;
+    if (!same) return refusal{virtio::status::unsupp, "config: not expressible in ATTACH_TABLE"};
     virtio::req_attach_table req;
     req.head.type = static_cast<std::uint8_t>(virtio::req_type::attach_table);
     req.flags = flags;
