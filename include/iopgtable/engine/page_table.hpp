@@ -16,6 +16,7 @@
 /// acquire and stored with release (mem/memory.hpp). `reclaim()` and destruction need exclusive
 /// access. Operations on overlapping ranges at the same time are the caller's bug (as in Linux).
 #include <algorithm>
+#include <bit>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -156,8 +157,24 @@ public:
             auto r = split_ends(va, last);
             if (!r) return failure(r.error());
         }
-        auto plan = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); });
-        if (!plan) return failure(plan.error());
+        if (mode == unmap_mode::exact && owned_) {
+            // Only a leaf holding one of the range's ends can be cut, so two walks decide.
+            // A borrowed table may hide a bad table address anywhere: it gets the full plan.
+            const auto first = lookup(input_address{va});
+            if (first.status == walk_status::bad_table) return failure(errc::fault);
+            if (first.status == walk_status::mapped && first.input_base < va) return failure(errc::partial);
+            if (first.status == walk_status::mapped && first.input_base + low_mask(first.size_lg2) >= last) {
+                if (first.input_base + low_mask(first.size_lg2) > last) return failure(errc::partial);
+            } else {
+                const auto end = lookup(input_address{last});
+                if (end.status == walk_status::bad_table) return failure(errc::fault);
+                if (end.status == walk_status::mapped && end.input_base + low_mask(end.size_lg2) > last)
+                    return failure(errc::partial);
+            }
+        } else {
+            auto plan = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); });
+            if (!plan) return failure(plan.error());
+        }
         std::uint64_t bytes =
             at_top([&]<unsigned L>(level_c<L>) { return apply_unmap<L>(root_.value, top_mask(), va, last); });
         return length_t{bytes};
@@ -166,9 +183,7 @@ public:
     /// The output address `iova` translates to, or nothing (unmapped, out of range, or a bad
     /// table address in a borrowed table).
     std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
-        auto w = lookup(iova);
-        if (w.status != walk_status::mapped) return std::nullopt;
-        return w.oa;
+        return iopgtable::translate<F>(cfg_, geo_, *mem_, root_, iova.value);
     }
     /// The whole story of one walk (leaf level, size, permissions, raw entry, accesses).
     walk_info<F> lookup(input_address iova) const noexcept {
@@ -344,25 +359,66 @@ private:
         if (geo_.oas < 64 && (pa_last >> geo_.oas) != 0) return failure(errc::range);
         const std::uint64_t delta = pa - va;
 
+        return at_top([&]<unsigned L>(level_c<L>) { return map_from<L>(root_.value, top_mask(), va, last, delta, sizes, p); });
+    }
+
+    /// Descends while [va, last] lies inside one entry that is a table, then plans and applies
+    /// from there (the upper levels are walked once instead of twice).
+    template <unsigned L>
+    result<void> map_from(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
+                          std::uint64_t delta, std::uint64_t sizes, prot p) {
+        if constexpr (L > 0) {
+            constexpr unsigned item = F::item_lg2(L);
+            if ((va >> item) == (last >> item) && leaf_choice<L>(va, last, delta, sizes) == 0) {
+                if (word* e = slot(table, (va >> item) & mask)) {
+                    const word raw = load_entry(e);
+                    if (F::classify(cfg_, L, raw) == entry_kind::table)
+                        return map_from<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), va, last,
+                                               delta, sizes, p);
+                }
+            }
+        }
         need_counts need{};
-        auto plan = at_top([&]<unsigned L>(level_c<L>) {
-            return plan_map<L>(root_.value, top_mask(), va, last, delta, sizes, need);
-        });
-        if (!plan) return plan;
+        if (auto plan = plan_map<L>(table, mask, va, last, delta, sizes, need); !plan) return plan;
+        bool fresh = false;
+        for (auto n : need) fresh |= n != 0;
         table_pool pool;
-        if (auto r = fill_pool(need, pool); !r) return r;
+        if (fresh)
+            if (auto r = fill_pool(need, pool); !r) return r;
         std::uint64_t done = va;  // first address not yet mapped
-        auto applied = at_top([&]<unsigned L>(level_c<L>) {
-            return apply_map<L>(root_.value, top_mask(), va, last, delta, sizes, p, pool, done);
-        });
-        drain_pool(pool);  // tables a concurrent mapper installed first
+        auto applied = apply_map<L>(table, mask, va, last, delta, sizes, p, pool, done);
+        if (fresh) drain_pool(pool);  // tables a concurrent mapper installed first
         if (!applied) {
-            // Only reachable when another thread broke the disjoint-range contract.
-            if (done > va)
-                at_top([&]<unsigned L>(level_c<L>) { return apply_unmap<L>(root_.value, top_mask(), va, done - 1); });
+            if (done > va) apply_unmap<L>(table, mask, va, done - 1);
             return applied;
         }
         return success();
+    }
+
+    /// Whole items of 2^Item bytes in [pos, last] (pos aligned to the item).
+    template <unsigned Item>
+    static std::uint64_t full_items(std::uint64_t pos, std::uint64_t last) noexcept {
+        const std::uint64_t d = last - pos;
+        return (d >> Item) + ((d & low_mask(Item)) == low_mask(Item) ? 1 : 0);
+    }
+    /// Entries from idx on that take item-size leaves in a row: when item is the only size level L
+    /// may use, the rest of the table or of the range; else 0.
+    template <unsigned L>
+    static std::uint64_t item_run(unsigned lg2, std::uint64_t idx, std::uint64_t mask, std::uint64_t pos,
+                                  std::uint64_t last, std::uint64_t sizes) noexcept {
+        constexpr unsigned item = F::item_lg2(L);
+        if (lg2 != item || (F::leaf_sizes(L) & sizes) != lg2_to_size(item)) return 0;
+        return std::min(mask - idx + 1, full_items<item>(pos, last));
+    }
+
+    /// True when the n words from idx are contiguous in memory and all zero.
+    bool all_zero(std::uint64_t table, std::uint64_t idx, std::uint64_t n) const noexcept {
+        word* first = slot(table, idx);
+        if (first == nullptr || slot(table, idx + n - 1) != first + (n - 1)) return false;
+        word any = 0;
+        for (std::uint64_t i = 0; i < n; ++i) any |= std::atomic_ref<word>(first[i]).load(std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        return any == 0;
     }
 
     /// Leaf size to use at [pos, last] on level L, or 0 when the walk must descend.
@@ -371,6 +427,10 @@ private:
         constexpr std::uint64_t here = F::leaf_sizes(L);
         if constexpr (here == 0) {
             return 0;
+        } else if constexpr (std::popcount(here) == 1) {
+            constexpr unsigned one = static_cast<unsigned>(std::countr_zero(here));
+            if ((sizes & here) == 0 || ((pos | (pos + delta)) & low_mask(one)) != 0 || last - pos < low_mask(one)) return 0;
+            return one;
         } else {
             const unsigned lg2 = best_page_lg2(here & sizes, pos, pos + delta, last - pos + 1);
             return lg2 >= F::item_lg2(L) ? lg2 : 0;
@@ -408,7 +468,11 @@ private:
             const std::uint64_t idx = (pos >> item) & mask;
             std::uint64_t step_last;
             if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
-                const std::uint64_t n = lg2_to_size(lg2 - item);
+                std::uint64_t n = lg2_to_size(lg2 - item), span = lg2_to_size(lg2);
+                if (const std::uint64_t run = item_run<L>(lg2, idx, mask, pos, last, sizes)) {
+                    n = all_zero(table, idx, run) ? 0 : run;
+                    span = run << item;
+                }
                 for (std::uint64_t i = 0; i < n; ++i) {
                     word* e = slot(table, idx + i);
                     if (e == nullptr) return failure(errc::fault);
@@ -424,7 +488,7 @@ private:
                         return failure(errc::exists);
                     }
                 }
-                step_last = pos + (lg2_to_size(lg2) - 1);
+                step_last = pos + (span - 1);
             } else {
                 if constexpr (L == 0) {
                     return failure(errc::invalid);  // no page size fits: excluded by map_range's checks
@@ -463,8 +527,16 @@ private:
             const std::uint64_t idx = (pos >> item) & mask;
             std::uint64_t step_last;
             if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
-                const std::uint64_t n = lg2_to_size(lg2 - item);
+                std::uint64_t n = lg2_to_size(lg2 - item), span = lg2_to_size(lg2);
                 const word leaf = F::make_leaf(cfg_, L, lg2, pos + delta, p);
+                const std::uint64_t run = item_run<L>(lg2, idx, mask, pos, last, sizes);
+                bool additive = false;
+                if (run > 1) {
+                    n = run;
+                    span = run << item;
+                    additive = F::make_leaf(cfg_, L, item, pos + delta + ((run - 1) << item), p) ==
+                               static_cast<word>(leaf + (static_cast<word>(run - 1) << item));
+                }
                 for (std::uint64_t i = 0; i < n; ++i) {
                     word* e = slot(table, idx + i);
                     if constexpr (L > 0) {
@@ -475,9 +547,11 @@ private:
                             free_subtree<L - 1>(F::table_address(cfg_, L, old));
                         }
                     }
-                    store_entry(e, leaf);
+                    if (run <= 1) store_entry(e, leaf);
+                    else if (additive) store_entry(e, static_cast<word>(leaf + (static_cast<word>(i) << item)));
+                    else store_entry(e, F::make_leaf(cfg_, L, item, pos + delta + (i << item), p));
                 }
-                step_last = pos + (lg2_to_size(lg2) - 1);
+                step_last = pos + (span - 1);
                 done = step_last + 1;
             } else {
                 if constexpr (L == 0) {
@@ -566,6 +640,18 @@ private:
             case entry_kind::empty:
                 break;
             case entry_kind::leaf: {
+                if constexpr (L == 0 && F::leaf_sizes(0) == lg2_to_size(item)) {
+                    const std::uint64_t n = std::min(mask - idx + 1, full_items<item>(pos, last));
+                    for (std::uint64_t i = 0; i < n; ++i) {
+                        word* c = slot(table, idx + i);
+                        if (c == nullptr || F::classify(cfg_, L, load_entry(c)) != entry_kind::leaf) continue;
+                        store_entry(c, word{0});
+                        if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, pos + (i << item), lg2_to_size(item));
+                        bytes += lg2_to_size(item);
+                    }
+                    step_last = pos + ((n << item) - 1);
+                    break;
+                }
                 const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
                 const std::uint64_t base = pos & ~low_mask(lg2);
                 const std::uint64_t n = lg2_to_size(lg2 - item);

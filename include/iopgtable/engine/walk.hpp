@@ -7,6 +7,7 @@
 /// every walk descends at most `levels` times, so no input can make them loop or read outside
 /// the memory.
 #include <cstdint>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -145,7 +146,38 @@ inline result<bool> visit_level(const typename F::config& cfg, R& mem, std::uint
     }
 }
 
+template <class F, class R, unsigned L>
+inline std::optional<pa_t> translate_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
+                                           std::uint64_t va) noexcept {
+    using word = typename F::word;
+    constexpr unsigned item = F::item_lg2(L);
+    word* e = mem.template entry<word>(pa_t{table + ((va >> item) & mask) * sizeof(word)});
+    if (e == nullptr) return std::nullopt;
+    const word raw = load_entry(e);
+    switch (F::classify(cfg, L, raw)) {
+    case entry_kind::leaf:
+        return pa_t{F::leaf_address(cfg, L, raw) + (va & low_mask(F::leaf_lg2(cfg, L, raw)))};
+    case entry_kind::table:
+        if constexpr (L > 0)
+            return translate_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1), va);
+        else
+            return std::nullopt;
+    case entry_kind::empty:
+        break;
+    }
+    return std::nullopt;
+}
+
 } // namespace detail
+
+/// The output address `va` translates to, without the rest of `lookup`'s record.
+template <page_table_format F, table_reader R>
+std::optional<pa_t> translate(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
+    if (geo.ias < 64 && (va >> geo.ias) != 0) return std::nullopt;
+    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
+        return detail::translate_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), va);
+    });
+}
 
 /// Walks one input address through the table at `root`. Never fails: the status says how the
 /// walk ended. Reads at most `geo.levels` entries.
