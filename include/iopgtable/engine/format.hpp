@@ -32,6 +32,13 @@
 ///
 /// Optional, for dirty tracking (`has_dirty_tracking<F>`): `dirty_tracking(config)`,
 /// `leaf_dirty(config, level, raw)`, `leaf_clean(config, level, raw)`, `leaf_set_dirty(...)`.
+///
+/// Optional, for walks that check accesses as hardware does (nested/):
+///
+/// | member | meaning | without it |
+/// |---|---|---|
+/// | `leaf_accessed(config, level, raw)` → bool (`has_access_flag<F>`) | the leaf's access flag; clear means an access-flag fault (Arm AF, v7s AP[0]) | no access-flag faults (VT-d: hardware sets A itself) |
+/// | `leaf_memory_type(config, level, raw)` → memory_type (`has_memory_type<F>`) | the memory type the leaf gives, decoded from the hardware's attribute encoding | the format does not restrict the type (`write_back`) |
 #include <concepts>
 #include <cstdint>
 
@@ -43,6 +50,11 @@
 namespace iopgtable {
 
 enum class entry_kind : std::uint8_t { empty, table, leaf };
+
+/// Memory type of a leaf, most restrictive first: where two stages combine, the smaller value
+/// wins (nested/README.md). Device memory is never cached; write-through and write-back are
+/// Normal cacheable memory.
+enum class memory_type : std::uint8_t { device, non_cacheable, write_through, write_back };
 
 /// What a configuration makes of a format: the numbers the walker needs at run time.
 struct geometry {
@@ -83,6 +95,20 @@ concept has_dirty_tracking = page_table_format<F> &&
         { F::leaf_dirty(c, level, w) } -> std::same_as<bool>;
         { F::leaf_clean(c, level, w) } -> std::same_as<typename F::word>;
         { F::leaf_set_dirty(c, level, w) } -> std::same_as<typename F::word>;
+    };
+
+/// A format that reports a leaf's access flag (see the optional members above).
+template <class F>
+concept has_access_flag = page_table_format<F> &&
+    requires(const typename F::config& c, unsigned level, typename F::word w) {
+        { F::leaf_accessed(c, level, w) } -> std::same_as<bool>;
+    };
+
+/// A format that decodes a leaf's memory type (see the optional members above).
+template <class F>
+concept has_memory_type = page_table_format<F> &&
+    requires(const typename F::config& c, unsigned level, typename F::word w) {
+        { F::leaf_memory_type(c, level, w) } -> std::same_as<memory_type>;
     };
 
 /// Bytes of a non-top table at `level`.

@@ -259,6 +259,43 @@ struct arm_lpae {
     }
     static constexpr result<void> check_prot(const config&, prot) noexcept { return success(); }
 
+    // ---- access flag and memory type (D8.4; optional format members, used by nested walks) ----
+    /// AF (bit 10): a leaf with AF clear takes an access-flag fault (we never enable hardware AF updates).
+    static constexpr bool leaf_accessed(const config&, unsigned, word raw) noexcept { return af::test(raw); }
+    /// Stage 1: the MAIR_EL1 attribute AttrIndx selects from `mair_value` (0 Normal NC, 1 Normal WB,
+    /// 2 Device, 3 inner NC / outer WB, 4..7 0x00 = Device-nGnRnE). Stage 2 (D8.5.5): MemAttr[3:2]
+    /// outer, [1:0] inner; outer 00 is Device, otherwise 01 NC, 10 WT, 11 WB (the more restrictive
+    /// of inner and outer). With s2fwb (FEAT_S2FWB): MemAttr[2] clear is Device, [1:0] 01 NC,
+    /// 10 forced WB, 11 "stage 1 decides"; both of the latter are `write_back` here, so stage 1's
+    /// type still restricts the combination (Arm's forced WB would override it).
+    static constexpr memory_type leaf_memory_type(const config& c, unsigned, word raw) noexcept {
+        constexpr auto less = [](memory_type a, memory_type b) { return a < b ? a : b; };
+        if constexpr (Stage == lpae_stage::s1) {
+            // One MAIR nibble of a Normal attribute (D19 MAIR_EL1): 0b0100 NC, 0b00rw/0b10rw WT, 0b01rw/0b11rw WB.
+            constexpr auto nibble = [](unsigned n) {
+                if (n == 0b0100) return memory_type::non_cacheable;
+                if (n == 0) return memory_type::non_cacheable;  // UNPREDICTABLE in a Normal attribute
+                return (n & 0b0100) ? memory_type::write_back : memory_type::write_through;
+            };
+            const unsigned attr = static_cast<unsigned>(mair_value >> (8 * attr_index::get(raw))) & 0xffu;
+            if ((attr >> 4) == 0) return memory_type::device;
+            return less(nibble(attr >> 4), nibble(attr & 0xfu));
+        } else {
+            const unsigned m = static_cast<unsigned>(mem_attr::get(raw));
+            if (c.quirks & lpae_quirk::s2fwb) {
+                if ((m & 0b0100) == 0) return memory_type::device;
+                return (m & 0b11) == 0b01 ? memory_type::non_cacheable
+                       : (m & 0b11) == 0b00 ? memory_type::device  // reserved: the most restrictive
+                                            : memory_type::write_back;
+            }
+            constexpr auto half = [](unsigned h) {
+                return h == 0b11 ? memory_type::write_back : h == 0b10 ? memory_type::write_through : memory_type::non_cacheable;
+            };
+            if ((m >> 2) == 0) return memory_type::device;
+            return less(half(m >> 2), half(m & 0b11));
+        }
+    }
+
     // ---- dirty state (FEAT_HAFDBS, D8.4.6), with quirk hd ----
     /// Writable leaves carry DBM and start dirty. Stage 1: dirty = DBM and AP[2] clear; clean
     /// sets AP[2] (hardware clears it on the next write). Stage 2: dirty = DBM and S2AP[1] set;
@@ -452,6 +489,7 @@ using arm_lpae_s2_64k = arm_lpae<lpae_stage::s2, 16>;
 
 static_assert(page_table_format<arm_lpae_s1_4k>);
 static_assert(has_dirty_tracking<arm_lpae_s2_64k>);
+static_assert(has_access_flag<arm_lpae_s1_4k> && has_memory_type<arm_lpae_s2_4k>);
 static_assert(arm_lpae_s1_4k::max_levels == 4 && arm_lpae_s1_16k::max_levels == 4 && arm_lpae_s1_64k::max_levels == 3);
 
 } // namespace iopgtable

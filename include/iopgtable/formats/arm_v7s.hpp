@@ -189,6 +189,28 @@ struct arm_v7s {
     }
     static constexpr result<void> check_prot(const config&, prot) noexcept { return success(); }
 
+    // ---- access flag and memory type (B3.7; optional format members, used by nested walks) ----
+    /// AP[0] is the access flag (simplified model, SCTLR.AFE = 1); with no_perms nothing faults.
+    static constexpr bool leaf_accessed(const config& c, unsigned level, word raw) noexcept {
+        return (c.quirks & v7s_quirk::no_perms) || ((raw >> attr_shift(level)) & attr_af) != 0;
+    }
+    /// TEX remap (B3.8.2): index {TEX[0], C, B}; PRRR.TRn says Device (0 strongly ordered, 1
+    /// device) or Normal, and for Normal NMRR.IRn / ORn say NC (0), WB-WA (1), WT (2), WB (3),
+    /// the more restrictive of inner and outer. TEX[0] is bit 6 of a small page, bit 12 of a
+    /// large page or a section.
+    static constexpr memory_type leaf_memory_type(const config&, unsigned level, word raw) noexcept {
+        const bool small = level == 0 && type::get(raw) != type_cont_page;
+        const unsigned tex0 = (raw >> (small ? 6u : 12u)) & 1u;
+        const unsigned index = (tex0 << 2) | (c_bit::test(raw) ? 2u : 0u) | (b_bit::test(raw) ? 1u : 0u);
+        if (((prrr_value >> (2 * index)) & 3u) != 2u) return memory_type::device;
+        constexpr auto region = [](unsigned r) {
+            return r == 0 ? memory_type::non_cacheable : r == 2 ? memory_type::write_through : memory_type::write_back;
+        };
+        const memory_type inner = region((nmrr_value >> (2 * index)) & 3u);
+        const memory_type outer = region((nmrr_value >> (16 + 2 * index)) & 3u);
+        return inner < outer ? inner : outer;
+    }
+
     // ---- registers (B4.1.154 TTBR0, B4.1.153 TTBCR, B4.1.127 PRRR, B4.1.104 NMRR) ----
     static constexpr std::uint32_t ttbr_s = 1u << 1, ttbr_nos = 1u << 5;
     static constexpr std::uint32_t ttbr_irgn_wbwa = 1u << 6;  ///< IRGN[0] is bit 6, IRGN[1] bit 0
@@ -270,6 +292,7 @@ struct arm_v7s {
 };
 
 static_assert(page_table_format<arm_v7s>);
+static_assert(has_access_flag<arm_v7s> && has_memory_type<arm_v7s>);
 static_assert(arm_v7s::item_lg2(1) == arm_v7s::item_lg2(0) + arm_v7s::index_lg2(0), "levels tile the input space");
 
 } // namespace iopgtable

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: MIT
+// Bounded guest RAM: when the table pool runs out part-way through an operation, the
+// operation fails with nomem and the table is exactly as before (leaves, table bytes, and the
+// pool's bytes in use). Pools grow one table at a time until the operation fits.
+#include <algorithm>
+
+#include "support/checks.hpp"
+#include "support/format_list.hpp"
+
+using namespace iopgtable;
+using namespace iopgtable::test;
+
+namespace {
+
+constexpr std::uint64_t ram_bytes = std::uint64_t{64} << 20;
+
+/// Smallest table below the top, as the pool charges it.
+template <class F>
+std::uint64_t smallest_table(const geometry& g) {
+    std::uint64_t m = ~std::uint64_t{0};
+    for (unsigned l = 0; l + 1 < g.levels; ++l) m = std::min(m, charged_bytes(level_table_bytes<F>(l)));
+    return m;
+}
+
+} // namespace
+
+TEMPLATE_LIST_TEST_CASE("out of guest-RAM table memory, map fails with nomem and changes nothing",
+                        "[guest_ram][nomem]", format_list) {
+    using F = TestType;
+    using table = page_table<F, guest_ram>;
+    for (const auto& s : samples<F>()) {
+        INFO(s.label);
+        if (s.geo.levels < 2) continue;  // a single-level table never allocates
+        const std::uint64_t small = smallest_page(s.geo);
+        const std::uint64_t root = charged_bytes(std::uint64_t{sizeof(typename F::word)} << s.geo.top_index_lg2);
+        // Two smallest pages either side of the boundary between the first two top-level
+        // entries: a chain of tables under each.
+        const std::uint64_t boundary = std::uint64_t{1} << F::item_lg2(s.geo.levels - 1);
+        REQUIRE(boundary + small <= ias_end(s.geo));
+        const std::uint64_t va = boundary - small, len = 2 * small;
+        int failures = 0;
+        bool mapped = false;
+        for (std::uint64_t pool = root; !mapped && pool < ram_bytes; pool += smallest_table<F>(s.geo)) {
+            INFO("pool 0x" << std::hex << pool);
+            guest_ram ram{ram_bytes, pa_t{0}};
+            ram.set_table_pool(pa_t{0}, pool);
+            auto created = table::create(s.cfg, ram);
+            REQUIRE(created.ok());
+            auto pt = std::move(created).value();
+            const std::uint64_t in_use = ram.bytes_in_use(), tables = pt.table_bytes();
+            auto r = pt.map(in_addr<F>(va), pa_t{small}, length_t{len}, prot::read | prot::write);
+            if (r.ok()) {
+                mapped = true;
+                CHECK(translation_mismatch(pt, va, small, len) == "");
+                CHECK(pt.unmap(in_addr<F>(va), length_t{len})->value == len);
+                pt.reclaim();
+                CHECK(ram.bytes_in_use() == in_use);
+                break;
+            }
+            ++failures;
+            CHECK(to_string(r.error()) == "nomem");
+            CHECK(dump(pt).empty());
+            CHECK(ram.bytes_in_use() == in_use);
+            CHECK(pt.table_bytes() == tables);
+            CHECK(!pt.iova_to_phys(in_addr<F>(va)));
+        }
+        CHECK(mapped);
+        // At least the empty pool and a pool holding some but not all of the tables failed.
+        CHECK(failures >= 2);
+    }
+}
+
+TEMPLATE_LIST_TEST_CASE("out of guest-RAM table memory, a splitting unmap fails with nomem and changes nothing",
+                        "[guest_ram][nomem][split]", format_list) {
+    using F = TestType;
+    using table = page_table<F, guest_ram>;
+    for (const auto& s : samples<F>()) {
+        INFO(s.label);
+        const std::uint64_t small = smallest_page(s.geo), big = largest_page(s.geo);
+        if (big == small) continue;  // nothing to split
+        REQUIRE(ias_end(s.geo) / 4 >= big);
+        // Cut the inside out of one largest page: both ends split down to the smallest pages.
+        const std::uint64_t x = big, pa = 2 * big;
+        int failures = 0;
+        bool split = false;
+        for (std::uint64_t pool = charged_bytes(std::uint64_t{sizeof(typename F::word)} << s.geo.top_index_lg2);
+             !split && pool < ram_bytes; pool += smallest_table<F>(s.geo)) {
+            INFO("pool 0x" << std::hex << pool);
+            guest_ram ram{ram_bytes, pa_t{0}};
+            ram.set_table_pool(pa_t{0}, pool);
+            auto created = table::create(s.cfg, ram);
+            REQUIRE(created.ok());
+            auto pt = std::move(created).value();
+            auto m = pt.map(in_addr<F>(x), pa_t{pa}, length_t{big}, prot::read);
+            if (!m.ok()) {
+                CHECK(to_string(m.error()) == "nomem");
+                CHECK(dump(pt).empty());
+                continue;
+            }
+            const auto before = dump(pt);
+            const std::uint64_t in_use = ram.bytes_in_use(), tables = pt.table_bytes();
+            auto r = pt.unmap(in_addr<F>(x + small), length_t{big - 2 * small}, unmap_mode::split);
+            if (r.ok()) {
+                split = true;
+                CHECK(r->value == big - 2 * small);
+                CHECK(pt.iova_to_phys(in_addr<F>(x + 42))->value == pa + 42);
+                CHECK(pt.iova_to_phys(in_addr<F>(x + big - 1))->value == pa + big - 1);
+                CHECK(unmapped_mismatch(pt, x + small, big - 2 * small) == "");
+                break;
+            }
+            ++failures;
+            CHECK(to_string(r.error()) == "nomem");
+            CHECK(dump_difference(dump(pt), before) == "");
+            CHECK(ram.bytes_in_use() == in_use);
+            CHECK(pt.table_bytes() == tables);
+            CHECK(translation_mismatch(pt, x, pa, big) == "");
+        }
+        CHECK(split);
+        CHECK(failures >= 1);
+    }
+}
