@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The main demo: installs what is missing, builds the iopt command (Release, only that
+# target) and runs it on the sample script in examples/.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+bash scripts/deps.sh
+
+# Same configuration as scripts/test.sh's release stage, so the two share one build directory.
+build=build/release
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j2 --target iopt
+
+# The path CMake recorded (iopgtable-tools.txt, from the root CMakeLists.txt); else search.
+iopt=
+if [[ -f $build/iopgtable-tools.txt ]]; then
+  iopt=$(sed -n 's/^iopt=//p' "$build/iopgtable-tools.txt")
+fi
+if [[ -z $iopt || ! -x $iopt ]]; then
+  iopt=$(find "$build" -type f -name iopt -perm -u+x -print -quit)
+fi
+if [[ -z $iopt || ! -x $iopt ]]; then
+  echo "demo: the iopt binary was not found under $build" >&2
+  exit 1
+fi
+
+script=examples/lpae-s1-4k.iopt
+if [[ ! -f $script ]]; then
+  echo "demo: $script is missing" >&2
+  exit 1
+fi
+echo
+echo "\$ iopt --format arm-lpae-s1 --granule 4k --ias 48 --oas 48 < $script"
+"$iopt" --format arm-lpae-s1 --granule 4k --ias 48 --oas 48 < "$script"

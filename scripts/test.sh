@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Every test, in four stages (each in its own build directory under build/):
+#   release     Release build of everything; the whole ctest suite
+#   asan-ubsan  -DIOPGTABLE_SANITIZE=address,undefined; the whole ctest suite, halting on errors
+#   tsan        -DIOPGTABLE_SANITIZE=thread; the ctest tests labelled `concurrency`
+#   fuzz        clang, -DIOPGTABLE_BUILD_FUZZ=ON; every fuzz_* for FUZZ_SECONDS (default 30) s
+# A stage that finds nothing to run fails. Prints one line per stage with its time, then
+# `N passed, M failed` counting stages; exits non-zero when any stage failed.
+#
+# Usage: bash scripts/test.sh [stage...]     (default: all four, in the order above)
+# Environment: FUZZ_SECONDS (per fuzzer, default 30), JOBS (parallel jobs, default 2).
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root" || exit 1
+
+parallel=${JOBS:-2}
+fuzz_seconds=${FUZZ_SECONDS:-30}
+if ! [[ $fuzz_seconds =~ ^[0-9]+$ ]] || ((fuzz_seconds < 1)); then
+  echo "test.sh: FUZZ_SECONDS must be a whole number of seconds, at least 1" >&2
+  exit 2
+fi
+all_stages=(release asan-ubsan tsan fuzz)
+if (($# > 0)); then
+  stages=("$@")
+else
+  stages=("${all_stages[@]}")
+fi
+for stage in "${stages[@]}"; do
+  case " ${all_stages[*]} " in
+    *" $stage "*) ;;
+    *) echo "test.sh: unknown stage '$stage' (stages: ${all_stages[*]})" >&2; exit 2 ;;
+  esac
+done
+
+# Sanitizer builds: -O1 (the usual speed/compile-time balance for ASan; -O2 -g made the
+# test build three times slower), line tables for stack traces, asserts on (no NDEBUG).
+sanitizer_build=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1")
+
+# Prints and runs a command.
+step() {
+  echo "+ $*"
+  "$@"
+}
+
+banner() {
+  echo
+  echo "==================== $* ===================="
+}
+
+duration() {
+  printf '%dm%02ds' $(($1 / 60)) $(($1 % 60))
+}
+
+# CPU seconds (user + system) used so far by this shell's finished children.
+# (`times` must run in this shell, not in a subshell: hence the file.)
+times_file=$(mktemp "${TMPDIR:-/tmp}/iopgtable-times.XXXXXX")
+trap 'rm -f "$times_file"' EXIT
+children_cpu() {
+  times >"$times_file"
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); t += p[1] * 60 + p[2] } printf "%d\n", t }' "$times_file"
+}
+
+# ctest with the settings every stage uses; extra arguments are passed on.
+run_ctest() {
+  local dir=$1
+  shift
+  step ctest --test-dir "$dir" -j"$parallel" --output-on-failure --no-tests=error --timeout 1200 "$@"
+}
+
+stage_release() {
+  local dir=build/release
+  step cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release || return 1
+  step cmake --build "$dir" -j"$parallel" || return 1
+  run_ctest "$dir"
+}
+
+stage_asan-ubsan() {
+  local dir=build/asan
+  step cmake -S . -B "$dir" "${sanitizer_build[@]}" \
+    -DIOPGTABLE_SANITIZE=address,undefined -DIOPGTABLE_BUILD_BENCH=OFF || return 1
+  step cmake --build "$dir" -j"$parallel" || return 1
+  ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:check_initialization_order=1:strict_init_order=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    run_ctest "$dir"
+}
+
+stage_tsan() {
+  local dir=build/tsan
+  step cmake -S . -B "$dir" "${sanitizer_build[@]}" -DIOPGTABLE_SANITIZE=thread \
+    -DIOPGTABLE_BUILD_TOOLS=OFF -DIOPGTABLE_BUILD_BENCH=OFF || return 1
+  # Build only the programs the `concurrency` tests run (target name = program name); anything
+  # else (a test running a script) means building everything.
+  local programs=() targets=() program everything=0
+  mapfile -t programs < <(cmake -DBUILD_DIR="$dir" -DLABEL=concurrency -P cmake/label_programs.cmake)
+  if ((${#programs[@]} == 0)); then
+    echo "tsan: FAILURE: no ctest test is labelled concurrency"
+    return 1
+  fi
+  for program in "${programs[@]}"; do
+    if [[ $program == "$root/$dir/"* ]]; then
+      targets+=("$(basename "$program")")
+    else
+      everything=1
+    fi
+  done
+  if ((everything)) || ! step cmake --build "$dir" -j"$parallel" --target "${targets[@]}"; then
+    step cmake --build "$dir" -j"$parallel" || return 1
+  fi
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    run_ctest "$dir" -L concurrency
+}
+
+# Runs one fuzzer for fuzz_seconds on a scratch copy of its seed corpus (fuzz/corpus/<name>/,
+# if any); writes <logs>/<name>.log and <logs>/<name>.rc. Crashing inputs go to <artifacts>/.
+run_fuzzer() {
+  local binary=$1 logs=$2 artifacts=$3 name corpus rc=0
+  name=$(basename "$binary")
+  corpus=$(mktemp -d "${TMPDIR:-/tmp}/iopgtable-corpus-$name.XXXXXX")
+  if [[ -d fuzz/corpus/$name ]]; then
+    cp -r "fuzz/corpus/$name/." "$corpus/"
+  fi
+  # libFuzzer stops itself after -max_total_time; `timeout` only guards against a stuck run.
+  timeout --kill-after=10 $((fuzz_seconds * 2 + 120)) \
+    "$binary" -max_total_time="$fuzz_seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+    -artifact_prefix="$artifacts/$name-" "$corpus" >"$logs/$name.log" 2>&1 || rc=$?
+  rm -rf "$corpus"
+  echo "$rc" >"$logs/$name.rc"
+}
+
+stage_fuzz() {
+  local dir=build/fuzz
+  local logs=$root/$dir/fuzz-logs artifacts=$root/$dir/fuzz/artifacts
+  # IOPGTABLE_FUZZ_SECONDS=0: fuzz/'s own timed ctest runs are off, the loop below does them.
+  step cmake -S . -B "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DIOPGTABLE_BUILD_FUZZ=ON -DIOPGTABLE_FUZZ_SECONDS=0 \
+    -DIOPGTABLE_BUILD_TESTS=OFF -DIOPGTABLE_BUILD_TOOLS=OFF -DIOPGTABLE_BUILD_BENCH=OFF || return 1
+  step cmake --build "$dir" -j"$parallel" || return 1
+
+  local fuzzers=()
+  if [[ -d $dir/fuzz ]]; then
+    mapfile -t fuzzers < <(find "$dir/fuzz" -type f -perm -u+x -name 'fuzz_*' -not -path '*/CMakeFiles/*' | sort)
+  fi
+  if ((${#fuzzers[@]} == 0)); then
+    echo "fuzz: FAILURE: no fuzz targets found (expected executables fuzz_* under $dir/fuzz/)"
+    return 1
+  fi
+
+  # Replays of seed corpora and saved regressions that fuzz/ registers with ctest, if any.
+  run_ctest "$dir" --no-tests=ignore || return 1
+
+  rm -rf "$logs"
+  mkdir -p "$logs" "$artifacts"
+  echo "fuzz: running ${#fuzzers[@]} fuzzers for ${fuzz_seconds} s each, $parallel at a time"
+  local binary
+  for binary in "${fuzzers[@]}"; do
+    while (($(jobs -rp | wc -l) >= parallel)); do
+      wait -n || true
+    done
+    run_fuzzer "$binary" "$logs" "$artifacts" &
+  done
+  wait
+
+  local failed=0 name rc runs
+  for binary in "${fuzzers[@]}"; do
+    name=$(basename "$binary")
+    rc=$(cat "$logs/$name.rc" 2>/dev/null || echo missing)
+    runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$logs/$name.log" | tail -n 1)
+    if [[ $rc == 0 ]]; then
+      echo "fuzz: $name: ok (${runs:-?} runs in ${fuzz_seconds} s)"
+    else
+      failed=1
+      echo "fuzz: $name: FAILED (exit $rc); log $logs/$name.log, last lines:"
+      tail -n 40 "$logs/$name.log" | sed 's/^/    /'
+    fi
+  done
+  return "$failed"
+}
+
+total_start=$SECONDS
+banner deps
+if ! bash scripts/deps.sh; then
+  echo "deps: FAILED"
+  echo "0 passed, ${#stages[@]} failed"
+  exit 1
+fi
+
+passed=0
+failed=0
+summary=()
+for stage in "${stages[@]}"; do
+  banner "stage $stage"
+  start=$SECONDS
+  cpu_start=$(children_cpu)
+  "stage_$stage"
+  rc=$?
+  took="$(duration $((SECONDS - start))), cpu $(duration $(($(children_cpu) - cpu_start)))"
+  if ((rc == 0)); then
+    passed=$((passed + 1))
+    line="stage $stage: PASS ($took)"
+  else
+    failed=$((failed + 1))
+    line="stage $stage: FAIL ($took)"
+  fi
+  echo "$line"
+  summary+=("$line")
+done
+
+banner summary
+printf '%s\n' "${summary[@]}"
+echo "total: $(duration $((SECONDS - total_start))), cpu $(duration "$(children_cpu)") (wall and CPU time; load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "$passed passed, $failed failed"
+((failed == 0))
