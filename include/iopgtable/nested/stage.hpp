@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file stage.hpp
+/// One stage of a nested translation on its own: where its table is (`stage_table`), reading
+/// its table memory within the stage's output size (`bounded_reader`), and turning a walk into a
+/// leaf or a fault with the checks hardware makes (`check_leaf`, `finish_walk`, `walk_stage`).
+#include <concepts>
+#include <cstdint>
+
+#include "../engine/format.hpp"
+#include "../engine/page_table.hpp"
+#include "../engine/walk.hpp"
+#include "../mem/memory.hpp"
+#include "types.hpp"
+
+namespace iopgtable::nested {
+
+/// Where one table of format F is: its configuration, geometry, table memory and root. A plain
+/// value; the memory (and the table) must outlive it.
+template <page_table_format F, table_reader M>
+struct stage_table {
+    typename F::config cfg{};
+    geometry geo{};
+    M* mem = nullptr;
+    pa_t root{};
+
+    /// The table `t` is. Valid while `t` is alive (moving `t` keeps root and memory).
+    static stage_table of(const page_table<F, M>& t) noexcept
+        requires table_memory<M>
+    {
+        return {t.cfg(), t.geo(), &t.mem(), t.root()};
+    }
+    /// A table of configuration `cfg` at `root` in `mem` (built by someone else, say a guest).
+    /// Errors: the configuration's (F::make_geometry).
+    static result<stage_table> make(const typename F::config& cfg, M& mem, pa_t root) noexcept {
+        auto g = F::make_geometry(cfg);
+        if (!g) return failure(g.error());
+        return stage_table{cfg, *g, &mem, root};
+    }
+};
+
+/// Table memory as one stage's walker reads it: a table address at or above 2^oas is refused
+/// (an address-size fault) unless the memory is walked by software only (`M::software_walk`,
+/// where addresses are host pointers); an address the memory does not back is a walk abort.
+/// `failure()` says which refusal came last. Not thread-safe (one walk at a time).
+template <table_reader M>
+class bounded_reader {
+public:
+    bounded_reader(M& mem, unsigned oas) noexcept : mem_(mem), oas_(oas) {}
+
+    template <class W>
+    W* entry(pa_t pa) noexcept {
+        if constexpr (!requires { M::software_walk; }) {
+            if (oas_ < 64 && (pa.value >> oas_) != 0) {
+                failure_ = fault_reason::address_size;
+                return nullptr;
+            }
+        }
+        W* p = mem_.template entry<W>(pa);
+        if (p == nullptr) failure_ = fault_reason::walk_abort;
+        return p;
+    }
+    /// Why the last refused entry was refused.
+    fault_reason failure() const noexcept { return failure_; }
+
+private:
+    M& mem_;
+    unsigned oas_;
+    fault_reason failure_ = fault_reason::walk_abort;
+};
+
+/// How one stage's walk of one address ended.
+struct stage_outcome {
+    bool ok = false;
+    stage_leaf leaf{};                                ///< ok: the leaf
+    fault_reason reason = fault_reason::translation;  ///< !ok
+    unsigned level = 0;      ///< !ok: the level of the entry that faulted (the leaf's for leaf faults)
+    unsigned accesses = 0;   ///< table entries read
+};
+
+/// The checks a walker makes on a leaf entry `raw` at `level` that translates `input`, in Arm's
+/// priority order: address size (the output address at or above 2^oas), then access flag (for
+/// formats with `has_access_flag`). Permissions depend on the access: see `permits`.
+template <page_table_format F>
+constexpr stage_outcome check_leaf(const typename F::config& cfg, const geometry& geo, unsigned level,
+                                   typename F::word raw, std::uint64_t input) noexcept {
+    stage_outcome o;
+    o.level = level;
+    const unsigned lg2 = F::leaf_lg2(cfg, level, raw);
+    const std::uint64_t oa = F::leaf_address(cfg, level, raw);
+    if (geo.oas < 64 && (oa >> geo.oas) != 0) {
+        o.reason = fault_reason::address_size;
+        return o;
+    }
+    if constexpr (has_access_flag<F>) {
+        if (!F::leaf_accessed(cfg, level, raw)) {
+            o.reason = fault_reason::access_flag;
+            return o;
+        }
+    }
+    o.ok = true;
+    o.leaf.level = level;
+    o.leaf.size_lg2 = lg2;
+    o.leaf.entry_lg2 = F::item_lg2(level);
+    o.leaf.input_base = input & ~low_mask(lg2);
+    o.leaf.output_base = oa;
+    o.leaf.perm = F::leaf_prot(cfg, level, raw);
+    if constexpr (has_memory_type<F>) o.leaf.memory = F::leaf_memory_type(cfg, level, raw);
+    return o;
+}
+
+/// A walk's result as a leaf or a fault: an input beyond the input size and an empty entry are
+/// translation faults, an unreadable table is `unreadable` (what the memory said), a leaf is
+/// checked by `check_leaf`.
+template <page_table_format F>
+constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometry& geo, const walk_info<F>& w,
+                                    std::uint64_t input, fault_reason unreadable) noexcept {
+    stage_outcome o;
+    switch (w.status) {
+    case walk_status::mapped: o = check_leaf<F>(cfg, geo, w.level, w.raw, input); break;
+    case walk_status::unmapped:
+    case walk_status::out_of_range:
+        o.reason = fault_reason::translation;
+        o.level = w.level;
+        break;
+    case walk_status::bad_table:
+        o.reason = unreadable;
+        o.level = w.level;
+        break;
+    }
+    o.accesses = w.accesses;
+    return o;
+}
+
+/// Walks `input` through the table `t` (its tables read within 2^oas of the stage).
+template <page_table_format F, table_reader M>
+stage_outcome walk_stage(const stage_table<F, M>& t, std::uint64_t input) noexcept {
+    bounded_reader<M> reader(*t.mem, t.geo.oas);
+    const auto w = lookup<F>(t.cfg, t.geo, reader, t.root, input);
+    return finish_walk<F>(t.cfg, t.geo, w, input, reader.failure());
+}
+
+} // namespace iopgtable::nested

@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file stage2_view.hpp
+/// Guest memory seen through stage 2: table memory whose addresses are guest-physical (IPAs).
+///
+/// `stage2_view` is a `table_reader`: `entry<W>(ipa)` translates the IPA through a stage-2
+/// table (any stage-2 format), then asks the host memory model (guest_ram standing for host
+/// physical memory, bounds-checked) for the word at the host-physical address. It returns
+/// nullptr when stage 2 faults (and records why), so a stage-1 walker run over it walks a
+/// guest's tables exactly as nested hardware does: every table fetch goes through stage 2
+/// (Arm ARM D8.2 / "stage 2 translation of stage 1 table addresses"; VT-d 3.8 nested
+/// translation). The walkers type every table address as pa_t; through this view those
+/// numbers are IPAs.
+///
+/// `guest_table_memory` is a `table_memory` over the same view for a guest that writes its own
+/// stage-1 tables: tables are allocated from a window of IPAs the guest reserves for them, and
+/// every read and write goes through stage 2 (with stage-2 read and write permission).
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "../core/address.hpp"
+#include "../core/result.hpp"
+#include "../engine/format.hpp"
+#include "../mem/memory.hpp"
+#include "stage.hpp"
+#include "types.hpp"
+#include "walk_cache.hpp"
+
+namespace iopgtable::nested {
+
+/// Why the last entry fetch through a stage2_view failed.
+struct fetch_fault {
+    /// 2: stage 2 could not translate the entry's IPA (or the host memory does not back it:
+    /// walk_abort). 1: the IPA is at or above 2^ipa_bits, stage 1's output size (address_size).
+    unsigned stage = 2;
+    unsigned level = 0;  ///< stage 2: the stage-2 level of the fault
+    std::uint64_t ipa = 0;
+    fault_reason reason = fault_reason::translation;
+};
+
+/// Settings of a stage2_view.
+struct view_settings {
+    /// Stage 1's output address size: a table IPA at or above 2^ipa_bits faults (address size,
+    /// stage 1) before stage 2 is asked.
+    unsigned ipa_bits = 64;
+    /// Fetches also need stage-2 write permission (a guest writing its own tables).
+    bool need_write = false;
+    /// A fetch that faults reads as a zero (empty) entry instead of giving nullptr. For walks
+    /// that only need to know what translates (folding): a table stage 2 cannot reach
+    /// translates nothing. The fault is still recorded.
+    bool unreadable_as_empty = false;
+    /// Stage-2 translations of table IPAs, shared with whoever invalidates it (may be null).
+    walk_cache* cache = nullptr;
+    /// Called with the IPA of every entry fetched (may be null).
+    void (*on_fetch)(void* cookie, std::uint64_t ipa) = nullptr;
+    void* cookie = nullptr;
+};
+
+template <page_table_format S2, table_reader HM>
+class stage2_view {
+public:
+    /// Most fetches one walk's trace keeps (the deepest format has 5 levels).
+    static constexpr unsigned trace_capacity = 8;
+
+    stage2_view(const stage_table<S2, HM>& s2, const view_settings& s = {}) noexcept : s2_(s2), set_(s) {}
+
+    /// Pointer to the W-sized word at guest-physical `ipa` (typed pa_t, as walkers type table
+    /// addresses), or nullptr (a zero word with `unreadable_as_empty`) when the IPA is beyond
+    /// stage 1's output size, stage 2 faults on it (translation, permission without READ, or
+    /// WRITE with `need_write`, address size, access flag), or the host memory does not back
+    /// the host-physical address. Not thread-safe: the view counts and records.
+    template <class W>
+    W* entry(pa_t ipa) noexcept {
+        if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
+        if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
+        ++trace_count_;
+        std::uint64_t end = 0;
+        const auto pa = resolve(ipa.value, end);
+        if (!pa) return refuse<W>();
+        W* p = s2_.mem->template entry<W>(pa_t{*pa});
+        if (p == nullptr) {
+            fault_ = fetch_fault{2, fault_level_, ipa.value, fault_reason::walk_abort};
+            return refuse<W>();
+        }
+        return p;
+    }
+
+    /// The host-physical address of `ipa` for a fetch, and in `extent_end` the first IPA after
+    /// the stage-2 leaf that maps it; nothing when the fetch faults (recorded in last_fault()).
+    std::optional<std::uint64_t> resolve(std::uint64_t ipa, std::uint64_t& extent_end) noexcept {
+        if (set_.ipa_bits < 64 && (ipa >> set_.ipa_bits) != 0) {
+            fault_ = fetch_fault{1, 0, ipa, fault_reason::address_size};
+            return std::nullopt;
+        }
+        if (set_.cache) {
+            if (const auto* c = set_.cache->find(ipa)) {
+                fault_level_ = c->level;
+                if (!allowed(c->perm)) {
+                    fault_ = fetch_fault{2, c->level, ipa, fault_reason::permission};
+                    return std::nullopt;
+                }
+                extent_end = c->ipa_base + lg2_to_size(c->size_lg2);
+                return c->pa_base + (ipa - c->ipa_base);
+            }
+        }
+        const auto o = walk_stage(s2_, ipa);
+        accesses_ += o.accesses;
+        if (!o.ok) {
+            fault_ = fetch_fault{2, o.level, ipa, o.reason};
+            return std::nullopt;
+        }
+        fault_level_ = o.leaf.level;
+        if (!allowed(o.leaf.perm)) {
+            fault_ = fetch_fault{2, o.leaf.level, ipa, fault_reason::permission};
+            return std::nullopt;
+        }
+        if (set_.cache && has(o.leaf.perm, prot::read))
+            set_.cache->insert({o.leaf.input_base, o.leaf.output_base, o.leaf.size_lg2, o.leaf.level, o.leaf.perm, true});
+        extent_end = o.leaf.input_base + lg2_to_size(o.leaf.size_lg2);
+        return o.leaf.output_base + (ipa - o.leaf.input_base);
+    }
+
+    /// Starts a new walk: clears the access count, the fault record and the trace.
+    void begin_walk() noexcept {
+        accesses_ = 0;
+        fault_.reset();
+        trace_count_ = 0;
+    }
+    /// Stage-2 table entries read to translate fetches since begin_walk().
+    unsigned accesses() const noexcept { return accesses_; }
+    /// The last fetch that failed since begin_walk(), if any.
+    const std::optional<fetch_fault>& last_fault() const noexcept { return fault_; }
+    /// IPAs fetched since begin_walk(), oldest first (the first trace_capacity of them).
+    std::span<const std::uint64_t> trace() const noexcept {
+        return {trace_, std::min<unsigned>(trace_count_, trace_capacity)};
+    }
+    const stage_table<S2, HM>& stage2() const noexcept { return s2_; }
+    const view_settings& settings() const noexcept { return set_; }
+
+private:
+    bool allowed(prot perm) const noexcept {
+        return has(perm, prot::read) && (!set_.need_write || has(perm, prot::write));
+    }
+    template <class W>
+    W* refuse() noexcept {
+        if (!set_.unreadable_as_empty) return nullptr;
+        if constexpr (sizeof(W) == sizeof(zero64_)) {
+            zero64_ = 0;
+            return reinterpret_cast<W*>(&zero64_);
+        } else {
+            zero32_ = 0;
+            return reinterpret_cast<W*>(&zero32_);
+        }
+    }
+
+    stage_table<S2, HM> s2_;
+    view_settings set_;
+    unsigned accesses_ = 0;
+    unsigned fault_level_ = 0;
+    std::optional<fetch_fault> fault_;
+    std::uint64_t trace_[trace_capacity]{};
+    unsigned trace_count_ = 0;
+    std::uint64_t zero64_ = 0;
+    std::uint32_t zero32_ = 0;
+};
+
+/// Table memory for a guest's own stage-1 tables: tables come from a window of IPAs
+/// [window, window + size) that the guest reserves for them; reads and writes go through stage
+/// 2 and need stage-2 read and write permission. A table that cannot be zero-filled because
+/// stage 2 does not map (or allow writing) part of it is not handed out: errc::fault.
+/// allocate_table and free_table are thread-safe; entry() is not (one guest CPU at a time).
+template <page_table_format S2, table_reader HM>
+class guest_table_memory {
+public:
+    /// Tables from [window, window + window_size); `cache` (may be null) caches stage-2
+    /// translations of table IPAs, and must be invalidated (invalidate_stage2) after stage-2 changes.
+    guest_table_memory(const stage_table<S2, HM>& s2, ipa_t window, std::uint64_t window_size,
+                       walk_cache* cache = nullptr) noexcept
+        : view_(s2, view_settings{64, true, false, cache, nullptr, nullptr}), cache_(cache), window_(window.value),
+          window_end_(window.value + window_size < window.value ? ~std::uint64_t{0} : window.value + window_size),
+          next_(window.value) {}
+    guest_table_memory(const guest_table_memory&) = delete;
+    guest_table_memory& operator=(const guest_table_memory&) = delete;
+
+    /// A zero-filled table of `bytes` (a power of two), IPA-aligned to max(bytes, 64).
+    /// Errors: invalid (not a power of two), nomem (the window is full), fault (stage 2 does
+    /// not let the guest write all of it).
+    result<pa_t> allocate_table(std::uint64_t bytes) {
+        const std::uint64_t alloc = bytes < 64 ? 64 : bytes;
+        if ((alloc & (alloc - 1)) != 0) return failure(errc::invalid);
+        std::uint64_t at = 0;
+        {
+            std::lock_guard g(lock_);
+            auto it = free_.find(alloc);
+            if (it != free_.end() && !it->second.empty()) {
+                at = it->second.back();
+                it->second.pop_back();
+            } else {
+                const std::uint64_t aligned = (next_ + alloc - 1) & ~(alloc - 1);
+                if (aligned < next_ || aligned + alloc < aligned || aligned + alloc > window_end_)
+                    return failure(errc::nomem);
+                give_back_gap(next_, aligned);
+                at = aligned;
+                next_ = aligned + alloc;
+            }
+            in_use_ += alloc;
+        }
+        if (!zero_fill(at, alloc)) {
+            free_table(pa_t{at}, alloc);
+            return failure(errc::fault);
+        }
+        return pa_t{at};
+    }
+    /// Gives back a table allocate_table(bytes) returned.
+    void free_table(pa_t ipa, std::uint64_t bytes) noexcept {
+        const std::uint64_t alloc = bytes < 64 ? 64 : bytes;
+        if ((ipa.value & (alloc - 1)) != 0 || ipa.value < window_ || ipa.value + alloc > window_end_) return;
+        std::lock_guard g(lock_);
+        if (in_use_ < alloc) return;
+        try {
+            free_[alloc].push_back(ipa.value);
+        } catch (...) {
+            // No host memory for the free list: the table stays unused inside the window.
+        }
+        in_use_ -= alloc;
+    }
+
+    /// The word at guest-physical `ipa` through stage 2 (see stage2_view::entry).
+    template <class W>
+    W* entry(pa_t ipa) noexcept {
+        return view_.template entry<W>(ipa);
+    }
+
+    /// The host changed stage 2 over [ipa, ipa + size): forget cached translations there.
+    void invalidate_stage2(ipa_t ipa, length_t size) noexcept {
+        if (cache_) cache_->invalidate(ipa.value, size.value);
+    }
+
+    std::uint64_t bytes_in_use() const {
+        std::lock_guard g(lock_);
+        return in_use_;
+    }
+    ipa_t window() const noexcept { return ipa_t{window_}; }
+    std::uint64_t window_size() const noexcept { return window_end_ - window_; }
+    stage2_view<S2, HM>& view() noexcept { return view_; }
+
+private:
+    bool zero_fill(std::uint64_t at, std::uint64_t bytes) noexcept {
+        const std::uint64_t end = at + bytes;
+        for (std::uint64_t pos = at; pos < end;) {
+            std::uint64_t extent_end = 0;
+            const auto pa = view_.resolve(pos, extent_end);
+            if (!pa) return false;
+            const std::uint64_t stop = std::min(end, extent_end);
+            for (std::uint64_t off = 0; off < stop - pos; off += sizeof(std::uint64_t)) {
+                auto* w = view_.stage2().mem->template entry<std::uint64_t>(pa_t{*pa + off});
+                if (w == nullptr) return false;
+                store_entry(w, std::uint64_t{0});
+            }
+            pos = stop;
+        }
+        return true;
+    }
+    void give_back_gap(std::uint64_t lo, std::uint64_t hi) {
+        while (lo < hi) {
+            std::uint64_t blk = lo & (~lo + 1);
+            if (blk == 0) blk = std::uint64_t{1} << 63;
+            while (lo + blk > hi) blk >>= 1;
+            if (blk >= 64) free_[blk].push_back(lo);
+            lo += blk;
+        }
+    }
+
+    stage2_view<S2, HM> view_;
+    walk_cache* cache_;
+    std::uint64_t window_, window_end_;
+    mutable std::mutex lock_;
+    std::uint64_t next_, in_use_ = 0;
+    std::map<std::uint64_t, std::vector<std::uint64_t>> free_;
+};
+
+} // namespace iopgtable::nested
