@@ -51,13 +51,14 @@ duration() {
   printf '%dm%02ds' $(($1 / 60)) $(($1 % 60))
 }
 
-# CPU seconds (user + system) used so far by this shell's finished children.
-# (`times` must run in this shell, not in a subshell: hence the file.)
+# Sets cpu_now to the CPU seconds (user + system) this shell's finished children have used.
+# `times` must run in this shell, not in a $(...) subshell: hence the file and the variable.
 times_file=$(mktemp "${TMPDIR:-/tmp}/iopgtable-times.XXXXXX")
 trap 'rm -f "$times_file"' EXIT
+cpu_now=0
 children_cpu() {
   times >"$times_file"
-  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); t += p[1] * 60 + p[2] } printf "%d\n", t }' "$times_file"
+  cpu_now=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); t += p[1] * 60 + p[2] } printf "%d\n", t }' "$times_file")
 }
 
 # ctest with the settings every stage uses; extra arguments are passed on.
@@ -190,10 +191,12 @@ summary=()
 for stage in "${stages[@]}"; do
   banner "stage $stage"
   start=$SECONDS
-  cpu_start=$(children_cpu)
+  children_cpu
+  cpu_start=$cpu_now
   "stage_$stage"
   rc=$?
-  took="$(duration $((SECONDS - start))), cpu $(duration $(($(children_cpu) - cpu_start)))"
+  children_cpu
+  took="$(duration $((SECONDS - start))), cpu $(duration $((cpu_now - cpu_start)))"
   if ((rc == 0)); then
     passed=$((passed + 1))
     line="stage $stage: PASS ($took)"
@@ -207,6 +210,7 @@ done
 
 banner summary
 printf '%s\n' "${summary[@]}"
-echo "total: $(duration $((SECONDS - total_start))), cpu $(duration "$(children_cpu)") (wall and CPU time; load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+children_cpu
+echo "total: $(duration $((SECONDS - total_start))), cpu $(duration "$cpu_now") (wall and CPU time; load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "$passed passed, $failed failed"
 ((failed == 0))

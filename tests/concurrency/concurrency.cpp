@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <barrier>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,6 +61,27 @@ std::vector<dump_entry> quiet_dump(const PT& pt, first_error& err) {
     return out;
 }
 
+/// A barrier whose waiters spin (yielding), so that they leave it together and their first
+/// operations overlap (a blocking barrier wakes them one by one).
+class spin_barrier {
+public:
+    explicit spin_barrier(unsigned n) noexcept : n_(n) {}
+    void arrive_and_wait() noexcept {
+        const unsigned gen = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+            arrived_.store(0, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_acq_rel);
+            return;
+        }
+        while (generation_.load(std::memory_order_acquire) == gen) std::this_thread::yield();
+    }
+
+private:
+    const unsigned n_;
+    std::atomic<unsigned> arrived_{0};
+    std::atomic<unsigned> generation_{0};
+};
+
 std::string hex(std::uint64_t v) {
     char buf[24];
     std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
@@ -82,7 +102,7 @@ void interleaved_pages(const typename F::config& cfg, M& mem) {
     auto va_of = [&](unsigned r, std::uint64_t i) { return (r + 1) * stride - (pages_per_round / 2) * small + i * small; };
     auto pa_of = [&](unsigned r, std::uint64_t i) { return (std::uint64_t{r} * pages_per_round + i + 1) * small; };
     first_error err;
-    std::barrier sync(threads);
+    spin_barrier sync(threads);
     std::vector<std::vector<dump_entry>> mapped_dumps(round_count);
     std::vector<std::uint64_t> mem_after_map(round_count), tables_after_map(round_count);
 
@@ -157,12 +177,12 @@ void blocks_beside_pages(const typename F::config& cfg, M& mem) {
     const std::uint64_t region_count = std::min<std::uint64_t>(4 * threads, (ias_end(g) - base) / block) / threads * threads;
     REQUIRE(region_count >= threads);
     first_error err;
-    std::barrier sync(threads);
+    spin_barrier sync(threads);
     auto worker = [&](unsigned t) {
         for (unsigned rep = 0; rep < 8; ++rep) {
             sync.arrive_and_wait();
             for (std::uint64_t k = t; k < region_count; k += threads) {
-                const std::uint64_t va = base + k * block, pa = (k + 1) * block;
+                const std::uint64_t va = base + k * block, pa = k * block;
                 if (t == 0) {
                     if (!pt.map(in_addr<F>(va), pa_t{pa}, length_t{block}, prot::read))
                         err.report("map block " + hex(va));
