@@ -12,7 +12,7 @@ using namespace iopgtable::test;
 
 namespace {
 
-constexpr std::uint64_t ram_bytes = std::uint64_t{64} << 20;
+constexpr std::uint64_t ram_bytes = std::uint64_t{16} << 20;
 
 /// Smallest table below the top, as the pool charges it.
 template <class F>
