@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "hex.hpp"
+#include "nested_mode.hpp"
 #include "script.hpp"
 #include "sharing_mode.hpp"
 #include "table_mode.hpp"
@@ -33,6 +34,7 @@ constexpr command commands[] = {
     {"probe", "[--formats LIST] [--len N] [--nr-contexts N]", iopt::probe_mode},
     {"config", "--format NAME [format options] [--tag N] [--root ADDR]", iopt::config_mode},
     {"attach", "--model N --config HEX [--table ADDR] [--flags F] [--nr-contexts N] [--formats LIST]", iopt::attach_mode},
+    {"nested", "--s1 \"FORMAT OPTIONS\" --s2 \"FORMAT OPTIONS\" [--fold \"FORMAT OPTIONS\"] [--mediated] < script", iopt::nested_mode},
 };
 
 std::string usage() {

@@ -25,8 +25,14 @@
 /// refold every shadow entry whose IPA they cover, found through a reverse index IPA → IOVA.
 /// A stage-2 change that covers a page holding a stage-1 table re-syncs everything.
 ///
+/// Preconditions, as for hardware (invalidations name addresses, not aliases): stage-1 tables
+/// form a tree, and stage 2 does not map one host page at two IPAs holding stage-1 tables.
+/// Otherwise a write through one path changes what another translates and no invalidation
+/// names it; invalidate_all() recovers. Hostile table contents are fine otherwise.
+///
 /// Not thread-safe.
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <iterator>
 #include <map>
@@ -41,6 +47,7 @@
 #include "../engine/page_table.hpp"
 #include "../engine/walk.hpp"
 #include "../mem/memory.hpp"
+#include "shadow.hpp"
 #include "stage.hpp"
 #include "stage2_view.hpp"
 #include "types.hpp"
@@ -59,38 +66,45 @@ struct fold_stats {
     std::uint64_t stage2_walks = 0;  ///< stage-2 walks made to fold
 };
 
-template <page_table_format S1, page_table_format S2, page_table_format Shadow, table_memory HM, table_memory SM>
-class folded_table {
+template <page_table_format S1, page_table_format S2, table_memory HM, shadow_store Store>
+class basic_folded_table {
 public:
     using guest_memory = guest_table_memory<S2, HM>;
     using stage1_table = page_table<S1, guest_memory>;
     using stage2_table = page_table<S2, HM>;
-    using shadow_table = page_table<Shadow, SM>;
-    using shadow_input = typename Shadow::input_address;
+    using store_type = Store;
 
     /// A shadow of the stage-1 table (`s1_cfg`, top table at IPA `s1_root`) over the stage-2
-    /// table `s2`, built in `shadow_mem` with `shadow_cfg`, synced at once. `s1` is the
-    /// guest's table for mode (a) (null: mode (b) only). `s2`, `s1`, `shadow_mem` outlive it.
-    /// Errors: the configurations' (invalid, range), nomem; invalid when the shadow's IAS is
-    /// below stage 1's or its smallest page is larger than either stage's.
-    static result<folded_table> create(const typename S1::config& s1_cfg, ipa_t s1_root, stage2_table& s2,
-                                       const typename Shadow::config& shadow_cfg, SM& shadow_mem,
-                                       stage1_table* s1 = nullptr) {
+    /// table `s2`, written into `shadow` (empty), synced at once. `s1` is the guest's table for
+    /// mode (a) (null: mode (b) only). `s2` and `s1` outlive it. Errors: the stage-1
+    /// configuration's; invalid when the shadow's IAS is below stage 1's or its smallest page is
+    /// larger than either stage's.
+    static result<basic_folded_table> create(const typename S1::config& s1_cfg, ipa_t s1_root, stage2_table& s2,
+                                             Store shadow, stage1_table* s1 = nullptr) {
         auto g1 = S1::make_geometry(s1_cfg);
         if (!g1) return failure(g1.error());
-        auto shadow = shadow_table::create(shadow_cfg, shadow_mem);
-        if (!shadow) return failure(shadow.error());
         auto min_page = [](const geometry& g) { return g.pgsize_bitmap & (~g.pgsize_bitmap + 1); };
-        if (shadow->geo().ias < g1->ias || min_page(shadow->geo()) > min_page(*g1) ||
-            min_page(shadow->geo()) > min_page(s2.geo()))
+        const geometry sg = shadow.geo();
+        if (sg.ias < g1->ias || min_page(sg) > min_page(*g1) || min_page(sg) > min_page(s2.geo()))
             return failure(errc::invalid);
-        folded_table t(s1_cfg, *g1, s1_root, s2, std::move(*shadow), s1);
+        basic_folded_table t(s1_cfg, *g1, s1_root, s2, std::move(shadow), s1);
         t.invalidate_all();
         return t;
     }
+    /// The same with a new shadow built by Store::create(shadow_cfg, shadow_mem) (for
+    /// page_table_shadow: a page table of the shadow format in `shadow_mem`, which outlives it).
+    /// Errors: also the shadow's (page_table::create).
+    template <class C, class SM>
+        requires requires(const C& c, SM& m) { { Store::create(c, m) } -> std::same_as<result<Store>>; }
+    static result<basic_folded_table> create(const typename S1::config& s1_cfg, ipa_t s1_root, stage2_table& s2,
+                                             const C& shadow_cfg, SM& shadow_mem, stage1_table* s1 = nullptr) {
+        auto shadow = Store::create(shadow_cfg, shadow_mem);
+        if (!shadow) return failure(shadow.error());
+        return create(s1_cfg, s1_root, s2, std::move(*shadow), s1);
+    }
 
-    folded_table(folded_table&&) noexcept = default;
-    folded_table& operator=(folded_table&&) noexcept = default;
+    basic_folded_table(basic_folded_table&&) noexcept = default;
+    basic_folded_table& operator=(basic_folded_table&&) noexcept = default;
 
     // ------------------------------------------------------------ (a) mediated changes
 
@@ -146,10 +160,7 @@ public:
         table_pages_.clear();
         have_last_page_ = pages_lost_ = false;
         cache_.invalidate_all();
-        const geometry& sg = shadow_.geo();
-        const std::uint64_t span = sg.ias >= 64 ? ~std::uint64_t{0} & ~(shadow_.min_page() - 1) : lg2_to_size(sg.ias);
-        (void)shadow_.unmap(shadow_input{0}, length_t{span});
-        shadow_.reclaim();
+        shadow_.clear();
         ++stats_.full_resyncs;
         fold_from_stage1(0, s1_last());
     }
@@ -162,8 +173,8 @@ public:
         const std::uint64_t last = first + (size.value - 1) < first ? ~std::uint64_t{0} : first + (size.value - 1);
         cache_.invalidate(first, size.value);
         if (s1_ != nullptr) s1_->mem().invalidate_stage2(ipa, size);
-        auto page = table_pages_.lower_bound(first >> table_page_lg2);
-        if (pages_lost_ || (page != table_pages_.end() && *page <= (last >> table_page_lg2))) {
+        auto page = table_pages_.lower_bound(first >> table_block_lg2_);
+        if (pages_lost_ || (page != table_pages_.end() && *page <= (last >> table_block_lg2_))) {
             invalidate_all();
             return;
         }
@@ -185,16 +196,14 @@ public:
 
     // ------------------------------------------------------------ queries
 
-    /// The shadow's walk of `iova` (what a single-stage IOMMU would do with it).
-    walk_info<Shadow> lookup(iova_t iova) const noexcept { return shadow_.lookup(shadow_input{iova.value}); }
-    const shadow_table& shadow() const noexcept { return shadow_; }
+    /// The shadow's translation of `iova` (what a single-stage IOMMU would do with it).
+    shadow_lookup lookup(iova_t iova) const { return shadow_.lookup(iova.value); }
+    const Store& shadow() const noexcept { return shadow_; }
     const fold_stats& stats() const noexcept { return stats_; }
     /// Stage-1 ranges the shadow currently folds (IOVA → IPA), for tests and tools.
     std::size_t record_count() const noexcept { return records_.size(); }
 
 private:
-    /// Stage-1 table pages are tracked at this granularity (the smallest any format uses).
-    static constexpr unsigned table_page_lg2 = 10;
 
     /// What the layer knows of one stage-1 leaf (clipped to the range it was read for).
     struct record {
@@ -202,12 +211,18 @@ private:
         stage_leaf s1{};
     };
 
-    folded_table(const typename S1::config& cfg, const geometry& geo, ipa_t root, stage2_table& s2, shadow_table&& shadow,
-                 stage1_table* s1)
+    basic_folded_table(const typename S1::config& cfg, const geometry& geo, ipa_t root, stage2_table& s2, Store&& shadow,
+                       stage1_table* s1)
         : s1_cfg_(cfg), s1_geo_(geo), s1_root_(root.value), s2_(&s2), s1_(s1), shadow_(std::move(shadow)) {
         // Whether the shadow can say NOEXEC at all (VT-d cannot): then exec is not compared.
-        const auto w = Shadow::make_leaf(shadow_.cfg(), 0, Shadow::item_lg2(0), 0, prot::read | prot::noexec);
-        shadow_noexec_ = has(Shadow::leaf_prot(shadow_.cfg(), 0, w), prot::noexec);
+        shadow_noexec_ = has(shadow_.readback(prot::read | prot::noexec), prot::noexec);
+        // Stage-1 tables are tracked by the aligned block of the largest table size this
+        // configuration uses: a table lies in the block of any of its entries (tables below
+        // the top are aligned to their size), so a change to any page of a table that was
+        // read is seen, not only to the pages of the entries read.
+        std::uint64_t largest = sizeof(typename S1::word) << geo.top_index_lg2;
+        for (unsigned l = 0; l + 1 < geo.levels; ++l) largest = std::max(largest, level_table_bytes<S1>(l));
+        table_block_lg2_ = static_cast<unsigned>(std::bit_width(largest) - 1);
     }
 
     bool in_s1(std::uint64_t a) const noexcept { return s1_geo_.ias >= 64 || (a >> s1_geo_.ias) == 0; }
@@ -235,7 +250,7 @@ private:
             it = records_.erase(it);
         }
         // Shadow leaves lie inside records, so [lo, hi] holds whole leaves.
-        if (auto u = shadow_.unmap(shadow_input{lo}, length_t{hi - lo + 1}); !u) return invalidate_all();
+        if (auto u = shadow_.unmap(lo, hi - lo + 1); !u) return invalidate_all();
         fold_from_stage1(lo, hi);
     }
 
@@ -285,14 +300,13 @@ private:
         if (it == records_.begin()) return true;
         const record r = std::prev(it)->second;
         std::uint64_t lo = a, hi = b;
-        auto v = shadow_.visit(shadow_input{a}, shadow_input{b}, [&](const leaf_entry<Shadow>& e) {
-            const std::uint64_t base = e.iova & ~low_mask(e.size_lg2);
+        auto v = shadow_.leaves(a, b, [&](std::uint64_t base, unsigned size_lg2) {
             lo = std::min(lo, base);
-            hi = std::max(hi, base + low_mask(e.size_lg2));
+            hi = std::max(hi, base + low_mask(size_lg2));
             return true;
         });
         if (!v || lo < r.iova || hi > r.iova + (r.length - 1)) return false;
-        if (auto u = shadow_.unmap(shadow_input{lo}, length_t{hi - lo + 1}); !u) return false;
+        if (auto u = shadow_.unmap(lo, hi - lo + 1); !u) return false;
         fold_range(r, lo, hi);
         return true;
     }
@@ -335,7 +349,7 @@ private:
             if (!has_any(p, prot::read | prot::write) || !expressible(p, want)) continue;
             ++stats_.pieces;
             if (i > 0) ++stats_.reduced;
-            if (!shadow_.map(shadow_input{iova}, pa_t{pa}, length_t{length}, p)) ++stats_.dropped;
+            if (!shadow_.map(iova, pa, length, p)) ++stats_.dropped;
             return;
         }
         ++stats_.dropped;
@@ -345,8 +359,8 @@ private:
 
     /// Whether a shadow leaf written for `p` lets through no access that `want` refuses.
     bool expressible(prot p, prot want) const noexcept {
-        if (!Shadow::check_prot(shadow_.cfg(), p)) return false;
-        const prot got = Shadow::leaf_prot(shadow_.cfg(), 0, Shadow::make_leaf(shadow_.cfg(), 0, Shadow::item_lg2(0), 0, p));
+        const prot got = shadow_.readback(p);
+        if (got == prot::none) return false;
         for (const bool privileged : {false, true}) {
             for (const access_kind k : {access_kind::read, access_kind::write, access_kind::exec}) {
                 if (k == access_kind::exec && !shadow_noexec_) continue;
@@ -372,10 +386,10 @@ private:
         }
     }
 
-    /// view_settings::on_fetch: remembers the page of every stage-1 table entry read.
+    /// view_settings::on_fetch: remembers the table block of every stage-1 entry read.
     static void note_table_page(void* cookie, std::uint64_t ipa) noexcept {
-        auto* self = static_cast<folded_table*>(cookie);
-        const std::uint64_t page = ipa >> table_page_lg2;
+        auto* self = static_cast<basic_folded_table*>(cookie);
+        const std::uint64_t page = ipa >> self->table_block_lg2_;
         if (self->have_last_page_ && page == self->last_page_) return;
         try {
             self->table_pages_.insert(page);
@@ -391,16 +405,21 @@ private:
     pa_t s1_root_;  ///< an IPA
     stage2_table* s2_;
     stage1_table* s1_;
-    shadow_table shadow_;
+    Store shadow_;
     bool shadow_noexec_ = false;
     walk_cache cache_{64};
     std::map<std::uint64_t, record> records_;          ///< by first IOVA; disjoint
     std::multimap<std::uint64_t, std::uint64_t> by_ipa_;  ///< first IPA → first IOVA of a record
     std::uint64_t max_record_ = 0;
-    std::set<std::uint64_t> table_pages_;  ///< IPA >> table_page_lg2 of every stage-1 entry read
+    unsigned table_block_lg2_ = 12;
+    std::set<std::uint64_t> table_pages_;  ///< IPA >> table_block_lg2_ of every stage-1 entry read
     std::uint64_t last_page_ = 0;
     bool have_last_page_ = false, pages_lost_ = false;
     fold_stats stats_;
 };
+
+/// A folded table whose shadow is a page table of format Shadow in table memory SM.
+template <page_table_format S1, page_table_format S2, page_table_format Shadow, table_memory HM, table_memory SM>
+using folded_table = basic_folded_table<S1, S2, HM, page_table_shadow<Shadow, SM>>;
 
 } // namespace iopgtable::nested

@@ -71,7 +71,7 @@ public:
 
     /// Caches a translation the caller just completed.
     void insert(const iotlb_entry& e) {
-        if (map_.size() >= capacity_) map_.erase(map_.begin());
+        if (map_.size() >= capacity_) evict_one();
         map_.insert_or_assign(key{e.context, e.size_lg2, e.iova_base >> e.size_lg2}, e);
         sizes_ |= lg2_to_size(e.size_lg2);
         if (e.s1.size_lg2 > max_s1_lg2_) max_s1_lg2_ = e.s1.size_lg2;
@@ -144,6 +144,19 @@ public:
     void reset_counters() noexcept { hits_ = misses_ = 0; }
 
 private:
+    /// Drops one entry, from the buckets in turn (the map is full, so most buckets hold one).
+    void evict_one() {
+        const std::size_t buckets = map_.bucket_count();
+        for (std::size_t i = 0; i < buckets; ++i) {
+            const std::size_t b = (victim_ + i) % buckets;
+            if (map_.bucket_size(b) == 0) continue;
+            const key k = map_.begin(b)->first;  // a copy: erase must not read a key it frees
+            map_.erase(k);
+            victim_ = b + 1;
+            return;
+        }
+    }
+
     struct key {
         std::uint32_t context;
         unsigned size_lg2;
@@ -162,6 +175,7 @@ private:
     std::unordered_map<key, iotlb_entry, key_hash> map_;
     std::uint64_t sizes_ = 0;    ///< bit n: some entry has size_lg2 n
     unsigned max_s1_lg2_ = 0;    ///< largest stage-1 leaf any entry came from
+    std::size_t victim_ = 0;     ///< next bucket to evict from
     std::uint64_t hits_ = 0, misses_ = 0;
 };
 

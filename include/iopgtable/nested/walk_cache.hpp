@@ -10,6 +10,7 @@
 /// mapped stage-2 page needs no invalidation. After changing or removing a stage-2 leaf, the
 /// host calls `invalidate(ipa, size)` for the range (or `invalidate_all`); from then on no entry
 /// of the range is returned. One cache belongs to one stage-2 table. Not thread-safe.
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -37,15 +38,18 @@ public:
     /// The entry covering `ipa`, or nullptr. Counts a hit or a miss. The pointer is valid until
     /// the next insert or invalidation.
     const entry* find(std::uint64_t ipa) noexcept {
-        // Most walks fetch from the table the previous fetch used: try that entry first.
-        if (covers(entries_[last_hit_], ipa)) {
-            ++hits_;
-            return &entries_[last_hit_];
+        // A walk fetches from one table per level, and the next walk mostly from the same
+        // tables: try the entries of the last few hits first.
+        for (std::size_t r : recent_) {
+            if (covers(entries_[r], ipa)) {
+                ++hits_;
+                return &entries_[r];
+            }
         }
         for (std::size_t i = 0; i < entries_.size(); ++i) {
             if (covers(entries_[i], ipa)) {
                 ++hits_;
-                last_hit_ = i;
+                remember(i);
                 return &entries_[i];
             }
         }
@@ -57,7 +61,7 @@ public:
     void insert(entry e) noexcept {
         e.valid = true;
         entries_[next_] = e;
-        last_hit_ = next_;
+        remember(next_);
         next_ = (next_ + 1) % entries_.size();
     }
 
@@ -85,8 +89,15 @@ private:
         return e.valid && ((ipa ^ e.ipa_base) & ~low_mask(e.size_lg2)) == 0;
     }
 
+    void remember(std::size_t i) noexcept {
+        recent_[recent_next_] = i;
+        recent_next_ = (recent_next_ + 1) % recent_.size();
+    }
+
     std::vector<entry> entries_;
-    std::size_t next_ = 0, last_hit_ = 0;
+    std::size_t next_ = 0;
+    std::array<std::size_t, 5> recent_{};  ///< entries of recent hits (one per level of a 5-level walk)
+    std::size_t recent_next_ = 0;
     std::uint64_t hits_ = 0, misses_ = 0;
 };
 
