@@ -95,12 +95,12 @@ public:
     /// Copy guest bytes out / in; false (and nothing copied) when the range is not inside RAM.
     bool read(pa_t pa, void* out, std::uint64_t len) const noexcept {
         if (!contains(pa, len)) return false;
-        std::memcpy(out, host(pa.value), len);
+        if (len != 0) std::memcpy(out, host(pa.value), len);
         return true;
     }
     bool write(pa_t pa, const void* in, std::uint64_t len) noexcept {
         if (!contains(pa, len)) return false;
-        std::memcpy(host(pa.value), in, len);
+        if (len != 0) std::memcpy(host(pa.value), in, len);
         return true;
     }
     /// All of RAM as bytes (for loading a guest image or fuzz input).
