@@ -1,0 +1,565 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file driver.hpp
+/// The guest side of virtio-iommu: what a driver puts on the request queue and how it reads
+/// what comes back, following the specification's driver rules (virtio 1.2/1.3, 5.13), plus
+/// this project's page-table sharing (formats/README.md, "Page-table sharing registry").
+///
+/// - request builders: the exact bytes of each request's device-readable part and the size of
+///   its device-writable part (5.13.6 "Device operations" and its subsections);
+/// - `negotiate_features`: the feature bits a driver accepts (5.13.3.1, 5.13.5.1);
+/// - `parse_probe`, `parse_fault`: PROBE properties and fault events as a driver must read
+///   them from a device it does not trust (5.13.6.7.1, 5.13.6.8.1.1, 5.13.6.9.1);
+/// - `driver`: one request at a time over a `request_transport`, with the used-length rules
+///   (5.13.6.1) and counters;
+/// - `shared_table`: a guest stage-1 table shared with the device (ATTACH_TABLE), written
+///   through stage 2, with the invalidations the sharing protocol asks for.
+///
+/// Section numbers are those of the specification's `device-types/iommu/description.tex`:
+/// 5.13.6.1 driver requirements of all requests, .3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP,
+/// .7 PROBE, .8 PROBE properties (.8.1 RESV_MEM), .9 fault reporting.
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../core/address.hpp"
+#include "../core/le.hpp"
+#include "../core/prot.hpp"
+#include "../core/result.hpp"
+#include "../engine/flush.hpp"
+#include "../engine/format.hpp"
+#include "../engine/page_table.hpp"
+#include "../mem/memory.hpp"
+#include "../nested/stage.hpp"
+#include "../nested/stage2_view.hpp"
+#include "../nested/walk_cache.hpp"
+#include "../sharing/descriptors.hpp"
+#include "../sharing/negotiation.hpp"
+#include "wire.hpp"
+
+namespace iopgtable::virtio {
+
+// ---------------------------------------------------------------------------------------------
+// Request builders
+// ---------------------------------------------------------------------------------------------
+
+/// One request as a driver queues it: the device-readable bytes (head and body, 5.13.6), and
+/// how many device-writable bytes follow them (the tail, preceded by PROBE's properties or
+/// PROBE_TABLE's reply). The writable part is the driver's buffer; only its size is here.
+struct request {
+    std::vector<std::uint8_t> readable;
+    std::uint32_t writable_len = 0;
+};
+
+namespace detail {
+/// The first `readable` bytes of the wire struct `r` (head reserved bytes zero, as 5.13.6.1 asks).
+template <class R>
+request make_request(const R& r, std::size_t readable, std::uint32_t writable) {
+    static_assert(std::is_trivially_copyable_v<R>);
+    request out;
+    out.readable.resize(readable);
+    std::memcpy(out.readable.data(), &r, readable);
+    out.writable_len = writable;
+    return out;
+}
+template <class T>
+T load(std::span<const std::uint8_t> in, std::size_t at) noexcept {
+    le<T> v;
+    std::memcpy(v.bytes.data(), in.data() + at, sizeof(T));
+    return v.get();
+}
+constexpr std::uint64_t bit(unsigned n) noexcept { return std::uint64_t{1} << n; }
+} // namespace detail
+
+/// ATTACH (5.13.6.3): `endpoint` into `domain`; `bypass` sets ATTACH_F_BYPASS (only with
+/// BYPASS_CONFIG negotiated, and exactly when the domain is or becomes a bypass domain).
+/// 20 readable bytes, 4 writable (the tail). Reserved fields zero.
+inline request attach_request(std::uint32_t domain, std::uint32_t endpoint, bool bypass = false) {
+    req_attach r;
+    r.head.type = static_cast<std::uint8_t>(req_type::attach);
+    r.domain = domain;
+    r.endpoint = endpoint;
+    r.flags = bypass ? attach_f_bypass : 0u;
+    return detail::make_request(r, offsetof(req_attach, tail), sizeof(req_tail));
+}
+
+/// DETACH (5.13.6.4): `endpoint` from `domain`. 20 readable bytes, 4 writable.
+inline request detach_request(std::uint32_t domain, std::uint32_t endpoint) {
+    req_detach r;
+    r.head.type = static_cast<std::uint8_t>(req_type::detach);
+    r.domain = domain;
+    r.endpoint = endpoint;
+    return detail::make_request(r, offsetof(req_detach, tail), sizeof(req_tail));
+}
+
+/// MAP (5.13.6.5): [virt_start, virt_end] (inclusive) to phys_start with `flags` (map_f_*).
+/// Built as given: the driver rules (virt_end > virt_start, READ when reads are wanted, MMIO
+/// only with F_MMIO, within input_range) are the caller's. 36 readable bytes, 4 writable.
+inline request map_request(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t virt_end,
+                           std::uint64_t phys_start, std::uint32_t flags) {
+    req_map r;
+    r.head.type = static_cast<std::uint8_t>(req_type::map);
+    r.domain = domain;
+    r.virt_start = virt_start;
+    r.virt_end = virt_end;
+    r.phys_start = phys_start;
+    r.flags = flags;
+    return detail::make_request(r, offsetof(req_map, tail), sizeof(req_tail));
+}
+
+/// UNMAP (5.13.6.6): every mapping of `domain` entirely inside [virt_start, virt_end]
+/// (inclusive). 28 readable bytes, 4 writable.
+inline request unmap_request(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t virt_end) {
+    req_unmap r;
+    r.head.type = static_cast<std::uint8_t>(req_type::unmap);
+    r.domain = domain;
+    r.virt_start = virt_start;
+    r.virt_end = virt_end;
+    return detail::make_request(r, offsetof(req_unmap, tail), sizeof(req_tail));
+}
+
+/// PROBE (5.13.6.7) of `endpoint`: 72 readable bytes; writable: `probe_size` bytes of
+/// properties (the config field; the spec says exactly that many), then the tail.
+/// Precondition: probe_size <= 2^32 - 5 (`driver::probe` caps it far lower).
+inline request probe_request(std::uint32_t endpoint, std::uint32_t probe_size) {
+    req_probe r;
+    r.head.type = static_cast<std::uint8_t>(req_type::probe);
+    r.endpoint = endpoint;
+    return detail::make_request(r, sizeof(req_probe), probe_size + std::uint32_t{sizeof(req_tail)});
+}
+
+/// PROBE_TABLE (this project's) of `endpoint` with `flags` (table_f_*): 12 readable bytes;
+/// writable: the 8-byte reply header, room for `n_formats` pg_format entries (68 bytes each),
+/// then the tail. Precondition: n_formats <= (2^32 - 12) / 68.
+inline request probe_table_request(std::uint32_t endpoint, std::uint32_t flags, std::uint32_t n_formats) {
+    req_probe_table r;
+    r.head.type = static_cast<std::uint8_t>(req_type::probe_table);
+    r.address_space = endpoint;
+    r.flags = flags;
+    const auto writable = static_cast<std::uint32_t>(sizeof(probe_table_reply) + std::size_t{n_formats} * sizeof(pg_format) +
+                                                     sizeof(req_tail));
+    return detail::make_request(r, sizeof(req_probe_table), writable);
+}
+
+/// ATTACH_TABLE (this project's): `req` as given (address_space = the domain, as
+/// `sharing::make_attach_table` leaves it to the caller), with head.type set to ATTACH_TABLE
+/// and the head's reserved bytes zeroed. 92 readable bytes, 4 writable.
+inline request attach_table_request(const req_attach_table& req) {
+    req_attach_table r = req;
+    r.head = req_head{};
+    r.head.type = static_cast<std::uint8_t>(req_type::attach_table);
+    return detail::make_request(r, offsetof(req_attach_table, tail), sizeof(req_tail));
+}
+
+/// INVALIDATE (this project's) in the table attached to `domain`: `kind` VADDR names
+/// [virt_addr, virt_addr + range_size) of `context`; SINGLE all of `context` (address and size
+/// then 0 by convention); TABLE the context table. `opaque` zero. 96 readable bytes, 4 writable.
+inline request invalidate_request(std::uint32_t domain, std::uint32_t context, invalidate_kind kind,
+                                  std::uint64_t virt_addr = 0, std::uint64_t range_size = 0) {
+    req_invalidate r;
+    r.head.type = static_cast<std::uint8_t>(req_type::invalidate);
+    r.address_space = domain;
+    r.context = context;
+    r.flags = static_cast<std::uint32_t>(kind);
+    r.virt_addr = virt_addr;
+    r.range_size = range_size;
+    return detail::make_request(r, offsetof(req_invalidate, tail), sizeof(req_tail));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Features
+// ---------------------------------------------------------------------------------------------
+
+/// The feature bits a driver accepts from the device's `offered`, for a driver able to use
+/// `wanted` (a mask of 1 << f_* bits, virtio transport bits included). Rules (5.13.3.1,
+/// 5.13.5.1, 5.13.3.2):
+/// - nothing without VIRTIO_F_VERSION_1 offered (the device MUST offer it; Linux refuses it);
+///   VERSION_1 is always accepted;
+/// - INPUT_RANGE, DOMAIN_RANGE and PROBE are accepted whenever offered (SHOULD), wanted or not:
+///   the driver then honours the ranges and probes endpoints before attaching them;
+/// - every other bit only when offered and wanted: MAP_UNMAP (MUST NOT be negotiated by a
+///   driver that cannot send MAP and UNMAP), TABLE_SHARING, BYPASS_CONFIG, MMIO, transport bits;
+/// - never both BYPASS and BYPASS_CONFIG: BYPASS_CONFIG supersedes the legacy BYPASS;
+/// - MMIO (a MAP flag) is dropped without MAP_UNMAP.
+/// Returns 0 when the device is unusable: no VERSION_1, or neither MAP_UNMAP nor table
+/// sharing accepted (the spec asks drivers to fail gracefully then).
+constexpr std::uint64_t negotiate_features(std::uint64_t offered, std::uint64_t wanted) noexcept {
+    using detail::bit;
+    if ((offered & bit(f_version_1)) == 0) return 0;
+    std::uint64_t accepted = offered & wanted;
+    accepted |= offered & (bit(f_version_1) | bit(f_input_range) | bit(f_domain_range) | bit(f_probe));
+    if ((accepted & bit(f_bypass_config)) != 0) accepted &= ~bit(f_bypass);
+    if ((accepted & bit(f_map_unmap)) == 0) accepted &= ~bit(f_mmio);
+    if ((accepted & (bit(f_map_unmap) | bit(f_table_sharing))) == 0) return 0;
+    return accepted;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PROBE properties
+// ---------------------------------------------------------------------------------------------
+
+/// One RESV_MEM region (5.13.6.8.1): [start, end], end inclusive. `subtype` is
+/// resv_mem_t_reserved or resv_mem_t_msi; an unknown subtype reads as reserved (SHOULD).
+struct resv_region {
+    std::uint64_t start = 0, end = 0;
+    std::uint8_t subtype = resv_mem_t_reserved;
+    friend bool operator==(const resv_region&, const resv_region&) = default;
+};
+
+/// What a PROBE reply says about an endpoint. `unknown`: properties of a type this driver does
+/// not know (skipped); `ignored`: properties it had to ignore (reserved header bits set, a
+/// RESV_MEM too short for its fields or with start > end).
+struct probe_info {
+    std::vector<resv_region> regions;
+    std::uint32_t unknown = 0, ignored = 0;
+};
+
+/// Parses the `properties` area of a PROBE reply (exactly probe_size bytes, 5.13.6.7) with the
+/// driver rules of 5.13.6.7.1 and 5.13.6.8.1.1, trusting nothing:
+/// - a property is a 4-byte header (type: bits 0-11 of the first le16, bits 12-15 reserved;
+///   length: the second le16, not counting the header) and `length` value bytes; the next
+///   starts right after. The length is always the header's, never inferred from the type;
+/// - the list ends at a type 0 (NONE, whatever its reserved bits, as Linux masks them), or
+///   where fewer than 4 bytes remain;
+/// - a property with reserved header bits set is ignored (MUST); an unknown type is skipped
+///   (SHOULD); both keep the parse going;
+/// - RESV_MEM: its value's first 20 bytes are subtype, 3 reserved (ignored), start, end; a
+///   longer value is a later extension (the rest skipped), a shorter one or start > end is
+///   ignored. Overlapping regions are kept as reported (each is reserved; see `overlaps`).
+/// Refusal (IOERR, "properties: ..."): a property whose value runs past the end of the area.
+/// Nothing is read outside `properties`.
+inline sharing::checked<probe_info> parse_probe(std::span<const std::uint8_t> properties) {
+    probe_info info;
+    constexpr std::size_t header = sizeof(probe_property);
+    constexpr std::size_t resv_value = sizeof(probe_resv_mem) - sizeof(probe_property);  // 20
+    std::size_t pos = 0;
+    while (properties.size() - pos >= header) {
+        const auto raw_type = detail::load<std::uint16_t>(properties, pos);
+        const std::size_t length = detail::load<std::uint16_t>(properties, pos + 2);
+        const auto type = static_cast<std::uint16_t>(raw_type & probe_t_mask);
+        if (type == probe_t_none) break;
+        const std::size_t value = pos + header;
+        if (length > properties.size() - value)
+            return sharing::refusal{status::ioerr, "properties: a property runs past the end"};
+        if ((raw_type & ~probe_t_mask) != 0) {
+            ++info.ignored;
+        } else if (type == probe_t_resv_mem) {
+            if (length < resv_value) {
+                ++info.ignored;
+            } else {
+                resv_region r;
+                const std::uint8_t sub = properties[value];
+                r.subtype = sub == resv_mem_t_msi ? resv_mem_t_msi : resv_mem_t_reserved;
+                r.start = detail::load<std::uint64_t>(properties, value + 4);
+                r.end = detail::load<std::uint64_t>(properties, value + 12);
+                if (r.start > r.end) ++info.ignored;
+                else info.regions.push_back(r);
+            }
+        } else {
+            ++info.unknown;
+        }
+        pos = value + length;
+    }
+    return info;
+}
+
+/// True when [first, last] (inclusive) meets a region of `info`: addresses a driver SHOULD
+/// NOT map (5.13.6.8.1.1).
+inline bool overlaps(const probe_info& info, std::uint64_t first, std::uint64_t last) noexcept {
+    for (const auto& r : info.regions)
+        if (first <= r.end && r.start <= last) return true;
+    return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault events
+// ---------------------------------------------------------------------------------------------
+
+/// A fault report from the event queue (5.13.6.9), as a driver may use it. `reason` is one of
+/// fault_r_unknown / fault_r_domain / fault_r_mapping; `flags` keeps only the known bits
+/// (fault_f_read, _write, _exec, _address); `address` is set only with fault_f_address.
+struct fault_event {
+    std::uint8_t reason = fault_r_unknown;
+    std::uint32_t flags = 0;
+    std::uint32_t endpoint = 0;
+    std::optional<std::uint64_t> address;
+};
+
+/// Reads one event buffer as the device left it (`event`: the used length's bytes) with the
+/// rules of 5.13.6.9.1 and Linux's viommu_event_handler: nothing when the buffer is not exactly
+/// the 24-byte virtio_iommu_fault (Linux rejects longer ones; a shorter one cannot hold the
+/// fields), nothing when the reserved bytes 1-3 (bits 8-31 of the first le32) are not zero
+/// (MUST ignore). An unknown reason reads as UNKNOWN (SHOULD); reserved1 and undefined flag
+/// bits are ignored (MUST).
+inline std::optional<fault_event> parse_fault(std::span<const std::uint8_t> event) noexcept {
+    if (event.size() != sizeof(fault)) return std::nullopt;
+    if ((detail::load<std::uint32_t>(event, 0) & 0xffffff00u) != 0) return std::nullopt;
+    fault_event e;
+    const std::uint8_t reason = event[offsetof(fault, reason)];
+    e.reason = reason == fault_r_domain || reason == fault_r_mapping ? reason : fault_r_unknown;
+    e.flags = detail::load<std::uint32_t>(event, offsetof(fault, flags)) &
+              (fault_f_read | fault_f_write | fault_f_exec | fault_f_address);
+    e.endpoint = detail::load<std::uint32_t>(event, offsetof(fault, endpoint));
+    if ((e.flags & fault_f_address) != 0) e.address = detail::load<std::uint64_t>(event, offsetof(fault, address));
+    return e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport and driver
+// ---------------------------------------------------------------------------------------------
+
+/// How a driver reaches a device: `submit(in, out)` delivers one request (the device-readable
+/// bytes `in`, the device-writable buffer `out`) and returns the used length, the bytes the
+/// device wrote at the start of `out` (0: not answered). A virtqueue, or a direct call.
+template <class T>
+concept request_transport = requires(T& t, std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+    { t.submit(in, out) } -> std::same_as<std::uint32_t>;
+};
+
+/// A transport that calls the device model directly: `dev->handle(in, out)` (device.hpp's
+/// `device::handle`). `dev` must outlive the transport.
+template <class D>
+struct direct_transport {
+    D* dev = nullptr;
+    std::uint32_t submit(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        return dev->handle(in, out);
+    }
+};
+
+/// What came back for one request.
+struct reply {
+    /// The tail's status, or IOERR when the used length is not the writable size (0: the
+    /// device did not answer; shorter: it did not write the tail) or the status byte is not a
+    /// status the spec defines (Linux maps those to EIO).
+    status code = status::ioerr;
+    std::uint32_t used = 0;               ///< the used length the transport reported
+    std::vector<std::uint8_t> writable;   ///< the device-writable part as the device left it
+    bool ok() const noexcept { return code == status::ok; }
+};
+
+/// Most properties bytes `driver::probe` accepts (probe_size comes from a config space the
+/// driver does not trust) and most pg_format entries `driver::probe_table` makes room for.
+inline constexpr std::uint32_t max_probe_size = 1u << 20;
+inline constexpr std::uint32_t max_probe_formats = 1024;
+
+/// A virtio-iommu driver's request side over the transport `T`: builds each request, submits
+/// it, reads the status as 5.13.6.1 says. It sends what it is asked to: the driver rules on
+/// field values (ranges, flags, domains) are the caller's, so that tests can also send what a
+/// buggy guest would. Not thread-safe (one request at a time); `T` must outlive it.
+template <request_transport T>
+class driver {
+public:
+    explicit driver(T& transport) noexcept : t_(&transport) {}
+
+    /// Submits `r`: a zeroed writable buffer of r.writable_len bytes whose tail status byte is
+    /// preset to IOERR (so a device that reports the full length without writing the tail
+    /// fails), then the used-length and status rules of `reply::code`. Counted by type.
+    reply send(const request& r) {
+        reply out;
+        if (!r.readable.empty()) ++sent_[slot(r.readable[0])];
+        out.writable.assign(r.writable_len, 0);
+        const bool has_tail = r.writable_len >= sizeof(req_tail);
+        const std::size_t tail_at = has_tail ? r.writable_len - sizeof(req_tail) : 0;
+        if (has_tail) out.writable[tail_at] = static_cast<std::uint8_t>(status::ioerr);
+        out.used = t_->submit(std::span<const std::uint8_t>(r.readable), std::span<std::uint8_t>(out.writable));
+        last_used_ = out.used;
+        if (has_tail && out.used == r.writable_len) {
+            const std::uint8_t s = out.writable[tail_at];
+            out.code = s <= static_cast<std::uint8_t>(status::nomem) ? static_cast<status>(s) : status::ioerr;
+        }
+        if (out.code != status::ok) ++failed_;
+        return out;
+    }
+
+    /// ATTACH (5.13.6.3). Returns the device's status (IOERR as in `reply::code`).
+    status attach(std::uint32_t domain, std::uint32_t endpoint, bool bypass = false) {
+        return send(attach_request(domain, endpoint, bypass)).code;
+    }
+    /// DETACH (5.13.6.4).
+    status detach(std::uint32_t domain, std::uint32_t endpoint) { return send(detach_request(domain, endpoint)).code; }
+    /// MAP (5.13.6.5) of [virt_start, virt_end] (inclusive) to phys_start, `flags` map_f_*.
+    status map(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t virt_end, std::uint64_t phys_start,
+               std::uint32_t flags) {
+        return send(map_request(domain, virt_start, virt_end, phys_start, flags)).code;
+    }
+    /// UNMAP (5.13.6.6) of [virt_start, virt_end] (inclusive).
+    status unmap(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t virt_end) {
+        return send(unmap_request(domain, virt_start, virt_end)).code;
+    }
+    /// PROBE (5.13.6.7) of `endpoint` with `probe_size` bytes of properties (the config
+    /// field), parsed by `parse_probe`. Refusals: probe_size above max_probe_size (INVAL, not
+    /// sent), the device's status ("PROBE"), parse_probe's.
+    sharing::checked<probe_info> probe(std::uint32_t endpoint, std::uint32_t probe_size) {
+        if (probe_size > max_probe_size) return sharing::refusal{status::inval, "probe_size"};
+        auto r = send(probe_request(endpoint, probe_size));
+        if (!r.ok()) return sharing::refusal{r.code, "PROBE"};
+        return parse_probe(std::span<const std::uint8_t>(r.writable).first(probe_size));
+    }
+    /// PROBE_TABLE of `endpoint` with room for `n_formats` entries (formats/README.md).
+    /// Refusals: n_formats above max_probe_formats (INVAL, not sent), the device's status
+    /// ("PROBE_TABLE"), sharing::parse_probe_table's.
+    sharing::checked<sharing::probe_table_result> probe_table(std::uint32_t endpoint, std::uint32_t n_formats,
+                                                     std::uint32_t flags = 0) {
+        if (n_formats > max_probe_formats) return sharing::refusal{status::inval, "n_formats"};
+        auto r = send(probe_table_request(endpoint, flags, n_formats));
+        if (!r.ok()) return sharing::refusal{r.code, "PROBE_TABLE"};
+        const std::size_t bytes = sizeof(probe_table_reply) + std::size_t{n_formats} * sizeof(pg_format);
+        return sharing::parse_probe_table(std::span<const std::uint8_t>(r.writable).first(bytes));
+    }
+    /// ATTACH_TABLE of `req` (from sharing::make_attach_table) to `domain`, which an endpoint
+    /// was attached to with ATTACH: address_space is set to `domain`.
+    status attach_table(std::uint32_t domain, const req_attach_table& req) {
+        req_attach_table r = req;
+        r.address_space = domain;
+        return send(attach_table_request(r)).code;
+    }
+    /// INVALIDATE in the table attached to `domain` (see invalidate_request).
+    status invalidate(std::uint32_t domain, std::uint32_t context, invalidate_kind kind, std::uint64_t virt_addr = 0,
+                      std::uint64_t range_size = 0) {
+        return send(invalidate_request(domain, context, kind, virt_addr, range_size)).code;
+    }
+
+    /// Requests of type `t` sent (by head.type; types outside req_type count under 0).
+    std::uint64_t sent(req_type t) const noexcept { return sent_[slot(static_cast<std::uint8_t>(t))]; }
+    /// Requests sent whose code was not OK.
+    std::uint64_t failures() const noexcept { return failed_; }
+    /// The used length of the last request.
+    std::uint32_t last_used() const noexcept { return last_used_; }
+    T& transport() const noexcept { return *t_; }
+
+private:
+    static constexpr std::size_t slot(std::uint8_t type) noexcept {
+        if (type >= 1 && type <= 5) return type;
+        if (type >= 0x40 && type <= 0x42) return std::size_t{type} - 0x40 + 6;
+        return 0;
+    }
+
+    T* t_;
+    std::array<std::uint64_t, 9> sent_{};
+    std::uint64_t failed_ = 0;
+    std::uint32_t last_used_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Page-table sharing, guest side
+// ---------------------------------------------------------------------------------------------
+
+/// A guest's stage-1 table of format S1 shared with the device through `driver<T>`: its tables
+/// come from an IPA window and are written through the stage-2 table `stage2` (format S2 in
+/// host memory HM, nested::guest_table_memory), as a guest in a VM writes them; the device
+/// walks them after ATTACH_TABLE binds the table to a domain (context 0, no F_INDIRECT).
+///
+/// Contract (formats/README.md): the guest must invalidate after changing or removing entries;
+/// new mappings in empty space need none. `map` and `unmap` keep it: `map` sends nothing
+/// unless it had to free an empty table to put a block in its place (then one INVALIDATE VADDR
+/// of that span, since the device may cache the table's address); `unmap` sends one
+/// INVALIDATE VADDR of the range when anything was removed. Not thread-safe. Destroy it only
+/// after every endpoint left the domain (DETACH): the tables go back to the window.
+template <page_table_format S1, page_table_format S2, table_reader HM, request_transport T>
+class shared_table {
+public:
+    using memory = nested::guest_table_memory<S2, HM>;
+    using table_type = page_table<S1, memory>;
+    using input_address = typename S1::input_address;
+
+    /// Builds an empty table in [window, window + window_size) of the guest's IPA space (which
+    /// `stage2` must map readable and writable; `cache` may be null, see guest_table_memory)
+    /// and attaches it to `domain` with ATTACH_TABLE (sharing::make_attach_table<S1>, `tag` the
+    /// ASID / domain id). An endpoint must already be attached to `domain` (ATTACH).
+    /// Refusals: the table's (engine error as a status, "table"), make_attach_table's, the
+    /// device's status ("ATTACH_TABLE").
+    static sharing::checked<shared_table> create(driver<T>& drv, const nested::stage_table<S2, HM>& stage2, ipa_t window,
+                                        std::uint64_t window_size, const typename S1::config& cfg,
+                                        std::uint32_t domain, std::uint32_t tag = 0,
+                                        nested::walk_cache* cache = nullptr) {
+        auto st = std::make_unique<state>(stage2, window, window_size, cache);
+        auto t = table_type::create(cfg, st->mem, st->gather.hooks());
+        if (!t) return sharing::refusal{sharing::to_status(t.error()), "table"};
+        auto req = sharing::make_attach_table<S1>(cfg, t->root(), tag);
+        if (!req) return req.why();
+        const status s = drv.attach_table(domain, *req);
+        if (s != status::ok) return sharing::refusal{s, "ATTACH_TABLE"};
+        return shared_table(drv, std::move(st), std::move(*t), domain);
+    }
+
+    /// Maps [iova, iova + size) to [ipa, ipa + size) (page_table::map: all or nothing).
+    /// Returns `size`. Refusals: the engine's error as a status (field: the errc's name), or
+    /// the device's status for the one INVALIDATE a table freed on the way needs ("INVALIDATE";
+    /// the mapping stands).
+    sharing::checked<length_t> map(input_address iova, ipa_t ipa, length_t size, prot p) {
+        st_->gather.reset();
+        auto r = table_.map(iova, pa_t{ipa.value}, size, p);
+        if (!r) return sharing::refusal{sharing::to_status(r.error()), iopgtable::to_string(r.error())};
+        if (st_->gather.walks != 0) {
+            const status s = invalidate(st_->gather.start, st_->gather.last - st_->gather.start + 1);
+            if (s != status::ok) return sharing::refusal{s, "INVALIDATE"};
+        }
+        return size;
+    }
+
+    /// Unmaps [iova, iova + size) (page_table::unmap, exact: a range that would cut a leaf
+    /// changes nothing), then, when anything was removed, sends INVALIDATE VADDR of
+    /// [iova, iova + size). Returns the bytes removed. Refusals: the engine's error as a status,
+    /// or the device's status for the INVALIDATE ("INVALIDATE": the entries are gone but the
+    /// device may still use them; retry, invalidate_all, or detach).
+    sharing::checked<length_t> unmap(input_address iova, length_t size) {
+        st_->gather.reset();
+        auto r = table_.unmap(iova, size);
+        if (!r) return sharing::refusal{sharing::to_status(r.error()), iopgtable::to_string(r.error())};
+        if (!st_->gather.empty()) {
+            const status s = invalidate(iova.value, size.value);
+            if (s != status::ok) return sharing::refusal{s, "INVALIDATE"};
+        }
+        return *r;
+    }
+
+    /// INVALIDATE VADDR of [first, first + size) in context 0: for changes made another way.
+    status invalidate(std::uint64_t first, std::uint64_t size) {
+        ++invalidations_;
+        return drv_->invalidate(domain_, 0, invalidate_kind::vaddr, first, size);
+    }
+    /// INVALIDATE SINGLE: everything the device caches of context 0.
+    status invalidate_all() {
+        ++invalidations_;
+        return drv_->invalidate(domain_, 0, invalidate_kind::single);
+    }
+
+    /// The table, to walk (lookup, iova_to_phys). Changing it directly is allowed only with
+    /// the invalidations of the contract above.
+    const table_type& table() const noexcept { return table_; }
+    /// The guest-physical address of the top table (what ATTACH_TABLE sent).
+    ipa_t root() const noexcept { return ipa_t{table_.root().value}; }
+    std::uint32_t domain() const noexcept { return domain_; }
+    /// INVALIDATE requests this table sent (whatever the device answered).
+    std::uint64_t invalidations() const noexcept { return invalidations_; }
+    /// The table memory (window, bytes in use, stage-2 invalidation).
+    memory& mem() const noexcept { return st_->mem; }
+
+private:
+    /// Heap-pinned: the table points at the memory, the hooks at the gather.
+    struct state {
+        state(const nested::stage_table<S2, HM>& s2, ipa_t window, std::uint64_t size, nested::walk_cache* cache)
+            : mem(s2, window, size, cache) {}
+        memory mem;
+        iotlb_gather gather;
+    };
+
+    shared_table(driver<T>& drv, std::unique_ptr<state> st, table_type t, std::uint32_t domain) noexcept
+        : drv_(&drv), st_(std::move(st)), table_(std::move(t)), domain_(domain) {}
+
+    driver<T>* drv_;
+    std::unique_ptr<state> st_;  // before table_: destroyed after it
+    table_type table_;
+    std::uint32_t domain_;
+    std::uint64_t invalidations_ = 0;
+};
+
+} // namespace iopgtable::virtio
