@@ -64,6 +64,8 @@ struct fold_stats {
     std::uint64_t reduced = 0;       ///< pieces mapped with fewer permissions than nested gives
     std::uint64_t dropped = 0;       ///< pieces the shadow could not hold at all
     std::uint64_t stage2_walks = 0;  ///< stage-2 walks made to fold
+    std::uint64_t truncated = 0;     ///< re-reads of stage 1 cut short by the fetch budget
+    std::uint64_t map_failures = 0;  ///< of the dropped pieces, those the shadow refused (its memory ran out)
 };
 
 template <page_table_format S1, page_table_format S2, table_memory HM, shadow_store Store>
@@ -79,8 +81,10 @@ public:
     /// mode (a) (null: mode (b) only). `s2` and `s1` outlive it. Errors: the stage-1
     /// configuration's; invalid when the shadow's IAS is below stage 1's or its smallest page is
     /// larger than either stage's.
+    /// `fetch_budget`: see set_fetch_budget (applies to this first sync too).
     static result<basic_folded_table> create(const typename S1::config& s1_cfg, ipa_t s1_root, stage2_table& s2,
-                                             Store shadow, stage1_table* s1 = nullptr) {
+                                             Store shadow, stage1_table* s1 = nullptr,
+                                             std::uint64_t fetch_budget = ~std::uint64_t{0}) {
         auto g1 = S1::make_geometry(s1_cfg);
         if (!g1) return failure(g1.error());
         auto min_page = [](const geometry& g) { return g.pgsize_bitmap & (~g.pgsize_bitmap + 1); };
@@ -88,6 +92,7 @@ public:
         if (sg.ias < g1->ias || min_page(sg) > min_page(*g1) || min_page(sg) > min_page(s2.geo()))
             return failure(errc::invalid);
         basic_folded_table t(s1_cfg, *g1, s1_root, s2, std::move(shadow), s1);
+        t.fetch_budget_ = fetch_budget;
         t.invalidate_all();
         return t;
     }
@@ -198,6 +203,14 @@ public:
 
     /// The shadow's translation of `iova` (what a single-stage IOMMU would do with it).
     shadow_lookup lookup(iova_t iova) const { return shadow_.lookup(iova.value); }
+    /// Most stage-1 entries one re-read of stage 1 fetches (default: no limit). A re-read that
+    /// runs out stops there: what it did not read is not in the shadow (translations there
+    /// fault, never translate wrongly), `stats().truncated` counts it and `truncated()` is
+    /// true until a later re-read completes. A host folding an untrusted guest's tables sets
+    /// it: tables whose entries share subtables (a DAG) otherwise cost the product of their
+    /// fan-outs.
+    void set_fetch_budget(std::uint64_t entries) noexcept { fetch_budget_ = entries; }
+    bool truncated() const noexcept { return truncated_; }
     const Store& shadow() const noexcept { return shadow_; }
     const fold_stats& stats() const noexcept { return stats_; }
     /// Stage-1 ranges the shadow currently folds (IOVA → IPA), for tests and tools.
@@ -259,7 +272,8 @@ private:
     /// (all copies of a replicated leaf, normally): each entry translates its own slot, so
     /// copies a guest made differ are folded apart.
     void fold_from_stage1(std::uint64_t lo, std::uint64_t hi) {
-        stage2_view<S2, HM> view(s2_stage(), view_settings{s1_geo_.oas, false, true, &cache_, &note_table_page, this});
+        stage2_view<S2, HM> view(s2_stage(),
+                                 view_settings{s1_geo_.oas, false, true, &cache_, &note_table_page, this, fetch_budget_});
         std::optional<record> run;
         typename S1::word run_raw{};
         auto flush = [&] {
@@ -290,6 +304,8 @@ private:
             return true;
         });
         flush();
+        truncated_ = view.exhausted();
+        if (truncated_) ++stats_.truncated;
     }
 
     /// Replaces the shadow over [a, b] (inside one record), widened to the shadow leaves it
@@ -349,7 +365,10 @@ private:
             if (!has_any(p, prot::read | prot::write) || !expressible(p, want)) continue;
             ++stats_.pieces;
             if (i > 0) ++stats_.reduced;
-            if (!shadow_.map(iova, pa, length, p)) ++stats_.dropped;
+            if (!shadow_.map(iova, pa, length, p)) {
+                ++stats_.dropped;
+                ++stats_.map_failures;
+            }
             return;
         }
         ++stats_.dropped;
@@ -415,6 +434,8 @@ private:
     std::set<std::uint64_t> table_pages_;  ///< IPA >> table_block_lg2_ of every stage-1 entry read
     std::uint64_t last_page_ = 0;
     bool have_last_page_ = false, pages_lost_ = false;
+    std::uint64_t fetch_budget_ = ~std::uint64_t{0};
+    bool truncated_ = false;
     fold_stats stats_;
 };
 

@@ -59,6 +59,10 @@ struct view_settings {
     /// Called with the IPA of every entry fetched (may be null).
     void (*on_fetch)(void* cookie, std::uint64_t ipa) = nullptr;
     void* cookie = nullptr;
+    /// Most entries the view fetches in its life; later fetches are refused (read as empty
+    /// with `unreadable_as_empty`) and `exhausted()` turns true. Bounds a walk over a hostile
+    /// guest's tables that point many entries at one table (a DAG instead of a tree).
+    std::uint64_t fetch_budget = ~std::uint64_t{0};
 };
 
 template <page_table_format S2, table_reader HM>
@@ -76,6 +80,11 @@ public:
     /// the host-physical address. Not thread-safe: the view counts and records.
     template <class W>
     W* entry(pa_t ipa) noexcept {
+        if (fetches_ >= set_.fetch_budget) {
+            exhausted_ = true;
+            return refuse<W>();
+        }
+        ++fetches_;
         if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
         if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
         ++trace_count_;
@@ -131,6 +140,8 @@ public:
         fault_.reset();
         trace_count_ = 0;
     }
+    /// The fetch budget ran out: some fetch was refused for it.
+    bool exhausted() const noexcept { return exhausted_; }
     /// Stage-2 table entries read to translate fetches since begin_walk().
     unsigned accesses() const noexcept { return accesses_; }
     /// The last fetch that failed since begin_walk(), if any.
@@ -167,6 +178,8 @@ private:
     unsigned trace_count_ = 0;
     std::uint64_t zero64_ = 0;
     std::uint32_t zero32_ = 0;
+    std::uint64_t fetches_ = 0;
+    bool exhausted_ = false;
 };
 
 /// Table memory for a guest's own stage-1 tables: tables come from a window of IPAs

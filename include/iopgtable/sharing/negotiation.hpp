@@ -198,7 +198,10 @@ public:
     /// in slot `context` of the context table: le64, bit 0 valid, the rest the address.
     /// Refusals: context out of range (RANGE), slot unreadable or invalid (FAULT / NOENT),
     /// directory misaligned or outside guest RAM (FAULT).
-    checked<pa_t> root(const guest_ram& ram, std::uint32_t context) const {
+    /// `ram` is guest memory by guest-physical address: a guest_ram, or a virtio::guest_view
+    /// (anything with `read(pa_t, void*, len)` and `contains(pa_t, len)`).
+    template <class R>
+    checked<pa_t> root(const R& ram, std::uint32_t context) const {
         if (!indirect()) {
             if (context != 0) return refusal{virtio::status::range, "context"};
             return table_;
@@ -271,9 +274,9 @@ using binding_for = typename binding_for_impl<std::decay_t<Formats>>::type;
 /// INVAL, register fields as the format reads them: INVAL / UNSUPP / RANGE), the device's
 /// limits (IAS/OAS RANGE, tag bits RANGE, dirty UNSUPP), the table pointer (misaligned INVAL,
 /// outside guest RAM RANGE).
-template <class Formats>
+template <class Formats, class R>
 checked<binding_for<Formats>> validate_attach(const Formats& formats, const virtio::req_attach_table& req,
-                                              const guest_ram& ram, attach_limits lim = {}) {
+                                              const R& ram, attach_limits lim = {}) {
     using binding = binding_for<Formats>;
     const std::uint32_t flags = req.flags;
     if ((flags & ~virtio::table_f_mask) != 0) return refusal{virtio::status::inval, "flags"};
