@@ -143,7 +143,7 @@ struct probe_resv_mem {
     le64 start, end;
 };
 
-// ---- fault event (5.13.6.6), 24 bytes ----
+// ---- fault event (5.13.6.9), 24 bytes ----
 inline constexpr std::uint8_t fault_r_unknown = 0, fault_r_domain = 1, fault_r_mapping = 2;
 inline constexpr std::uint32_t fault_f_read = 1u << 0, fault_f_write = 1u << 1, fault_f_exec = 1u << 2,
                                fault_f_address = 1u << 8;

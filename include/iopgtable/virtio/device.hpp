@@ -1,0 +1,737 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file device.hpp
+/// A minimal virtio-iommu device (virtio 1.3, 5.13 "IOMMU Device"), header-only, for a VMM to
+/// embed: the requests of the specification (ATTACH, DETACH, MAP, UNMAP, PROBE), this
+/// project's page-table sharing (PROBE_TABLE, ATTACH_TABLE, INVALIDATE; formats/README.md),
+/// the config space, fault events on the eventq, and the VMM's DMA path `translate`.
+///
+/// The simulated machine (see guest_memory.hpp): host memory is a `guest_ram` standing for
+/// host-physical RAM; the guest's RAM is one slot of it (`guest_view`, GPA → HPA); the VMM's
+/// stage 2 is a page table of format S2 over host memory mapping that slot (`map_slot`).
+/// MAP/UNMAP domains are page tables of the host's format D holding IOVA → GPA
+/// (map_table.hpp): what an IOMMU nesting them over stage 2 would walk. Shared-table domains
+/// walk the guest's own table nested over stage 2, or through a folded shadow of format D
+/// (shared_space.hpp). `translate` always answers host-physical addresses.
+///
+/// Requests: `handle(readable, writable)` answers one request (the bytes a descriptor chain
+/// holds); `process_requests()` pops the requestq, answers each chain and publishes the used
+/// ring. Every request has one handler; every refusal is a virtio status, and a refused
+/// request changes nothing. Hostile input: every field is checked, every buffer bounded, every
+/// count capped (domains, mappings and table memory per domain → NOMEM).
+///
+/// Not thread-safe: one caller at a time (a VMM serialises the requestq and the DMA path or
+/// puts a lock around both).
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/length.hpp>
+
+#include "../engine/page_table.hpp"
+#include "../mem/guest_ram.hpp"
+#include "../nested/types.hpp"
+#include "../sharing/invalidate.hpp"
+#include "../sharing/negotiation.hpp"
+#include "guest_memory.hpp"
+#include "iotlb.hpp"
+#include "map_table.hpp"
+#include "shared_space.hpp"
+#include "virtqueue.hpp"
+#include "wire.hpp"
+
+namespace iopgtable::virtio {
+
+/// A reserved region PROBE reports (RESV_MEM) and MAP refuses. `last` inclusive.
+struct reserved_region {
+    std::uint64_t start = 0, last = 0;
+    std::uint8_t subtype = resv_mem_t_reserved;
+};
+
+/// The x86 MSI doorbell window every x86 VMM reports (peers.md: QEMU q35, cloud-hypervisor).
+inline constexpr reserved_region x86_msi_window{0xfee00000, 0xfeefffff, resv_mem_t_msi};
+
+inline constexpr std::uint64_t feature(unsigned bit) noexcept { return std::uint64_t{1} << bit; }
+
+/// What the VMM configures. Defaults: every feature this device implements, a 4 KiB granule,
+/// the whole 64-bit input range, any 32-bit domain, the x86 MSI window reserved.
+struct device_settings {
+    std::uint64_t features = feature(f_version_1) | feature(f_input_range) | feature(f_domain_range) |
+                             feature(f_map_unmap) | feature(f_probe) | feature(f_mmio) | feature(f_bypass_config) |
+                             feature(f_table_sharing) | feature(f_indirect_desc) | feature(f_event_idx);
+    std::uint64_t page_size_mask = 0x1000;
+    std::uint64_t input_start = 0, input_end = ~std::uint64_t{0};
+    std::uint32_t domain_start = 0, domain_end = ~std::uint32_t{0};
+    std::uint32_t probe_size = 512;
+    bool boot_bypass = false;  ///< config.bypass after a system reset (BYPASS_CONFIG)
+    std::uint32_t endpoints = 2;  ///< endpoint IDs 0 .. endpoints - 1
+    std::vector<reserved_region> reserved{x86_msi_window};
+    // Caps against a hostile guest.
+    std::uint32_t max_domains = 1u << 16;
+    std::uint64_t max_mappings = 1u << 20;            ///< per MAP/UNMAP domain
+    std::uint64_t max_table_bytes = 64ull << 20;      ///< table memory per domain (MAP table or shadow)
+    std::uint64_t fold_fetch_budget = 1u << 22;       ///< stage-1 entries one folded re-read may fetch
+    std::uint32_t max_contexts = 64;                  ///< ATTACH_TABLE F_INDIRECT slots
+    shared_mode sharing = shared_mode::nested;
+    std::size_t iotlb_entries = 4096;
+    std::uint32_t max_writable = 1u << 16;  ///< device-writable bytes of one chain the device uses
+};
+
+/// A request's counters: by type (index = type byte) and status; `unanswered` got used length 0.
+struct request_stats {
+    std::array<std::array<std::uint64_t, 9>, 256> by_type_status{};
+    std::array<std::uint64_t, 256> unanswered{};
+    std::uint64_t malformed_chains = 0;
+    std::uint64_t total() const noexcept {
+        std::uint64_t n = 0;
+        for (const auto& t : by_type_status)
+            for (auto v : t) n += v;
+        for (auto v : unanswered) n += v;
+        return n;
+    }
+};
+
+/// One contiguous piece of a DMA translation.
+struct dma_range {
+    std::uint64_t iova = 0, hpa = 0, length = 0;
+};
+
+/// A fault as the device reports it on the eventq (virtio_iommu_fault).
+struct dma_fault {
+    std::uint8_t reason = fault_r_unknown;  ///< fault_r_domain / fault_r_mapping / fault_r_unknown
+    std::uint32_t flags = 0;                ///< fault_f_read / write / exec, fault_f_address
+    std::uint32_t endpoint = 0;
+    std::uint64_t address = 0;
+    bool delivered = false;  ///< written into an eventq buffer (false: dropped, none was there)
+};
+
+/// What `translate` found: up to `ranges.size()` pieces covering `covered` bytes from the
+/// start; then either the end of the request, more to ask for (`covered < size`, no fault:
+/// call again at iova + covered), or a fault at iova + covered.
+struct dma_result {
+    std::array<dma_range, 8> ranges{};
+    unsigned count = 0;
+    std::uint64_t covered = 0;
+    std::optional<dma_fault> fault;
+    bool ok() const noexcept { return !fault.has_value(); }
+};
+
+struct translate_stats {
+    std::uint64_t translations = 0, pages = 0, faults = 0, faults_delivered = 0, faults_dropped = 0;
+};
+
+/// Maps the guest-RAM slot `guest` in the VMM's stage 2 (GPA → HPA, read/write, cacheable).
+template <page_table_format S2, table_memory M>
+result<void> map_slot(page_table<S2, M>& stage2, const guest_view& guest) {
+    return stage2.map(typename S2::input_address{guest.gpa_base()}, pa_t{guest.hpa_base()}, length_t{guest.size()},
+                      prot::read | prot::write | prot::cache);
+}
+
+/// The device. `Host` names the host's IOMMU:
+///   using domain_format = ...;  // MAP/UNMAP tables and folded shadows (a stage-1 format)
+///   using stage2_format = ...;  // the VMM's stage 2
+///   static auto table_formats(); // hana tuple of sharing::device_format<F>: what guests may attach
+template <class Host>
+class device {
+public:
+    using D = typename Host::domain_format;
+    using S2 = typename Host::stage2_format;
+    using formats_type = decltype(Host::table_formats());
+    using binding = sharing::binding_for<formats_type>;
+    using stage2_table = page_table<S2, guest_ram>;
+
+    /// A device for the guest RAM `guest` (a slot of `host`), the VMM's `stage2` mapping it,
+    /// domains of `domain_cfg`. Refusals (INVAL): no VERSION_1 offered; a page_size_mask whose
+    /// granule is smaller than D's smallest page; input_end < input_start; domain_end <
+    /// domain_start; a probe_size that cannot hold the reserved regions or is not a multiple
+    /// of 4; no endpoint; a domain configuration D refuses.
+    static sharing::checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
+                                                   const typename D::config& domain_cfg, device_settings s = {}) {
+        auto geo = D::make_geometry(domain_cfg);
+        if (!geo) return sharing::refusal{status::inval, "domain configuration"};
+        const std::uint64_t granule = s.page_size_mask & (~s.page_size_mask + 1);
+        const std::uint64_t min_page = geo->pgsize_bitmap & (~geo->pgsize_bitmap + 1);
+        if ((s.features & feature(f_version_1)) == 0) return sharing::refusal{status::inval, "features: VERSION_1"};
+        if (granule == 0 || granule < min_page) return sharing::refusal{status::inval, "page_size_mask"};
+        if (s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
+        if (s.domain_end < s.domain_start) return sharing::refusal{status::inval, "domain range"};
+        if (s.endpoints == 0) return sharing::refusal{status::inval, "endpoints"};
+        if (s.probe_size % 4 != 0 || s.probe_size < s.reserved.size() * sizeof(probe_resv_mem))
+            return sharing::refusal{status::inval, "probe_size"};
+        for (const auto& r : s.reserved)
+            if (r.last < r.start) return sharing::refusal{status::inval, "reserved region"};
+        return std::unique_ptr<device>(new device(host, guest, stage2, domain_cfg, std::move(s)));
+    }
+    device(const device&) = delete;
+    device& operator=(const device&) = delete;
+
+    // ------------------------------------------------------------------ transport
+
+    std::uint64_t device_features() const noexcept { return set_.features; }
+    /// FEATURES_OK: the driver's features must be a subset of the device's and include
+    /// VERSION_1. False (nothing changes) otherwise.
+    bool set_driver_features(std::uint64_t f) noexcept {
+        if ((f & ~set_.features) != 0 || (f & feature(f_version_1)) == 0) return false;
+        driver_features_ = f;
+        return true;
+    }
+    std::uint64_t driver_features() const noexcept { return driver_features_; }
+    bool negotiated(unsigned bit) const noexcept { return (driver_features_ >> bit) & 1; }
+    bool offered(unsigned bit) const noexcept { return (set_.features >> bit) & 1; }
+
+    /// The 40-byte config space (fields of features not offered read as zero).
+    virtio::config config_space() const noexcept {
+        virtio::config c;
+        c.page_size_mask = set_.page_size_mask;
+        if (offered(f_input_range)) {
+            c.input_range.start = set_.input_start;
+            c.input_range.end = set_.input_end;
+        }
+        if (offered(f_domain_range)) {
+            c.domain_range.start = set_.domain_start;
+            c.domain_range.end = set_.domain_end;
+        }
+        if (offered(f_probe)) c.probe_size = set_.probe_size;
+        if (offered(f_bypass_config)) c.bypass = bypass_;
+        return c;
+    }
+    /// Config reads at any offset and width; bytes beyond the 40 read as zero.
+    void read_config(std::uint32_t offset, std::span<std::uint8_t> out) const noexcept {
+        const virtio::config c = config_space();
+        const auto* b = reinterpret_cast<const std::uint8_t*>(&c);
+        for (std::size_t i = 0; i < out.size(); ++i) {
+            const std::uint64_t at = std::uint64_t{offset} + i;
+            out[i] = at < sizeof c ? b[at] : 0;
+        }
+    }
+    /// Config writes: only the bypass byte (offset 36, one byte, 0 or 1, BYPASS_CONFIG
+    /// offered). False and nothing changes otherwise.
+    bool write_config(std::uint32_t offset, std::span<const std::uint8_t> in) noexcept {
+        if (!offered(f_bypass_config) || offset != offsetof(virtio::config, bypass) || in.size() != 1 || in[0] > 1)
+            return false;
+        bypass_ = in[0];
+        return true;
+    }
+    /// Device reset: no endpoint attached, no domain, features and queues forgotten, caches
+    /// empty. The bypass byte survives (spec: it SHOULD NOT change on device reset).
+    void reset() noexcept {
+        domains_.clear();
+        for (auto& e : endpoints_) e = no_domain;
+        driver_features_ = 0;
+        requestq_.reset();
+        eventq_.reset();
+        iotlb_.invalidate_all();
+    }
+    /// System reset: also the bypass byte back to its boot value.
+    void system_reset() noexcept {
+        reset();
+        bypass_ = set_.boot_bypass ? 1 : 0;
+    }
+    /// Sets up queue 0 (requestq) or 1 (eventq) in guest memory with the negotiated
+    /// INDIRECT_DESC / EVENT_IDX. False for another index or a layout outside guest RAM.
+    bool set_queue(unsigned index, queue_layout l) {
+        const queue_features f = queue_features::from_bits(driver_features_);
+        if (index > 1 || !valid_layout(guest_, l, f)) return false;
+        (index == 0 ? requestq_ : eventq_).emplace(guest_, l, f);
+        return true;
+    }
+    /// Whether a queue is marked broken (DEVICE_NEEDS_RESET).
+    bool needs_reset() const noexcept {
+        return (requestq_ && requestq_->broken()) || (eventq_ && eventq_->broken());
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    /// Pops every available requestq chain, answers it and publishes it used. A malformed
+    /// chain is returned with used length 0. Returns the chains handled; `take_notify(0)`
+    /// then says whether the driver is owed an interrupt.
+    std::size_t process_requests() {
+        if (!requestq_) return 0;
+        std::size_t n = 0;
+        std::vector<std::uint8_t> out;
+        while (auto p = requestq_->pop()) {
+            ++n;
+            if (p->error != chain_error::none) {
+                ++stats_.malformed_chains;
+                requestq_->push_used(p->c.head, 0);
+                continue;
+            }
+            const auto w = static_cast<std::size_t>(std::min<std::uint64_t>(p->c.writable_len, set_.max_writable));
+            out.assign(w, 0);
+            const std::uint32_t used = handle(p->c.readable, out);
+            if (used != 0 && !requestq_->write(p->c, 0, std::span<const std::uint8_t>(out.data(), used))) {
+                requestq_->push_used(p->c.head, 0);
+                continue;
+            }
+            requestq_->push_used(p->c.head, used);
+        }
+        return n;
+    }
+    /// Whether queue `index` owes the driver an interrupt for what was used since the last call.
+    bool take_notify(unsigned index) {
+        auto& q = index == 0 ? requestq_ : eventq_;
+        return q && q->needs_notify();
+    }
+
+    /// Answers one request: `in` is every device-readable byte of its chain, `out` the
+    /// device-writable space. Returns the used length (bytes written at the start of `out`).
+    /// 0 and nothing written: an unknown type, a request of a feature not offered, a readable
+    /// part shorter than the request, or no room for the tail (spec 5.13.6.1).
+    std::uint32_t handle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        if (in.size() < sizeof(req_head)) return unanswered(in.empty() ? 0 : in[0]);
+        const std::uint8_t type = in[0];
+        switch (static_cast<req_type>(type)) {
+        case req_type::attach: return simple<req_attach>(in, out, &device::on_attach);
+        case req_type::detach: return simple<req_detach>(in, out, &device::on_detach);
+        case req_type::map: return simple<req_map>(in, out, &device::on_map);
+        case req_type::unmap: return simple<req_unmap>(in, out, &device::on_unmap);
+        case req_type::probe: return on_probe(in, out);
+        case req_type::probe_table: return on_probe_table(in, out);
+        case req_type::attach_table:
+            if (!offered(f_table_sharing)) return unanswered(type);
+            return simple<req_attach_table>(in, out, &device::on_attach_table);
+        case req_type::invalidate:
+            if (!offered(f_table_sharing)) return unanswered(type);
+            return simple<req_invalidate>(in, out, &device::on_invalidate);
+        }
+        return unanswered(type);
+    }
+
+    // ------------------------------------------------------------------ DMA path
+
+    /// Translates [iova, iova + size) of `endpoint` for `access` (read, write; exec counts as
+    /// read for the permission check and sets the EXEC flag of a fault). Bypass (an unattached
+    /// endpoint with config.bypass = 1 or legacy BYPASS negotiated, or a bypass domain): the
+    /// identity, through stage 2. A fault is posted on the eventq if a buffer is there
+    /// (`delivered`), else counted dropped: an unknown endpoint (UNKNOWN), an endpoint in no
+    /// domain and not in bypass (DOMAIN), an address not mapped or not allowing the access
+    /// (MAPPING; also when stage 2 does not map the guest-physical address).
+    dma_result translate(std::uint32_t endpoint, std::uint64_t iova, std::uint64_t size, nested::access_kind access) {
+        ++tstats_.translations;
+        dma_result r;
+        if (size == 0) return r;
+        const std::uint64_t last = iova + (size - 1) < iova ? ~std::uint64_t{0} : iova + (size - 1);
+        if (endpoint >= endpoints_.size()) return fault_at(r, endpoint, iova, access, fault_r_unknown);
+        domain* d = nullptr;
+        if (endpoints_[endpoint] != no_domain) d = domains_.at(static_cast<std::uint32_t>(endpoints_[endpoint])).get();
+        const bool identity = d == nullptr ? in_global_bypass() : d->bypass;
+        if (d == nullptr && !identity) return fault_at(r, endpoint, iova, access, fault_r_domain);
+        const std::uint64_t tag = identity ? identity_tag : d->tag;
+        for (std::uint64_t pos = iova;;) {
+            ++tstats_.pages;
+            std::uint64_t hpa = 0, leaf_lg2 = device_iotlb::page_lg2;
+            prot perm = prot::none;
+            if (const auto* e = iotlb_.find(tag, pos)) {
+                hpa = e->hpa_page + (pos & ((std::uint64_t{1} << device_iotlb::page_lg2) - 1));
+                perm = e->perm;
+                leaf_lg2 = e->leaf_lg2;
+            } else {
+                const space_walk w = identity ? walk_stage2(pos) : walk_domain(*d, pos);
+                if (!w.ok) return fault_at(r, endpoint, pos, access, fault_r_mapping);
+                hpa = w.hpa;
+                perm = w.perm;
+                leaf_lg2 = w.size_lg2;
+                iotlb_.insert(tag, pos, hpa, perm, w.size_lg2);
+            }
+            if (!nested::permits(perm, nested::access_request{access, false}))
+                return fault_at(r, endpoint, pos, access, fault_r_mapping);
+            const std::uint64_t leaf_last = leaf_lg2 >= 64 ? ~std::uint64_t{0} : (pos | ((std::uint64_t{1} << leaf_lg2) - 1));
+            const std::uint64_t piece_last = std::min(leaf_last, last);
+            const std::uint64_t len = piece_last - pos + 1;
+            if (r.count > 0 && r.ranges[r.count - 1].hpa + r.ranges[r.count - 1].length == hpa &&
+                r.ranges[r.count - 1].iova + r.ranges[r.count - 1].length == pos) {
+                r.ranges[r.count - 1].length += len;
+            } else {
+                if (r.count == r.ranges.size()) return r;  // more to ask for
+                r.ranges[r.count++] = dma_range{pos, hpa, len};
+            }
+            r.covered += len;
+            if (piece_last == last) return r;
+            pos = piece_last + 1;
+        }
+    }
+
+    /// The VMM changed its stage 2 over [gpa, gpa + size) (a memory slot moved or went away):
+    /// folded shadows refold what the range covers, walk caches drop it, and the IOTLB drops
+    /// everything (its entries are keyed by IOVA, not GPA). Call it after the change, before
+    /// the next translate.
+    void stage2_changed(std::uint64_t gpa, std::uint64_t size) {
+        for (auto& [id, d] : domains_)
+            if (d->shared) d->shared->stage2_changed(gpa, size);
+        iotlb_.invalidate_all();
+    }
+
+    // ------------------------------------------------------------------ inspection
+
+    const request_stats& stats() const noexcept { return stats_; }
+    const translate_stats& dma_stats() const noexcept { return tstats_; }
+    const device_iotlb& iotlb() const noexcept { return iotlb_; }
+    const device_settings& settings() const noexcept { return set_; }
+    std::size_t domain_count() const noexcept { return domains_.size(); }
+    /// The domain endpoint `ep` is attached to, if any.
+    std::optional<std::uint32_t> domain_of(std::uint32_t ep) const noexcept {
+        if (ep >= endpoints_.size() || endpoints_[ep] == no_domain) return std::nullopt;
+        return static_cast<std::uint32_t>(endpoints_[ep]);
+    }
+    /// The mappings of a MAP/UNMAP domain (nullptr: no such domain, or not in MAP mode).
+    const map_table<D>* mappings(std::uint32_t domain_id) const noexcept {
+        auto it = domains_.find(domain_id);
+        return it == domains_.end() ? nullptr : it->second->maps.get();
+    }
+    /// The shared space of a table domain (nullptr otherwise).
+    const shared_space* shared(std::uint32_t domain_id) const noexcept {
+        auto it = domains_.find(domain_id);
+        return it == domains_.end() ? nullptr : it->second->shared.get();
+    }
+    std::uint8_t bypass() const noexcept { return bypass_; }
+
+private:
+    static constexpr std::uint64_t no_domain = ~std::uint64_t{0};
+    static constexpr std::uint64_t identity_tag = 1;
+
+    struct domain {
+        std::uint32_t id = 0;
+        std::uint64_t tag = 0;  ///< IOTLB tag of the current address space (never reused)
+        bool bypass = false;
+        std::uint32_t endpoints = 0;
+        std::unique_ptr<map_table<D>> maps;       ///< MAP/UNMAP mode
+        std::optional<binding> table;             ///< page-table-sharing mode: the attached table
+        std::unique_ptr<shared_space> shared;     ///< and its translation
+    };
+
+    device(guest_ram& host, guest_view guest, stage2_table& stage2, const typename D::config& cfg, device_settings s)
+        : host_(host), guest_(guest), s2_(stage2), domain_cfg_(cfg), set_(std::move(s)),
+          endpoints_(set_.endpoints, no_domain), iotlb_(set_.iotlb_entries), bypass_(set_.boot_bypass ? 1 : 0) {}
+
+    bool in_global_bypass() const noexcept {
+        return (offered(f_bypass_config) && bypass_ == 1) || negotiated(f_bypass);
+    }
+    template <std::size_t N>
+    static bool zeros(const std::uint8_t (&b)[N]) noexcept {
+        return std::all_of(b, b + N, [](std::uint8_t v) { return v == 0; });
+    }
+    std::uint64_t granule() const noexcept { return set_.page_size_mask & (~set_.page_size_mask + 1); }
+
+    // ---- framing
+
+    std::uint32_t unanswered(std::uint8_t type) noexcept {
+        ++stats_.unanswered[type];
+        return 0;
+    }
+    std::uint32_t answer(std::span<std::uint8_t> out, std::size_t tail_at, std::uint8_t type, status s) noexcept {
+        out[tail_at] = static_cast<std::uint8_t>(s);
+        out[tail_at + 1] = out[tail_at + 2] = out[tail_at + 3] = 0;
+        ++stats_.by_type_status[type][static_cast<std::uint8_t>(s)];
+        return static_cast<std::uint32_t>(tail_at + sizeof(req_tail));
+    }
+    /// Requests whose writable part is the tail alone: the readable part must be exactly the
+    /// request without its tail (shorter: unanswered; longer: INVAL).
+    template <class Req>
+    std::uint32_t simple(std::span<const std::uint8_t> in, std::span<std::uint8_t> out, status (device::*fn)(const Req&)) {
+        constexpr std::size_t readable = sizeof(Req) - sizeof(req_tail);
+        const std::uint8_t type = in[0];
+        if (in.size() < readable || out.size() < sizeof(req_tail)) return unanswered(type);
+        if (in.size() > readable) return answer(out, 0, type, status::inval);
+        Req req;
+        std::memcpy(static_cast<void*>(&req), in.data(), readable);
+        return answer(out, 0, type, (this->*fn)(req));
+    }
+
+    // ---- domains
+
+    std::uint64_t new_tag() noexcept { return ++last_tag_; }
+    domain* find_domain(std::uint32_t id) noexcept {
+        auto it = domains_.find(id);
+        return it == domains_.end() ? nullptr : it->second.get();
+    }
+    void leave(std::uint32_t ep) noexcept {
+        if (endpoints_[ep] == no_domain) return;
+        const auto id = static_cast<std::uint32_t>(endpoints_[ep]);
+        endpoints_[ep] = no_domain;
+        auto it = domains_.find(id);
+        if (it != domains_.end() && --it->second->endpoints == 0) domains_.erase(it);  // its tag dies with it
+    }
+    bool domain_in_range(std::uint32_t id) const noexcept {
+        return !negotiated(f_domain_range) || (id >= set_.domain_start && id <= set_.domain_end);
+    }
+
+    // ---- handlers (spec 5.13.6.3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP, .7 PROBE; formats/README.md)
+
+    /// ATTACH: reserved or unknown flags INVAL; domain outside domain_range RANGE; unknown
+    /// endpoint NOENT; an existing domain of the other bypass kind INVAL; a new domain beyond
+    /// max_domains or without table memory NOMEM. Then the endpoint leaves its old domain (the
+    /// domain goes when it was the last) and joins this one (created if new).
+    status on_attach(const req_attach& r) {
+        const std::uint32_t flags = r.flags, dom = r.domain, ep = r.endpoint;
+        const std::uint32_t known = negotiated(f_bypass_config) ? attach_f_bypass : 0;
+        if (!zeros(r.reserved) || (flags & ~known) != 0) return status::inval;
+        if (!domain_in_range(dom)) return status::range;
+        if (ep >= endpoints_.size()) return status::noent;
+        const bool bypass = (flags & attach_f_bypass) != 0;
+        domain* d = find_domain(dom);
+        if (d != nullptr) {
+            if (d->bypass != bypass) return status::inval;
+            if (endpoints_[ep] == dom) return status::ok;
+            leave(ep);
+            ++d->endpoints;
+            endpoints_[ep] = dom;
+            return status::ok;
+        }
+        if (domains_.size() >= set_.max_domains) return status::nomem;
+        auto nd = std::make_unique<domain>();
+        nd->id = dom;
+        nd->tag = new_tag();
+        nd->bypass = bypass;
+        if (!bypass) {
+            auto m = map_table<D>::create(domain_cfg_, set_.max_table_bytes, set_.max_mappings);
+            if (!m) return status::nomem;
+            nd->maps = std::move(*m);
+        }
+        leave(ep);
+        nd->endpoints = 1;
+        endpoints_[ep] = dom;
+        domains_.emplace(dom, std::move(nd));
+        return status::ok;
+    }
+
+    /// DETACH: unknown endpoint NOENT; domain missing or the endpoint not in it INVAL.
+    /// Reserved bytes are ignored (spec). The domain goes with its last endpoint.
+    status on_detach(const req_detach& r) {
+        const std::uint32_t dom = r.domain, ep = r.endpoint;
+        if (ep >= endpoints_.size()) return status::noent;
+        if (find_domain(dom) == nullptr || endpoints_[ep] != dom) return status::inval;
+        leave(ep);
+        return status::ok;
+    }
+
+    /// MAP: MAP_UNMAP not negotiated UNSUPP; unknown flags (MMIO without F_MMIO) INVAL;
+    /// virt_end < virt_start INVAL; virt_start, phys_start or virt_end + 1 off the granule
+    /// RANGE; outside input_range, or the physical end wrapping RANGE; unknown domain NOENT;
+    /// bypass or shared-table domain INVAL; overlapping a reserved region or a mapping INVAL;
+    /// caps NOMEM; beyond the table's input or output size RANGE.
+    status on_map(const req_map& r) {
+        if (!negotiated(f_map_unmap)) return status::unsupp;
+        const std::uint32_t flags = r.flags;
+        const std::uint64_t first = r.virt_start, last = r.virt_end, phys = r.phys_start;
+        const std::uint32_t known = map_f_read | map_f_write | (negotiated(f_mmio) ? map_f_mmio : 0);
+        if ((flags & ~known) != 0) return status::inval;
+        if (last < first) return status::inval;
+        const std::uint64_t g = granule();
+        if (((first | phys) & (g - 1)) != 0 || ((last + 1) & (g - 1)) != 0) return status::range;
+        if (first < set_.input_start || last > set_.input_end) return status::range;
+        if (phys + (last - first) < phys) return status::range;
+        domain* d = find_domain(r.domain);
+        if (d == nullptr) return status::noent;
+        if (d->bypass || !d->maps) return status::inval;
+        for (const auto& res : set_.reserved)
+            if (first <= res.last && res.start <= last) return status::inval;
+        return d->maps->map(first, last, phys, flags);
+        // A new mapping needs no IOTLB invalidation: faults are never cached.
+    }
+
+    /// UNMAP: MAP_UNMAP not negotiated UNSUPP; reserved INVAL (nothing unmapped); virt_end <
+    /// virt_start INVAL; unknown domain NOENT; bypass or shared-table domain INVAL; a mapping
+    /// crossing either end RANGE with nothing removed. Removes the mappings inside, then drops
+    /// their translations from the IOTLB before answering.
+    status on_unmap(const req_unmap& r) {
+        if (!negotiated(f_map_unmap)) return status::unsupp;
+        if (!zeros(r.reserved)) return status::inval;
+        const std::uint64_t first = r.virt_start, last = r.virt_end;
+        if (last < first) return status::inval;
+        domain* d = find_domain(r.domain);
+        if (d == nullptr) return status::noent;
+        if (d->bypass || !d->maps) return status::inval;
+        removed_.clear();
+        const status s = d->maps->unmap(first, last, &removed_);
+        for (const auto& m : removed_) iotlb_.invalidate(d->tag, m.first, m.last);
+        return s;
+    }
+
+    /// PROBE (5.13.6.7, properties 5.13.6.8): not offered → unanswered; the readable part must be the 72 bytes;
+    /// unknown endpoint NOENT; a writable part smaller than probe_size + 4 INVAL (no property
+    /// written, the tail in its last 4 bytes). Properties: one RESV_MEM per reserved region,
+    /// back to back, the rest zero; used length probe_size + 4.
+    std::uint32_t on_probe(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::probe);
+        if (!offered(f_probe)) return unanswered(type);
+        if (in.size() < sizeof(req_probe) || out.size() < sizeof(req_tail)) return unanswered(type);
+        const std::size_t need = std::size_t{set_.probe_size} + sizeof(req_tail);
+        if (in.size() > sizeof(req_probe) || out.size() < need) {
+            std::fill(out.begin(), out.end(), std::uint8_t{0});
+            return answer(out, out.size() - sizeof(req_tail), type, status::inval);
+        }
+        req_probe req;
+        std::memcpy(static_cast<void*>(&req), in.data(), sizeof req);
+        std::fill(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(need), std::uint8_t{0});
+        if (req.endpoint.get() >= endpoints_.size()) return answer(out, set_.probe_size, type, status::noent);
+        std::size_t at = 0;
+        for (const auto& res : set_.reserved) {
+            probe_resv_mem p;
+            p.head.type = probe_t_resv_mem;
+            p.head.length = sizeof(probe_resv_mem) - sizeof(probe_property);
+            p.subtype = res.subtype;
+            p.start = res.start;
+            p.end = res.last;
+            std::memcpy(out.data() + at, &p, sizeof p);
+            at += sizeof p;
+        }
+        return answer(out, set_.probe_size, type, status::ok);
+    }
+
+    /// PROBE_TABLE (formats/README.md): not offered → unanswered; address_space is the
+    /// endpoint (unknown NOENT); flags must be 0 (INVAL); a writable part without room for the
+    /// 8-byte header and the tail INVAL. The formats fill the writable part, tail at its end.
+    std::uint32_t on_probe_table(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::probe_table);
+        if (!offered(f_table_sharing)) return unanswered(type);
+        if (in.size() < sizeof(req_probe_table) || out.size() < sizeof(req_tail)) return unanswered(type);
+        std::fill(out.begin(), out.end(), std::uint8_t{0});
+        const std::size_t tail_at = out.size() - sizeof(req_tail);
+        if (in.size() > sizeof(req_probe_table)) return answer(out, tail_at, type, status::inval);
+        req_probe_table req;
+        std::memcpy(static_cast<void*>(&req), in.data(), sizeof req);
+        if (req.flags.get() != 0) return answer(out, tail_at, type, status::inval);
+        if (req.address_space.get() >= endpoints_.size()) return answer(out, tail_at, type, status::noent);
+        if (tail_at < sizeof(probe_table_reply)) return answer(out, tail_at, type, status::inval);
+        if (offered_.empty()) offered_ = sharing::offered_formats(formats_);
+        sharing::write_probe_table(offered_, set_.max_contexts, out.first(tail_at));
+        return answer(out, tail_at, type, status::ok);
+    }
+
+    /// ATTACH_TABLE: unknown domain (address_space) NOENT; bypass domain, or one holding
+    /// mappings INVAL; then validate_attach's refusals (formats/README.md); then the table
+    /// must be found (context 0) and, folded, fit the shadow (NOMEM / UNSUPP). A domain that
+    /// had a table gets the new one; its old translations are gone (a new IOTLB tag).
+    status on_attach_table(const req_attach_table& r) {
+        domain* d = find_domain(r.address_space);
+        if (d == nullptr) return status::noent;
+        if (d->bypass || (d->maps && d->maps->mapping_count() != 0)) return status::inval;
+        auto b = sharing::validate_attach(formats_, r, guest_, sharing::attach_limits{set_.max_contexts});
+        if (!b) return b.why().code;
+        auto space = make_space(*b);
+        if (!space) return space.why().code;
+        d->maps.reset();
+        d->table.emplace(std::move(*b));
+        d->shared = std::move(*space);
+        d->tag = new_tag();
+        return status::ok;
+    }
+
+    /// INVALIDATE: unknown domain NOENT; a domain without a table INVAL; decode_invalidate's
+    /// refusals. Then the shared space re-reads what it must (folded) and the IOTLB drops the
+    /// range (VADDR) or the whole address space (SINGLE, TABLE) before the answer.
+    status on_invalidate(const req_invalidate& r) {
+        domain* d = find_domain(r.address_space);
+        if (d == nullptr) return status::noent;
+        if (!d->table || !d->shared) return status::inval;
+        auto inv = sharing::decode_invalidate(r, *d->table);
+        if (!inv) return inv.why().code;
+        const status s = d->shared->invalidate(*inv);
+        if (inv->kind == invalidate_kind::vaddr) {
+            if (inv->context == 0) iotlb_.invalidate(d->tag, inv->first, inv->last);
+        } else {
+            d->tag = new_tag();
+        }
+        return s;
+    }
+
+    sharing::checked<std::unique_ptr<shared_space>> make_space(const binding& b) {
+        return b.with_engine([&](const auto& bound) -> sharing::checked<std::unique_ptr<shared_space>> {
+            using F = typename std::decay_t<decltype(bound)>::format;
+            if constexpr (F::guest_shareable) {
+                if (set_.sharing == shared_mode::nested)
+                    return nested_space<F, S2, binding>::create(b, bound.cfg, guest_, s2_);
+                return folded_space<F, S2, D, binding>::create(b, bound.cfg, guest_, s2_, domain_cfg_,
+                                                               set_.max_table_bytes, set_.fold_fetch_budget);
+            } else {
+                return sharing::refusal{status::unsupp, "format: stage-2 only"};
+            }
+        });
+    }
+
+    // ---- DMA
+
+    space_walk walk_stage2(std::uint64_t gpa) const noexcept {
+        const auto w = s2_.lookup(typename S2::input_address{gpa});
+        if (w.status != walk_status::mapped) return {};
+        return space_walk{true, w.oa.value, w.size_lg2, w.perm, w.accesses};
+    }
+    space_walk walk_domain(domain& d, std::uint64_t iova) {
+        if (d.shared) return d.shared->translate(iova);
+        if (!d.maps) return {};
+        const auto w1 = d.maps->lookup(iova);
+        if (w1.status != walk_status::mapped) return {};
+        const space_walk w2 = walk_stage2(w1.oa.value);
+        if (!w2.ok) return {};
+        prot p = w1.perm & w2.perm & (prot::read | prot::write);
+        p |= w1.perm & (prot::mmio | prot::cache);
+        return space_walk{true, w2.hpa, std::min(w1.size_lg2, w2.size_lg2), p, w1.accesses + w2.accesses};
+    }
+    dma_result& fault_at(dma_result& r, std::uint32_t ep, std::uint64_t addr, nested::access_kind a, std::uint8_t reason) {
+        ++tstats_.faults;
+        dma_fault f;
+        f.reason = reason;
+        f.endpoint = ep;
+        f.address = addr;
+        f.flags = fault_f_address | (a == nested::access_kind::write ? fault_f_write : fault_f_read) |
+                  (a == nested::access_kind::exec ? fault_f_exec : 0);
+        f.delivered = post_fault(f);
+        if (f.delivered) ++tstats_.faults_delivered;
+        else ++tstats_.faults_dropped;
+        r.fault = f;
+        return r;
+    }
+    /// Writes a virtio_iommu_fault into the next eventq buffer (24 bytes; a smaller buffer is
+    /// returned unwritten, with used length 0, and the event dropped).
+    bool post_fault(const dma_fault& f) {
+        if (!eventq_) return false;
+        while (auto p = eventq_->pop()) {
+            if (p->error != chain_error::none || p->c.writable_len < sizeof(virtio::fault)) {
+                eventq_->push_used(p->c.head, 0);
+                continue;
+            }
+            virtio::fault ev;
+            ev.reason = f.reason;
+            ev.flags = f.flags;
+            ev.endpoint = f.endpoint;
+            ev.address = f.address;
+            const auto* b = reinterpret_cast<const std::uint8_t*>(&ev);
+            if (!eventq_->write(p->c, 0, std::span<const std::uint8_t>(b, sizeof ev))) {
+                eventq_->push_used(p->c.head, 0);
+                continue;
+            }
+            eventq_->push_used(p->c.head, sizeof ev);
+            return true;
+        }
+        return false;
+    }
+
+    guest_ram& host_;
+    guest_view guest_;
+    stage2_table& s2_;
+    typename D::config domain_cfg_;
+    device_settings set_;
+    formats_type formats_ = Host::table_formats();
+    std::vector<virtio::pg_format> offered_;
+    std::uint64_t driver_features_ = 0;
+    std::vector<std::uint64_t> endpoints_;  ///< domain ID per endpoint, or no_domain
+    std::map<std::uint32_t, std::unique_ptr<domain>> domains_;
+    device_iotlb iotlb_;
+    std::uint64_t last_tag_ = identity_tag;
+    std::uint8_t bypass_;
+    std::optional<device_queue<guest_view>> requestq_, eventq_;
+    std::vector<mapping> removed_;
+    request_stats stats_;
+    translate_stats tstats_;
+};
+
+} // namespace iopgtable::virtio

@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file machine.hpp
+/// A simulated VM around the device, for tests, tools, benchmarks and for trying the device as
+/// a guest would: host memory, the guest's RAM slot, the VMM's stage 2, the device, and the
+/// guest's side of both virtqueues (driver_queue) with a transport that sends a request as a
+/// descriptor chain and runs the device on the kick.
+///
+/// Layout (guest-physical; `machine_settings` sizes it):
+///
+/// | GPA | what |
+/// |---|---|
+/// | 0x0010_0000 | requestq rings (queue size 256) |
+/// | 0x0011_0000 | eventq rings |
+/// | 0x0012_0000 | request buffers: readable 64 KiB, then writable 64 KiB, then an indirect table |
+/// | 0x0015_0000 | event buffers, 24 bytes each |
+/// | 0x0100_0000 | the guest's page-table window (16 MiB), for page-table sharing |
+/// | 0x0200_0000 .. ram_size | free for the guest's DMA buffers |
+///
+/// Host memory: the guest slot at HPA `host_base`, then `stage2_pool` bytes for the VMM's
+/// stage-2 tables (outside the slot: the guest cannot reach them).
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include <boost/hana/tuple.hpp>
+
+#include "../formats/arm_lpae.hpp"
+#include "../formats/arm_v7s.hpp"
+#include "../formats/vtd_fl.hpp"
+#include "../formats/vtd_sl.hpp"
+#include "../nested/stage.hpp"
+#include "device.hpp"
+#include "guest_memory.hpp"
+#include "virtqueue.hpp"
+
+namespace iopgtable::virtio {
+
+/// An Arm host: SMMU-style LPAE. MAP/UNMAP domains and folded shadows are LPAE stage-1 4K
+/// tables, the VMM's stage 2 is LPAE stage-2 4K, and guests may attach LPAE stage-1 tables of
+/// any granule or short-descriptor (v7s) tables.
+struct arm_host {
+    using domain_format = arm_lpae_s1_4k;
+    using stage2_format = arm_lpae_s2_4k;
+    static auto table_formats() {
+        return boost::hana::make_tuple(sharing::device_format<arm_lpae_s1_4k>{}, sharing::device_format<arm_lpae_s1_16k>{},
+                                       sharing::device_format<arm_lpae_s1_64k>{}, sharing::device_format<arm_v7s>{});
+    }
+};
+
+/// An Intel host: VT-d. MAP/UNMAP domains and folded shadows are first-stage tables (they hold
+/// IOVA → GPA, nested over the VMM's second stage), the VMM's stage 2 is VT-d second-stage,
+/// guests attach VT-d first-stage tables.
+struct intel_host {
+    using domain_format = vtd_fl;
+    using stage2_format = vtd_sl;
+    static auto table_formats() { return boost::hana::make_tuple(sharing::device_format<vtd_fl>{}); }
+};
+
+struct machine_settings {
+    std::uint64_t ram_size = 64ull << 20;     ///< guest RAM, GPA [0, ram_size)
+    std::uint64_t host_base = 0x80000000;     ///< HPA of the guest's RAM
+    std::uint64_t stage2_pool = 16ull << 20;  ///< host memory for stage-2 tables
+    device_settings device{};
+    std::uint64_t driver_features = ~std::uint64_t{0};  ///< the guest accepts what is offered and in here
+    std::uint16_t queue_size = 256;
+    std::uint32_t event_buffers = 64;  ///< posted on the eventq at start
+};
+
+template <class Host = arm_host>
+class machine {
+public:
+    using device_type = device<Host>;
+    using S2 = typename Host::stage2_format;
+    using D = typename Host::domain_format;
+
+    static constexpr std::uint64_t requestq_gpa = 0x100000, eventq_gpa = 0x110000, buffers_gpa = 0x120000,
+                                   buffer_bytes = 0x10000, indirect_gpa = buffers_gpa + 2 * buffer_bytes,
+                                   events_gpa = 0x150000, table_window_gpa = 0x1000000, table_window_size = 16ull << 20,
+                                   dma_gpa = 0x2000000;
+
+    /// Builds the machine, negotiates features (what the device offers, masked by
+    /// settings.driver_features) and sets up both queues. Refusals: the device's; INVAL when
+    /// RAM is too small for the layout or stage 2 cannot map it.
+    static sharing::checked<std::unique_ptr<machine>> create(machine_settings s = {}) {
+        if (s.ram_size < dma_gpa || s.host_base + s.ram_size < s.host_base) return sharing::refusal{status::inval, "ram_size"};
+        auto m = std::unique_ptr<machine>(new machine(s));
+        typename S2::config s2cfg{};
+        auto s2 = page_table<S2, guest_ram>::create(s2cfg, m->host_);
+        if (!s2) return sharing::refusal{status::inval, "stage 2"};
+        m->s2_.emplace(std::move(*s2));
+        if (!map_slot(*m->s2_, m->guest_)) return sharing::refusal{status::inval, "stage 2 slot"};
+        auto dev = device_type::create(m->host_, m->guest_, *m->s2_, typename D::config{}, s.device);
+        if (!dev) return dev.why();
+        m->dev_ = std::move(*dev);
+        if (!m->dev_->set_driver_features(m->dev_->device_features() & s.driver_features))
+            return sharing::refusal{status::inval, "features"};
+        const queue_features qf = queue_features::from_bits(m->dev_->driver_features());
+        const queue_layout rq = layout_at(pa_t{requestq_gpa}, s.queue_size, qf.event_idx);
+        const queue_layout eq = layout_at(pa_t{eventq_gpa}, s.queue_size, qf.event_idx);
+        m->requestq_.emplace(m->guest_, rq, qf);
+        m->eventq_.emplace(m->guest_, eq, qf);
+        if (!m->dev_->set_queue(0, rq) || !m->dev_->set_queue(1, eq)) return sharing::refusal{status::inval, "queues"};
+        m->post_event_buffers(s.event_buffers);
+        return m;
+    }
+
+    device_type& dev() noexcept { return *dev_; }
+    guest_view& guest() noexcept { return guest_; }
+    guest_ram& host() noexcept { return host_; }
+    page_table<S2, guest_ram>& stage2() noexcept { return *s2_; }
+    nested::stage_table<S2, guest_ram> stage2_table() const noexcept { return nested::stage_table<S2, guest_ram>::of(*s2_); }
+
+    /// How `submit` lays a request out in descriptors: the readable and the writable part
+    /// each cut into `pieces` descriptors (the last takes the rest; zero-length pieces when a
+    /// part is shorter), or behind one INDIRECT descriptor.
+    struct chain_shape {
+        unsigned pieces = 1;
+        bool indirect = false;
+    };
+    void set_shape(chain_shape s) noexcept { shape_ = s; }
+
+    /// The guest sends one request: `in` as the device-readable part, `out.size()` bytes of
+    /// device-writable space, one chain; kicks; the device answers; the guest reads the used
+    /// element. Returns the used length (the bytes the device wrote are copied into `out`), or
+    /// 0 when the request could not be sent or was returned unanswered.
+    std::uint32_t submit(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        return raw(in, static_cast<std::uint32_t>(out.size()), out);
+    }
+    /// The same with a writable part of `writable_len` bytes (at most 64 KiB) and the reply
+    /// copied into `reply` (its first min(used, reply.size()) bytes).
+    std::uint32_t raw(std::span<const std::uint8_t> in, std::uint32_t writable_len, std::span<std::uint8_t> reply) {
+        if (in.size() > buffer_bytes || writable_len > buffer_bytes) return 0;
+        if (!guest_.write(pa_t{buffers_gpa}, in.data(), in.size())) return 0;
+        std::vector<std::uint8_t> zero(writable_len, 0);
+        guest_.write(pa_t{buffers_gpa + buffer_bytes}, zero.data(), writable_len);
+        std::vector<typename driver_queue<guest_view>::buffer> bufs;
+        cut(bufs, buffers_gpa, static_cast<std::uint32_t>(in.size()), false);
+        cut(bufs, buffers_gpa + buffer_bytes, writable_len, true);
+        auto head = requestq_->add(bufs, shape_.indirect, pa_t{indirect_gpa});
+        if (!head) return 0;
+        dev_->process_requests();
+        (void)dev_->take_notify(0);
+        auto used = requestq_->get_used();
+        if (!used || used->id != *head) return 0;
+        const std::uint32_t n = std::min<std::uint32_t>(used->len, static_cast<std::uint32_t>(reply.size()));
+        guest_.read(pa_t{buffers_gpa + buffer_bytes}, reply.data(), n);
+        return used->len;
+    }
+
+    /// The fault events the device wrote since the last call (re-posting their buffers).
+    std::vector<virtio::fault> take_events() {
+        std::vector<virtio::fault> out;
+        while (auto u = eventq_->get_used()) {
+            virtio::fault f;
+            if (u->id >= event_at_.size()) continue;
+            const std::uint64_t at = event_at_[u->id];
+            if (u->len >= sizeof f && guest_.read(pa_t{at}, static_cast<void*>(&f), sizeof f)) out.push_back(f);
+            post_one(at);
+        }
+        return out;
+    }
+
+private:
+    explicit machine(const machine_settings& s)
+        : set_(s), host_(s.ram_size + s.stage2_pool, pa_t{s.host_base}), guest_(host_, 0, s.host_base, s.ram_size) {
+        host_.set_table_pool(pa_t{s.host_base + s.ram_size}, s.stage2_pool);
+    }
+
+    void cut(std::vector<typename driver_queue<guest_view>::buffer>& bufs, std::uint64_t at, std::uint32_t len, bool writable) const {
+        const unsigned n = shape_.pieces == 0 ? 1 : shape_.pieces;
+        if (len == 0) return;
+        const std::uint32_t step = len / n;
+        for (unsigned i = 0; i < n; ++i) {
+            const std::uint32_t l = i + 1 == n ? len - step * (n - 1) : step;
+            bufs.push_back({pa_t{at}, l, writable});
+            at += l;
+        }
+    }
+    void post_event_buffers(std::uint32_t n) {
+        n = std::min<std::uint32_t>(n, set_.queue_size);
+        event_at_.assign(set_.queue_size, 0);
+        for (std::uint32_t i = 0; i < n; ++i) post_one(events_gpa + std::uint64_t{i} * sizeof(virtio::fault));
+    }
+    void post_one(std::uint64_t at) {
+        const typename driver_queue<guest_view>::buffer b{pa_t{at}, sizeof(virtio::fault), true};
+        if (auto head = eventq_->add(std::span(&b, 1)); head && *head < event_at_.size()) event_at_[*head] = at;
+    }
+
+    machine_settings set_;
+    guest_ram host_;
+    guest_view guest_;
+    std::optional<page_table<S2, guest_ram>> s2_;
+    std::unique_ptr<device_type> dev_;
+    std::optional<driver_queue<guest_view>> requestq_, eventq_;
+    chain_shape shape_{};
+    std::vector<std::uint64_t> event_at_;  ///< GPA of the event buffer behind each head
+};
+
+} // namespace iopgtable::virtio
