@@ -3,6 +3,8 @@
 # The script says how to run it in comment lines (iopt ignores comments):
 #   # args: <command-line words after iopt>      (required)
 #   # exit: <status>                             (optional, default 0)
+#   # drop: <regex>                              (optional: stdout lines starting with a match
+#                                                 are left out before comparing, e.g. timings)
 # Expected output next to EXPECT: <prefix>.out is stdout (absent: no output); <prefix>.err is
 # stderr exactly, or <prefix>.err.re a regular expression the whole of stderr must match
 # (absent both: nothing on stderr). Every comparison is exact.
@@ -35,6 +37,17 @@ endif()
 execute_process(COMMAND "${IOPT}" ${args}
   INPUT_FILE "${SCRIPT}"
   OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE status)
+
+file(STRINGS "${SCRIPT}" drop_line REGEX "^# drop:")
+if(drop_line)
+  list(GET drop_line 0 drop_line)
+  string(REGEX REPLACE "^# drop:[ \t]*" "" drop_pattern "${drop_line}")
+  set(out "\n${out}")
+  while(out MATCHES "\n${drop_pattern}[^\n]*\n")
+    string(REGEX REPLACE "\n${drop_pattern}[^\n]*\n" "\n" out "${out}")
+  endwhile()
+  string(SUBSTRING "${out}" 1 -1 out)
+endif()
 
 set(problems "")
 if(NOT status STREQUAL expected_exit)

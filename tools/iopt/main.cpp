@@ -12,11 +12,13 @@
 #include <string>
 #include <string_view>
 
+#include "demo_mode.hpp"
 #include "hex.hpp"
 #include "nested_mode.hpp"
 #include "script.hpp"
 #include "sharing_mode.hpp"
 #include "table_mode.hpp"
+#include "virtio_mode.hpp"
 
 namespace {
 
@@ -35,6 +37,8 @@ constexpr command commands[] = {
     {"config", "--format NAME [format options] [--tag N] [--root ADDR]", iopt::config_mode},
     {"attach", "--model N --config HEX [--table ADDR] [--flags F] [--nr-contexts N] [--formats LIST]", iopt::attach_mode},
     {"nested", "--s1 \"FORMAT OPTIONS\" --s2 \"FORMAT OPTIONS\" [--fold \"FORMAT OPTIONS\"] [--mediated] < script", iopt::nested_mode},
+    {"virtio", "[--host arm|intel] [--sharing nested|folded] [--endpoints N] [device options] < script", iopt::virtio_mode},
+    {"demo", "[--sharing nested|folded] [--pages N] [--host arm|intel]", iopt::demo_mode},
 };
 
 std::string usage() {

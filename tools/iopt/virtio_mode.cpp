@@ -1,0 +1,689 @@
+// SPDX-License-Identifier: MIT
+/// @file virtio_mode.cpp
+/// `iopt virtio`: the script's requests go through the requestq of a simulated VM as a guest
+/// sends them (virtio/machine.hpp); guest-side operations write the guest's own stage-1 tables
+/// through stage 2; `translate` is a device's DMA (virtio.md).
+#include "virtio_mode.hpp"
+
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <iopgtable/nested/stage2_view.hpp>
+#include <iopgtable/sharing/negotiation.hpp>
+#include <iopgtable/virtio/driver.hpp>
+#include <iopgtable/virtio/machine.hpp>
+
+#include "command_line.hpp"
+#include "hex.hpp"
+#include "script.hpp"
+
+namespace iopt {
+
+namespace vio = iopgtable::virtio;
+namespace sharing = iopgtable::sharing;
+namespace nst = iopgtable::nested;
+
+// ------------------------------------------------------------------ shared with iopt demo
+
+std::string reply_line(std::uint32_t used, std::span<const std::uint8_t> writable) {
+    if (used < sizeof(vio::req_tail) || used > writable.size()) return "NONE used " + std::to_string(used);
+    const std::uint8_t s = writable[used - sizeof(vio::req_tail)];
+    const std::string name = s <= static_cast<std::uint8_t>(vio::status::nomem)
+                                 ? std::string(vio::to_string(static_cast<vio::status>(s)))
+                                 : "status " + to_hex(s);
+    return name + " used " + std::to_string(used);
+}
+
+std::string request_name(std::uint8_t type) {
+    switch (static_cast<vio::req_type>(type)) {
+    case vio::req_type::attach: return "ATTACH";
+    case vio::req_type::detach: return "DETACH";
+    case vio::req_type::map: return "MAP";
+    case vio::req_type::unmap: return "UNMAP";
+    case vio::req_type::probe: return "PROBE";
+    case vio::req_type::probe_table: return "PROBE_TABLE";
+    case vio::req_type::attach_table: return "ATTACH_TABLE";
+    case vio::req_type::invalidate: return "INVALIDATE";
+    }
+    return to_hex(type);
+}
+
+std::vector<std::string> request_lines(const vio::request_stats& s) {
+    std::vector<std::string> out;
+    for (std::size_t type = 0; type < s.by_type_status.size(); ++type) {
+        const std::string name = request_name(static_cast<std::uint8_t>(type));
+        for (std::size_t st = 0; st < s.by_type_status[type].size(); ++st)
+            if (const auto n = s.by_type_status[type][st]; n != 0)
+                out.push_back("request " + name + " " + std::string(vio::to_string(static_cast<vio::status>(st))) + " " +
+                              std::to_string(n));
+        if (const auto n = s.unanswered[type]; n != 0) out.push_back("request " + name + " NONE " + std::to_string(n));
+    }
+    return out;
+}
+
+std::string fault_line(const vio::fault& event) {
+    const char* reason = event.reason == vio::fault_r_domain    ? "domain"
+                         : event.reason == vio::fault_r_mapping ? "mapping"
+                                                                : "unknown";
+    const std::uint32_t flags = event.flags;
+    std::string access;
+    if (flags & vio::fault_f_read) access += 'r';
+    if (flags & vio::fault_f_write) access += 'w';
+    if (flags & vio::fault_f_exec) access += 'x';
+    std::string line = "fault reason " + std::string(reason) + " endpoint " + std::to_string(event.endpoint.get()) +
+                       " flags " + (access.empty() ? std::string("none") : access);
+    if (flags & vio::fault_f_address) line += " address " + to_hex(event.address);
+    return line;
+}
+
+std::string bytes_to_hex(std::span<const std::uint8_t> bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string s;
+    s.reserve(bytes.size() * 2);
+    for (const std::uint8_t b : bytes) {
+        s += digits[b >> 4];
+        s += digits[b & 15];
+    }
+    return s;
+}
+
+namespace {
+
+int fail(const std::string& message) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "iopt: virtio: %s\n", message.c_str());
+    return 2;
+}
+
+struct feature_name {
+    std::string_view name;
+    unsigned bit;
+};
+/// Feature bits by name, in bit order (virtio.md, "Features").
+constexpr feature_name feature_names[] = {
+    {"input_range", vio::f_input_range},     {"domain_range", vio::f_domain_range}, {"map_unmap", vio::f_map_unmap},
+    {"bypass", vio::f_bypass},               {"probe", vio::f_probe},               {"mmio", vio::f_mmio},
+    {"bypass_config", vio::f_bypass_config}, {"table_sharing", vio::f_table_sharing},
+    {"indirect_desc", vio::f_indirect_desc}, {"event_idx", vio::f_event_idx},       {"version_1", vio::f_version_1},
+};
+
+std::string feature_list(std::uint64_t bits) {
+    std::string s;
+    for (const auto& f : feature_names) {
+        if ((bits >> f.bit & 1) == 0) continue;
+        s += (s.empty() ? "" : ",") + std::string(f.name);
+        bits &= ~vio::feature(f.bit);
+    }
+    for (unsigned b = 0; b < 64; ++b)
+        if (bits >> b & 1) s += (s.empty() ? "bit " : ",bit ") + std::to_string(b);
+    return s.empty() ? "none" : s;
+}
+
+/// The bits of a comma list of feature names, or a reason.
+std::variant<std::uint64_t, std::string> parse_feature_names(std::string_view option, std::string_view text) {
+    std::uint64_t bits = 0;
+    while (true) {
+        const auto comma = text.find(',');
+        const std::string_view word = text.substr(0, comma);
+        bool found = false;
+        for (const auto& f : feature_names)
+            if (f.name == word) {
+                bits |= vio::feature(f.bit);
+                found = true;
+            }
+        if (!found) {
+            std::string known;
+            for (const auto& f : feature_names) known += (known.empty() ? "" : ", ") + std::string(f.name);
+            return "--" + std::string(option) + ": unknown feature '" + std::string(word) + "' (known: " + known + ")";
+        }
+        if (comma == std::string_view::npos) return bits;
+        text.remove_prefix(comma + 1);
+    }
+}
+
+/// `START:END` (hex, END inclusive) as two numbers, or nothing.
+std::optional<std::pair<std::uint64_t, std::uint64_t>> parse_range(std::string_view text) {
+    const auto colon = text.find(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    auto a = parse_hex(text.substr(0, colon));
+    auto b = parse_hex(text.substr(colon + 1));
+    if (!a || !b) return std::nullopt;
+    return std::pair{*a, *b};
+}
+
+/// `START:END[:msi|:reserved]`.
+std::optional<vio::reserved_region> parse_reserved(std::string_view text) {
+    std::uint8_t subtype = vio::resv_mem_t_reserved;
+    if (text.ends_with(":msi")) {
+        subtype = vio::resv_mem_t_msi;
+        text.remove_suffix(4);
+    } else if (text.ends_with(":reserved")) {
+        text.remove_suffix(9);
+    }
+    auto r = parse_range(text);
+    if (!r) return std::nullopt;
+    return vio::reserved_region{r->first, r->second, subtype};
+}
+
+struct settings {
+    bool intel = false;
+    vio::machine_settings machine;
+};
+
+/// The command line (virtio.md, "Options"), or a reason.
+std::variant<settings, std::string> parse_settings(std::span<char* const> args) {
+    settings s;
+    auto& d = s.machine.device;
+    // --reserved may be given several times; every other option once.
+    std::vector<std::string> reserved;
+    std::vector<char*> rest;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string_view w = args[i];
+        if (w == "--reserved") {
+            if (i + 1 == args.size() || std::string_view(args[i + 1]).starts_with("--"))
+                return std::string("--reserved needs START:END[:msi]");
+            reserved.emplace_back(args[++i]);
+        } else if (w.starts_with("--reserved=")) {
+            reserved.emplace_back(w.substr(11));
+        } else {
+            rest.push_back(args[i]);
+        }
+    }
+    auto parsed = parse_options(rest);
+    if (auto* why = std::get_if<std::string>(&parsed)) return *why;
+    const iopgtable::options& o = std::get<iopgtable::options>(parsed);
+
+    auto hex_option = [&](std::string_view key, auto& out) -> std::optional<std::string> {
+        auto t = o.text(key);
+        if (!t) return std::nullopt;
+        auto v = parse_hex(*t);
+        using T = std::decay_t<decltype(out)>;
+        if (!v || *v > std::numeric_limits<T>::max())
+            return "--" + std::string(key) + " needs a hex number" +
+                   (sizeof(T) < 8 ? " of " + std::to_string(sizeof(T) * 8) + " bits" : std::string()) + ", got '" +
+                   std::string(*t) + "'";
+        out = static_cast<T>(*v);
+        return std::nullopt;
+    };
+    auto count_option = [&](std::string_view key, std::uint64_t dflt, std::uint64_t lo, std::uint64_t hi,
+                            std::uint64_t& out) -> std::optional<std::string> {
+        auto v = o.number(key, dflt);
+        if (!v || *v < lo || *v > hi)
+            return "--" + std::string(key) + " needs a number from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                   ", got '" + std::string(o.text(key).value_or("")) + "'";
+        out = *v;
+        return std::nullopt;
+    };
+    auto range_option = [&](std::string_view key, auto& start, auto& end) -> std::optional<std::string> {
+        auto t = o.text(key);
+        if (!t) return std::nullopt;
+        auto r = parse_range(*t);
+        using T = std::decay_t<decltype(start)>;
+        if (!r || r->first > std::numeric_limits<T>::max() || r->second > std::numeric_limits<T>::max())
+            return "--" + std::string(key) + " needs START:END (hex, END inclusive" +
+                   (sizeof(T) < 8 ? ", 32 bits" : "") + "), got '" + std::string(*t) + "'";
+        start = static_cast<T>(r->first);
+        end = static_cast<T>(r->second);
+        return std::nullopt;
+    };
+
+    if (auto h = o.text("host")) {
+        if (*h == "intel") s.intel = true;
+        else if (*h != "arm") return "--host must be arm or intel, got '" + std::string(*h) + "'";
+    }
+    if (auto t = o.text("sharing")) {
+        if (*t == "folded") d.sharing = vio::shared_mode::folded;
+        else if (*t != "nested") return "--sharing must be nested or folded, got '" + std::string(*t) + "'";
+    }
+    std::optional<std::string> why;
+    if (!why) why = hex_option("features", d.features);
+    for (const auto* key : {"feature", "no-feature"}) {
+        if (why) break;
+        auto t = o.text(key);
+        if (!t) continue;
+        auto bits = parse_feature_names(key, *t);
+        if (auto* w = std::get_if<std::string>(&bits)) return *w;
+        const std::uint64_t b = std::get<std::uint64_t>(bits);
+        d.features = std::string_view(key) == "feature" ? d.features | b : d.features & ~b;
+    }
+    if (!why) why = hex_option("driver-features", s.machine.driver_features);
+    if (!why) why = hex_option("page-size-mask", d.page_size_mask);
+    if (!why) why = range_option("input-range", d.input_start, d.input_end);
+    if (!why) why = range_option("domain-range", d.domain_start, d.domain_end);
+    std::uint64_t endpoints = 0, bypass = 0, probe_size = 0, max_domains = 0, max_mappings = 0, buffers = 0;
+    if (!why) why = count_option("endpoints", 2, 1, 0x10000, endpoints);
+    if (!why) why = count_option("bypass", 0, 0, 1, bypass);
+    if (!why) why = count_option("probe-size", d.probe_size, 0, 0xfff0, probe_size);
+    if (!why) why = count_option("max-domains", d.max_domains, 0, 0xffffffff, max_domains);
+    if (!why) why = count_option("max-mappings", d.max_mappings, 0, ~std::uint64_t{0}, max_mappings);
+    if (!why) why = count_option("event-buffers", s.machine.event_buffers, 0, s.machine.queue_size, buffers);
+    if (why) return *why;
+    d.endpoints = static_cast<std::uint32_t>(endpoints);
+    d.boot_bypass = bypass != 0;
+    d.probe_size = static_cast<std::uint32_t>(probe_size);
+    d.max_domains = static_cast<std::uint32_t>(max_domains);
+    d.max_mappings = max_mappings;
+    s.machine.event_buffers = static_cast<std::uint32_t>(buffers);
+    if (o.flag("no-reserved") || !reserved.empty()) d.reserved.clear();
+    for (const auto& text : reserved) {
+        auto r = parse_reserved(text);
+        if (!r) return "--reserved needs START:END[:msi] (hex, END inclusive), got '" + text + "'";
+        d.reserved.push_back(*r);
+    }
+    for (const auto& k : o.unread()) return "virtio does not take --" + k + " (see tools/iopt/virtio.md)";
+    return s;
+}
+
+/// Reads the numbers of one script line; the first problem is kept as the line's reason.
+struct arg_reader {
+    std::span<const std::string_view> args;
+    std::optional<std::string> why;
+
+    std::uint64_t hex(std::size_t i) {
+        if (why) return 0;
+        auto v = parse_hex(args[i]);
+        if (!v) {
+            why = hex_error(args[i]);
+            return 0;
+        }
+        return *v;
+    }
+    std::uint32_t hex32(std::size_t i, std::string_view what) {
+        const std::uint64_t v = hex(i);
+        if (!why && v > 0xffffffffu) why = std::string(what) + " must fit in 32 bits, got '" + std::string(args[i]) + "'";
+        return static_cast<std::uint32_t>(v);
+    }
+};
+
+/// MAP flags: letters r (READ), w (WRITE), m (MMIO), or the flags word in hex.
+std::optional<std::uint32_t> parse_map_flags(std::string_view w) {
+    if (!w.empty() && w.find_first_not_of("rwm") == std::string_view::npos) {
+        std::uint32_t f = 0;
+        for (const char c : w) f |= c == 'r' ? vio::map_f_read : c == 'w' ? vio::map_f_write : vio::map_f_mmio;
+        return f;
+    }
+    auto v = parse_hex(w);
+    if (!v || *v > 0xffffffffu) return std::nullopt;
+    return static_cast<std::uint32_t>(*v);
+}
+
+/// A guest table's PROT: letters r, w, m (MMIO; cacheable memory without it), or IOMMU_* bits in hex.
+std::optional<iopgtable::prot> parse_guest_prot(std::string_view w) {
+    using iopgtable::prot;
+    if (!w.empty() && w.find_first_not_of("rwm") == std::string_view::npos) {
+        prot p = prot::none;
+        for (const char c : w) p |= c == 'r' ? prot::read : c == 'w' ? prot::write : prot::mmio;
+        if (!has(p, prot::mmio)) p |= prot::cache;
+        return p;
+    }
+    auto v = parse_hex(w);
+    if (!v || *v > 0xffffffffu) return std::nullopt;
+    return iopgtable::prot_from_bits(static_cast<std::uint32_t>(*v));
+}
+
+/// Up to 64 bytes of hex (wire order, `0x` optional); shorter input is zero-padded.
+std::optional<sharing::blob> parse_config_blob(std::string_view hex) {
+    if (hex.size() > 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) hex.remove_prefix(2);
+    if (hex.size() > 128 || hex.size() % 2 != 0) return std::nullopt;
+    sharing::blob b{};
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+        auto v = parse_hex(hex.substr(i, 2));
+        if (!v) return std::nullopt;
+        b[i / 2] = static_cast<std::uint8_t>(*v);
+    }
+    return b;
+}
+
+/// Bytes in hex (`-`: none), at most `max` of them.
+std::optional<std::vector<std::uint8_t>> parse_bytes(std::string_view hex, std::size_t max) {
+    std::vector<std::uint8_t> out;
+    if (hex == "-") return out;
+    if (hex.size() > 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) hex.remove_prefix(2);
+    if (hex.empty() || hex.size() % 2 != 0 || hex.size() / 2 > max) return std::nullopt;
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+        auto v = parse_hex(hex.substr(i, 2));
+        if (!v) return std::nullopt;
+        out.push_back(static_cast<std::uint8_t>(*v));
+    }
+    return out;
+}
+
+std::string size_list(std::uint32_t model, std::uint32_t sizes) {
+    std::string s;
+    for (unsigned b = 0; b < 32; ++b) {
+        if (!(sizes & (1u << b))) continue;
+        if (!s.empty()) s += ',';
+        if (model == sharing::model_arm) s += b >= 10 ? std::to_string(1u << (b - 10)) + "k" : std::to_string(1u << b);
+        else s += std::to_string(b);
+    }
+    return s.empty() ? "none" : s;
+}
+
+/// One PROBE_TABLE entry: `format I <model> <variant> granules|levels ... max_ias ... pgsizes ...`.
+std::string format_line(std::size_t index, const vio::pg_format& f) {
+    std::string line = "format " + std::to_string(index);
+    auto c = sharing::decode_format(f);
+    if (!c) return line + " invalid " + std::string(c.why().field);
+    const bool arm = c->model == sharing::model_arm;
+    if (arm) {
+        line += c->variant == sharing::arm_lpae64   ? " arm lpae-64"
+                : c->variant == sharing::arm_lpae32 ? " arm lpae-32"
+                : c->variant == sharing::arm_short  ? " arm short-descriptor"
+                                                    : " arm variant " + std::to_string(c->variant);
+    } else if (c->model == sharing::model_x86) {
+        line += c->variant == sharing::x86_vtd_first_stage    ? " x86 vtd-first-stage"
+                : c->variant == sharing::x86_vtd_second_stage ? " x86 vtd-second-stage"
+                                                              : " x86 variant " + std::to_string(c->variant);
+    } else {
+        line += " model " + std::to_string(c->model) + " variant " + std::to_string(c->variant);
+    }
+    line += std::string(arm ? " granules " : " levels ") + size_list(c->model, c->sizes);
+    line += " max_ias " + std::to_string(c->max_ias) + " max_oas " + std::to_string(c->max_oas) + " tag_bits " +
+            std::to_string(c->tag_bits);
+    std::string flags;
+    if (c->flags & sharing::cap_access_flag) flags += "access,";
+    if (c->flags & sharing::cap_dirty) flags += "dirty,";
+    if (c->flags & sharing::cap_snoop) flags += "snoop,";
+    if (!flags.empty()) flags.pop_back();
+    return line + " flags " + (flags.empty() ? std::string("none") : flags) + " pgsizes " + to_hex(c->pgsize_bitmap);
+}
+
+/// Runs the script in one machine.
+template <class Host>
+class virtio_session {
+public:
+    using machine_type = vio::machine<Host>;
+    using S1 = typename Host::domain_format;  // the guest's own tables (page-table sharing)
+    using S2 = typename Host::stage2_format;
+    using table_memory = nst::guest_table_memory<S2, iopgtable::guest_ram>;
+    using guest_table = iopgtable::page_table<S1, table_memory>;
+
+    explicit virtio_session(machine_type& m)
+        : m_(m), gmem_(m.stage2_table(), iopgtable::ipa_t{machine_type::table_window_gpa}, machine_type::table_window_size) {}
+
+    std::optional<std::string> operator()(const operation& op, std::span<const std::string_view> args) {
+        const std::string_view name = op.name;
+        arg_reader a{args, std::nullopt};
+        if (name == "attach" || name == "detach") {
+            const std::uint32_t dom = a.hex32(0, "DOMAIN"), ep = a.hex32(1, "EP");
+            if (args.size() == 3 && args[2] != "bypass")
+                return "attach's third word must be 'bypass', got '" + std::string(args[2]) + "'";
+            if (a.why) return a.why;
+            send(name == "attach" ? vio::attach_request(dom, ep, args.size() == 3) : vio::detach_request(dom, ep));
+        } else if (name == "map") {
+            const std::uint32_t dom = a.hex32(0, "DOMAIN");
+            const std::uint64_t first = a.hex(1), last = a.hex(2), phys = a.hex(3);
+            if (a.why) return a.why;
+            auto flags = parse_map_flags(args[4]);
+            if (!flags) return "FLAGS must be letters r, w, m or a 32-bit hex number, got '" + std::string(args[4]) + "'";
+            send(vio::map_request(dom, first, last, phys, *flags));
+        } else if (name == "unmap") {
+            const std::uint32_t dom = a.hex32(0, "DOMAIN");
+            const std::uint64_t first = a.hex(1), last = a.hex(2);
+            if (a.why) return a.why;
+            send(vio::unmap_request(dom, first, last));
+        } else if (name == "probe") {
+            const std::uint32_t ep = a.hex32(0, "EP");
+            const std::uint64_t props = args.size() == 2 ? a.hex(1) : m_.dev().config_space().probe_size.get();
+            if (a.why) return a.why;
+            if (props > 0xfff0) return "PROPS_LEN must be at most 0xfff0";
+            probe(ep, static_cast<std::uint32_t>(props));
+        } else if (name == "probe_table") {
+            const std::uint32_t as = a.hex32(0, "AS");
+            const std::uint64_t slots = args.size() == 2 ? a.hex(1) : 8;
+            if (a.why) return a.why;
+            if (slots > 0x100) return "SLOTS must be at most 0x100";
+            probe_table(as, static_cast<std::uint32_t>(slots));
+        } else if (name == "attach_table") {
+            vio::req_attach_table r;
+            r.address_space = a.hex32(0, "AS");
+            r.table = a.hex(1);
+            r.model = a.hex32(2, "MODEL");
+            r.flags = args.size() > 4 ? a.hex32(4, "FLAGS") : 0u;
+            r.nr_contexts = args.size() > 5 ? a.hex32(5, "NR_CONTEXTS") : 0u;
+            if (a.why) return a.why;
+            auto blob = parse_config_blob(args[3]);
+            if (!blob) return "CONFIGHEX must be an even number of hex digits, at most 128, got '" + std::string(args[3]) + "'";
+            std::copy(blob->begin(), blob->end(), r.config);
+            send(vio::attach_table_request(r));
+        } else if (name == "invalidate") {
+            const std::uint32_t as = a.hex32(0, "AS"), context = a.hex32(1, "CONTEXT");
+            const std::string_view kind = args[2];
+            const bool vaddr = kind == "vaddr" && args.size() == 5;
+            if (!vaddr && !((kind == "single" || kind == "table") && args.size() == 3))
+                return std::string("invalidate expects AS CONTEXT vaddr ADDR SIZE, AS CONTEXT single or AS CONTEXT table");
+            const std::uint64_t addr = vaddr ? a.hex(3) : 0, size = vaddr ? a.hex(4) : 0;
+            if (a.why) return a.why;
+            const auto k = vaddr ? vio::invalidate_kind::vaddr
+                                 : kind == "single" ? vio::invalidate_kind::single : vio::invalidate_kind::table;
+            send(vio::invalidate_request(as, context, k, addr, size));
+        } else if (name == "raw") {
+            auto in = parse_bytes(args[0], machine_type::buffer_bytes);
+            if (!in) return "READABLE_HEX must be '-' or an even number of hex digits, at most 0x10000 bytes, got '" +
+                            std::string(args[0]) + "'";
+            const std::uint64_t w = a.hex(1);
+            if (a.why) return a.why;
+            if (w > machine_type::buffer_bytes) return "WRITABLE_LEN must be at most 0x10000";
+            std::vector<std::uint8_t> out(static_cast<std::size_t>(w));
+            const std::uint32_t used = m_.raw(*in, static_cast<std::uint32_t>(w), out);
+            emit(reply_line(used, out));
+            if (used > sizeof(vio::req_tail) && used <= out.size())
+                emit("reply " + bytes_to_hex(std::span<const std::uint8_t>(out).first(used)));
+        } else if (name == "shape") {
+            const std::uint64_t pieces = a.hex(0);
+            if (a.why) return a.why;
+            if (pieces == 0 || pieces > 0x100) return "PIECES must be 1 to 0x100";
+            if (args.size() == 2 && args[1] != "indirect")
+                return "shape's second word must be 'indirect', got '" + std::string(args[1]) + "'";
+            m_.set_shape({static_cast<unsigned>(pieces), args.size() == 2});
+            emit("ok");
+        } else if (name == "translate") {
+            const std::uint32_t ep = a.hex32(0, "EP");
+            const std::uint64_t iova = a.hex(1);
+            const std::uint64_t size = args.size() == 4 ? a.hex(3) : 1;
+            if (a.why) return a.why;
+            nst::access_kind kind{};
+            if (args[2] == "r") kind = nst::access_kind::read;
+            else if (args[2] == "w") kind = nst::access_kind::write;
+            else if (args[2] == "x") kind = nst::access_kind::exec;
+            else return "access must be r, w or x, got '" + std::string(args[2]) + "'";
+            if (size == 0) return std::string("SIZE must not be 0");
+            translate(ep, iova, kind, size, args.size() == 4);
+        } else if (name == "config") {
+            config();
+        } else if (name == "set_bypass") {
+            const std::uint64_t v = a.hex(0);
+            if (a.why) return a.why;
+            const std::uint8_t byte = static_cast<std::uint8_t>(v);
+            const bool ok = v <= 0xff && m_.dev().write_config(offsetof(vio::config, bypass), std::span(&byte, 1));
+            emit(ok ? "ok" : "refused");
+        } else if (name == "gmap" || name == "gunmap" || name == "gtable" || name == "gattach") {
+            return guest_op(name, args);
+        } else if (name == "gwrite") {
+            const std::uint64_t gpa = a.hex(0), v = a.hex(1);
+            if (a.why) return a.why;
+            const iopgtable::le64 word(v);
+            emit(m_.guest().write(iopgtable::pa_t{gpa}, word.bytes.data(), 8) ? "ok" : "fault");
+        } else if (name == "stats") {
+            stats();
+        } else {
+            return "operation '" + std::string(name) + "' is not available here";
+        }
+        return std::nullopt;
+    }
+
+private:
+    /// Sends one request through the requestq and prints its status and used length; returns
+    /// the device-writable part as the device left it, and the used length in `used`.
+    std::vector<std::uint8_t> send(const vio::request& r, std::uint32_t* used = nullptr) {
+        std::vector<std::uint8_t> out(r.writable_len);
+        const std::uint32_t n = m_.submit(r.readable, out);
+        emit(reply_line(n, out));
+        if (used) *used = n;
+        return out;
+    }
+
+    void probe(std::uint32_t ep, std::uint32_t props) {
+        std::uint32_t used = 0;
+        const auto out = send(vio::probe_request(ep, props), &used);
+        if (used != props + sizeof(vio::req_tail) || out[props] != static_cast<std::uint8_t>(vio::status::ok)) return;
+        auto info = vio::parse_probe(std::span<const std::uint8_t>(out).first(props));
+        if (!info) return emit("properties malformed: " + std::string(info.why().field));
+        for (const auto& r : info->regions)
+            emit("resv_mem " + std::string(r.subtype == vio::resv_mem_t_msi ? "msi " : "reserved ") + to_hex(r.start) +
+                 "-" + to_hex(r.end));
+        if (info->unknown) emit("unknown_properties " + std::to_string(info->unknown));
+        if (info->ignored) emit("ignored_properties " + std::to_string(info->ignored));
+    }
+
+    void probe_table(std::uint32_t as, std::uint32_t slots) {
+        std::uint32_t used = 0;
+        const auto r = vio::probe_table_request(as, 0, slots);
+        const auto out = send(r, &used);
+        const std::size_t tail = r.writable_len - sizeof(vio::req_tail);
+        if (used != r.writable_len || out[tail] != static_cast<std::uint8_t>(vio::status::ok)) return;
+        auto reply = sharing::parse_probe_table(std::span<const std::uint8_t>(out).first(tail));
+        if (!reply) return emit("reply malformed: " + std::string(reply.why().field));
+        emit("len " + std::to_string(reply->len) + " nr_contexts " + std::to_string(reply->nr_contexts));
+        for (std::size_t i = 0; i < reply->formats.size(); ++i) emit(format_line(i, reply->formats[i]));
+    }
+
+    /// The device's DMA: `translate` until `size` bytes are covered or a fault; a fault is read
+    /// back from the eventq as the guest's driver would (`dropped` when no buffer was posted).
+    void translate(std::uint32_t ep, std::uint64_t iova, nst::access_kind kind, std::uint64_t size, bool sized) {
+        constexpr unsigned max_lines = 256;
+        unsigned lines = 0;
+        for (std::uint64_t pos = iova, left = size;;) {
+            const vio::dma_result r = m_.dev().translate(ep, pos, left, kind);
+            for (unsigned i = 0; i < r.count; ++i, ++lines) {
+                if (lines == max_lines) return emit("more");
+                emit("PA " + to_hex(r.ranges[i].hpa) + (sized ? " len " + to_hex(r.ranges[i].length) : ""));
+            }
+            if (r.fault) {
+                const auto events = m_.take_events();
+                if (r.fault->delivered && !events.empty()) return emit(fault_line(events.back()));
+                vio::fault f;
+                f.reason = r.fault->reason;
+                f.flags = r.fault->flags;
+                f.endpoint = r.fault->endpoint;
+                f.address = r.fault->address;
+                return emit(fault_line(f) + " dropped");
+            }
+            if (r.covered == 0 || r.covered >= left) return;
+            pos += r.covered;
+            left -= r.covered;
+        }
+    }
+
+    void config() {
+        const vio::config c = m_.dev().config_space();
+        emit("config page_size_mask " + to_hex(c.page_size_mask) + " input_range " + to_hex(c.input_range.start) + "-" +
+             to_hex(c.input_range.end) + " domain_range " + to_hex(c.domain_range.start) + "-" +
+             to_hex(c.domain_range.end) + " probe_size " + std::to_string(c.probe_size.get()) + " bypass " +
+             std::to_string(c.bypass));
+        emit("offered " + feature_list(m_.dev().device_features()));
+        emit("negotiated " + feature_list(m_.dev().driver_features()));
+    }
+
+    /// The guest's table for address space `as`, created (empty) on first use; or the error.
+    std::variant<guest_table*, iopgtable::errc> table_for(std::uint32_t as) {
+        if (auto it = tables_.find(as); it != tables_.end()) return &it->second;
+        auto t = guest_table::create(typename S1::config{}, gmem_);
+        if (!t) return t.error();
+        return &tables_.emplace(as, std::move(*t)).first->second;
+    }
+
+    /// gmap, gunmap, gtable, gattach: the guest's own table of an address space, written
+    /// through stage 2 (no request is sent, but by gattach).
+    std::optional<std::string> guest_op(std::string_view name, std::span<const std::string_view> args) {
+        arg_reader a{args, std::nullopt};
+        const std::uint32_t as = a.hex32(0, "AS");
+        std::uint64_t iova = 0, gpa = 0, size = 0;
+        std::optional<iopgtable::prot> p;
+        if (name == "gmap") {
+            iova = a.hex(1);
+            gpa = a.hex(2);
+            size = a.hex(3);
+            p = parse_guest_prot(args[4]);
+            if (!a.why && !p) return "PROT must be letters r, w, m or IOMMU_* bits in hex, got '" + std::string(args[4]) + "'";
+        } else if (name == "gunmap") {
+            iova = a.hex(1);
+            size = a.hex(2);
+        }
+        if (a.why) return a.why;
+        auto got = table_for(as);
+        if (auto* e = std::get_if<iopgtable::errc>(&got)) {
+            emit(name == "gattach" || name == "gtable" ? "table " + std::string(to_string(*e)) : to_string(*e));
+            return std::nullopt;
+        }
+        guest_table& t = *std::get<guest_table*>(got);
+        if (name == "gmap") {
+            auto r = t.map(iopgtable::iova_t{iova}, iopgtable::pa_t{gpa}, iopgtable::length_t{size}, *p);
+            emit(r ? "ok" : to_string(r.error()));
+            return std::nullopt;
+        }
+        if (name == "gunmap") {
+            auto r = t.unmap(iopgtable::iova_t{iova}, iopgtable::length_t{size});
+            emit(r ? to_hex(r->value) : std::string(to_string(r.error())));
+            return std::nullopt;
+        }
+        auto req = sharing::make_attach_table<S1>(t.cfg(), t.root(), 0);
+        if (!req) {
+            emit("table refused " + std::string(req.why().field));
+            return std::nullopt;
+        }
+        if (name == "gtable") {
+            emit("table " + to_hex(t.root().value) + " model " + std::to_string(req->model.get()) + " config " +
+                 bytes_to_hex(req->config));
+        } else {
+            req->address_space = as;
+            send(vio::attach_table_request(*req));
+        }
+        return std::nullopt;
+    }
+
+    void stats() {
+        const auto& dev = m_.dev();
+        for (const auto& line : request_lines(dev.stats())) emit(line);
+        emit("malformed_chains " + std::to_string(dev.stats().malformed_chains));
+        const auto& t = dev.dma_stats();
+        emit("translations " + std::to_string(t.translations));
+        emit("faults_delivered " + std::to_string(t.faults_delivered));
+        emit("faults_dropped " + std::to_string(t.faults_dropped));
+        emit("iotlb_hits " + std::to_string(dev.iotlb().hits()));
+        emit("iotlb_misses " + std::to_string(dev.iotlb().misses()));
+        emit("END");
+    }
+
+    machine_type& m_;
+    table_memory gmem_;
+    std::map<std::uint32_t, guest_table> tables_;  // after gmem_: destroyed before it
+};
+
+template <class Host>
+int run(const settings& s) {
+    auto m = vio::machine<Host>::create(s.machine);
+    if (!m) return fail("the device refuses these settings: " + std::string(m.why().field));
+    virtio_session<Host> session(**m);
+    return run_script(std::cin, virtio_operations, std::ref(session));
+}
+
+} // namespace
+
+int virtio_mode(std::span<char* const> args) {
+    auto parsed = parse_settings(args);
+    if (auto* why = std::get_if<std::string>(&parsed)) return fail(*why);
+    const settings& s = std::get<settings>(parsed);
+    return s.intel ? run<vio::intel_host>(s) : run<vio::arm_host>(s);
+}
+
+} // namespace iopt
