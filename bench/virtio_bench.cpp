@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: MIT
+/// @file virtio_bench.cpp
+/// The virtio-iommu device (include/iopgtable/virtio/), named `virtio/<host>/<op>`, in the
+/// simulated VM of machine.hpp: every request goes through the requestq as a guest sends it
+/// (request written into guest memory, a descriptor chain, the kick, the device's answer, the
+/// used ring read back). bench/README.md ("virtio") describes them and the figures.
+///
+/// | op | one call is |
+/// |---|---|
+/// | map_unmap_4k | a MAP request of one 4K page and the UNMAP request removing it |
+/// | map_4k | a MAP request of one 4K page (its UNMAP untimed) |
+/// | guest_entry_invalidate_4k | page-table sharing: the guest writes a 4K entry in its own table (through stage 2) and, after removing it, sends INVALIDATE — the sharing equivalent of map_unmap_4k: new entries need no request |
+/// | translate_hit | translate() of a 4K read, IOTLB hit |
+/// | translate_miss_map | translate() missing the IOTLB, MAP/UNMAP domain (walk of the domain table, then stage 2) |
+/// | translate_miss_nested | the same for a shared table walked nested over stage 2 |
+/// | translate_miss_folded | the same for a shared table through its folded shadow |
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <iopgtable/formats/arm_lpae.hpp>
+#include <iopgtable/nested/stage2_view.hpp>
+#include <iopgtable/sharing/negotiation.hpp>
+#include <iopgtable/virtio/machine.hpp>
+
+#include "format_benches.hpp"
+
+namespace iopgtable::bench {
+namespace {
+
+using namespace iopgtable::virtio;
+
+template <class Req>
+std::vector<std::uint8_t> readable(const Req& r) {
+    std::vector<std::uint8_t> v(sizeof(Req) - sizeof(req_tail));
+    std::memcpy(v.data(), static_cast<const void*>(&r), v.size());
+    return v;
+}
+
+template <class Host>
+struct vm {
+    using S1 = typename Host::domain_format;  // the guest's table format in the sharing benches
+    using S2 = typename Host::stage2_format;
+    using gmem_type = nested::guest_table_memory<S2, guest_ram>;
+
+    std::unique_ptr<machine<Host>> m;
+    std::optional<gmem_type> gmem;
+    std::optional<page_table<S1, gmem_type>> table;
+    std::uint8_t reply[64]{};
+
+    explicit vm(shared_mode mode = shared_mode::nested) {
+        machine_settings s;
+        s.device.sharing = mode;
+        s.device.iotlb_entries = 4096;
+        auto mc = machine<Host>::create(s);
+        if (!mc) return;
+        m = std::move(*mc);
+    }
+    status send(const std::vector<std::uint8_t>& in) {
+        const std::uint32_t used = m->submit(in, std::span<std::uint8_t>(reply, 4));
+        return used == 4 ? static_cast<status>(reply[0]) : status::ioerr;
+    }
+    bool attach(std::uint32_t dom, std::uint32_t ep) {
+        req_attach r;
+        r.head.type = static_cast<std::uint8_t>(req_type::attach);
+        r.domain = dom;
+        r.endpoint = ep;
+        return send(readable(r)) == status::ok;
+    }
+    std::vector<std::uint8_t> map_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t gpa, std::uint64_t len) {
+        req_map r;
+        r.head.type = static_cast<std::uint8_t>(req_type::map);
+        r.domain = dom;
+        r.virt_start = iova;
+        r.virt_end = iova + len - 1;
+        r.phys_start = gpa;
+        r.flags = map_f_read | map_f_write;
+        return readable(r);
+    }
+    std::vector<std::uint8_t> unmap_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t len) {
+        req_unmap r;
+        r.head.type = static_cast<std::uint8_t>(req_type::unmap);
+        r.domain = dom;
+        r.virt_start = iova;
+        r.virt_end = iova + len - 1;
+        return readable(r);
+    }
+    std::vector<std::uint8_t> invalidate_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t len) {
+        req_invalidate r;
+        r.head.type = static_cast<std::uint8_t>(req_type::invalidate);
+        r.address_space = dom;
+        r.flags = static_cast<std::uint32_t>(invalidate_kind::vaddr);
+        r.virt_addr = iova;
+        r.range_size = len;
+        return readable(r);
+    }
+    /// The guest's own table in its table window, attached to `dom` (which `ep` joined).
+    bool share(std::uint32_t dom, std::uint32_t ep) {
+        if (!attach(dom, ep)) return false;
+        gmem.emplace(m->stage2_table(), ipa_t{machine<Host>::table_window_gpa}, machine<Host>::table_window_size);
+        auto t = page_table<S1, gmem_type>::create(typename S1::config{}, *gmem);
+        if (!t) return false;
+        table.emplace(std::move(*t));
+        auto req = sharing::make_attach_table<S1>(table->cfg(), pa_t{table->root().value}, 1);
+        if (!req) return false;
+        req->address_space = dom;
+        return send(readable(*req)) == status::ok;
+    }
+};
+
+constexpr std::uint64_t page = 0x1000;
+constexpr std::uint64_t window = machine<arm_host>::dma_gpa;  // GPAs the guest maps
+constexpr unsigned batch = 64;
+
+template <class Host>
+void map_unmap(benchmark::State& st, bool with_unmap) {
+    vm<Host> v;
+    if (!v.m || !v.attach(1, 0)) return fail(st, "setup");
+    std::vector<std::vector<std::uint8_t>> maps, unmaps;
+    for (unsigned i = 0; i < batch; ++i) {
+        maps.push_back(v.map_req(1, 0x100000 + i * page, window + i * page, page));
+        unmaps.push_back(v.unmap_req(1, 0x100000 + i * page, page));
+    }
+    batch_timer timer(st, with_unmap ? "MAP + UNMAP of 4K, through the requestq" : "MAP of 4K, through the requestq");
+    bool good = true;
+    for (auto _ : st) {
+        if (with_unmap) {
+            timer.timed(batch, batch, [&] {
+                for (unsigned i = 0; i < batch; ++i) good &= v.send(maps[i]) == status::ok && v.send(unmaps[i]) == status::ok;
+            });
+        } else {
+            timer.timed(batch, batch, [&] {
+                for (unsigned i = 0; i < batch; ++i) good &= v.send(maps[i]) == status::ok;
+            });
+            for (unsigned i = 0; i < batch; ++i) good &= v.send(unmaps[i]) == status::ok;
+        }
+        if (!good) break;
+    }
+    if (!good) fail(st, "a request failed");
+}
+
+template <class Host>
+void guest_entry_invalidate(benchmark::State& st) {
+    vm<Host> v;
+    if (!v.m || !v.share(2, 0)) return fail(st, "setup");
+    std::vector<std::vector<std::uint8_t>> invs;
+    for (unsigned i = 0; i < batch; ++i) invs.push_back(v.invalidate_req(2, 0x100000 + i * page, page));
+    // Tables in place before timing.
+    (void)v.table->map(iova_t{0x100000}, pa_t{window}, length_t{page}, prot::read | prot::write);
+    (void)v.table->unmap(iova_t{0x100000}, length_t{page});
+    batch_timer timer(st, "guest writes a 4K entry, removes it, INVALIDATE through the requestq");
+    bool good = true;
+    for (auto _ : st) {
+        timer.timed(batch, batch, [&] {
+            for (unsigned i = 0; i < batch; ++i) {
+                good &= v.table->map(iova_t{0x100000 + i * page}, pa_t{window + i * page}, length_t{page},
+                                     prot::read | prot::write).ok();
+                good &= v.table->unmap(iova_t{0x100000 + i * page}, length_t{page}).ok();
+                good &= v.send(invs[i]) == status::ok;
+            }
+        });
+        if (!good) break;
+    }
+    if (!good) fail(st, "a map, unmap or INVALIDATE failed");
+}
+
+enum class space { map, nested, folded };
+
+/// 256 translations per batch of 4K reads over `pages` pages: with pages ≤ the IOTLB (4096
+/// entries, direct-mapped) and warmed, hits; with 2 × 4096 pages walked in order, mostly misses (the hit rate is reported).
+template <class Host>
+void translate(benchmark::State& st, space kind, bool hit) {
+    vm<Host> v(kind == space::folded ? shared_mode::folded : shared_mode::nested);
+    const std::uint64_t pages = hit ? 256 : 2 * 4096;  // 32 MiB: the whole DMA area of guest RAM
+    if (!v.m) return fail(st, "setup");
+    if (kind == space::map) {
+        if (!v.attach(1, 0) || v.send(v.map_req(1, 0x40000000, window, pages * page)) != status::ok) return fail(st, "map");
+    } else {
+        if (!v.share(2, 0)) return fail(st, "share");
+        if (!v.table->map(iova_t{0x40000000}, pa_t{window}, length_t{pages * page}, prot::read | prot::write))
+            return fail(st, "guest map");
+        if (v.send(v.invalidate_req(2, 0x40000000, pages * page)) != status::ok) return fail(st, "invalidate");
+    }
+    auto& dev = v.m->dev();
+    for (std::uint64_t i = 0; i < pages; ++i)
+        if (!dev.translate(0, 0x40000000 + i * page, 8, nested::access_kind::read).ok()) return fail(st, "translate");
+    const std::uint64_t hits0 = dev.iotlb().hits(), misses0 = dev.iotlb().misses();
+    batch_timer timer(st, std::string(kind == space::map ? "MAP domain" : kind == space::nested ? "shared table, nested" : "shared table, folded") +
+                              (hit ? ", IOTLB hit" : ", IOTLB miss"));
+    std::uint64_t next = 0, bad = 0;
+    for (auto _ : st) {
+        timer.timed(256, 256, [&] {
+            for (int i = 0; i < 256; ++i) {
+                auto r = dev.translate(0, 0x40000000 + next * page + 0x10, 8, nested::access_kind::read);
+                bad += !r.ok();
+                benchmark::DoNotOptimize(r);
+                if (++next == pages) next = 0;
+            }
+        });
+    }
+    if (bad) return fail(st, "translation faulted");
+    const double h = static_cast<double>(dev.iotlb().hits() - hits0), m = static_cast<double>(dev.iotlb().misses() - misses0);
+    st.counters["iotlb_hit_rate"] = h + m > 0 ? h / (h + m) : 0;
+}
+
+template <class Host>
+void register_host(const std::string& host) {
+    const std::string p = "virtio/" + host + "/";
+    auto add = [](const std::string& name, auto fn) { benchmark::RegisterBenchmark(name.c_str(), fn)->UseManualTime(); };
+    add(p + "map_unmap_4k", [](benchmark::State& st) { map_unmap<Host>(st, true); });
+    add(p + "map_4k", [](benchmark::State& st) { map_unmap<Host>(st, false); });
+    add(p + "guest_entry_invalidate_4k", [](benchmark::State& st) { guest_entry_invalidate<Host>(st); });
+    add(p + "translate_hit", [](benchmark::State& st) { translate<Host>(st, space::map, true); });
+    add(p + "translate_miss_map", [](benchmark::State& st) { translate<Host>(st, space::map, false); });
+    add(p + "translate_miss_nested", [](benchmark::State& st) { translate<Host>(st, space::nested, false); });
+    add(p + "translate_miss_folded", [](benchmark::State& st) { translate<Host>(st, space::folded, false); });
+}
+
+const bool registered = [] {
+    register_host<arm_host>("arm");
+    register_host<intel_host>("intel");
+    return true;
+}();
+
+} // namespace
+} // namespace iopgtable::bench
