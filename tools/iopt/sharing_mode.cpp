@@ -20,6 +20,7 @@
 #include <iopgtable/sharing/negotiation.hpp>
 
 #include "command_line.hpp"
+#include "format_text.hpp"
 #include "hex.hpp"
 #include "script.hpp"
 
@@ -96,32 +97,6 @@ std::string bytes_hex(const std::uint8_t* p, std::size_t n) {
         s += digits[p[i] & 15];
     }
     return s;
-}
-
-std::string size_list(std::uint32_t model, std::uint32_t sizes) {
-    std::string s;
-    for (unsigned b = 0; b < 32; ++b) {
-        if (!(sizes & (1u << b))) continue;
-        if (!s.empty()) s += ',';
-        if (model == sharing::model_arm) s += b >= 10 ? std::to_string(1u << (b - 10)) + "k" : std::to_string(1u << b);
-        else s += std::to_string(b);
-    }
-    return s.empty() ? "none" : s;
-}
-
-std::string variant_name(std::uint32_t model, std::uint32_t variant) {
-    if (model == sharing::model_arm) {
-        if (variant == sharing::arm_lpae64) return "arm lpae-64";
-        if (variant == sharing::arm_lpae32) return "arm lpae-32";
-        if (variant == sharing::arm_short) return "arm short-descriptor";
-        return "arm variant " + std::to_string(variant);
-    }
-    if (model == sharing::model_x86) {
-        if (variant == sharing::x86_vtd_first_stage) return "x86 vtd-first-stage";
-        if (variant == sharing::x86_vtd_second_stage) return "x86 vtd-second-stage";
-        return "x86 variant " + std::to_string(variant);
-    }
-    return "model " + std::to_string(model);
 }
 
 /// One line: index, the 68 raw bytes, and the decoded fields.

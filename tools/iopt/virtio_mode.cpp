@@ -23,6 +23,7 @@
 #include <iopgtable/virtio/machine.hpp>
 
 #include "command_line.hpp"
+#include "format_text.hpp"
 #include "hex.hpp"
 #include "script.hpp"
 
@@ -357,35 +358,14 @@ std::optional<std::vector<std::uint8_t>> parse_bytes(std::string_view hex, std::
     return out;
 }
 
-std::string size_list(std::uint32_t model, std::uint32_t sizes) {
-    std::string s;
-    for (unsigned b = 0; b < 32; ++b) {
-        if (!(sizes & (1u << b))) continue;
-        if (!s.empty()) s += ',';
-        if (model == sharing::model_arm) s += b >= 10 ? std::to_string(1u << (b - 10)) + "k" : std::to_string(1u << b);
-        else s += std::to_string(b);
-    }
-    return s.empty() ? "none" : s;
-}
-
 /// One PROBE_TABLE entry: `format I <model> <variant> granules|levels ... max_ias ... pgsizes ...`.
 std::string format_line(std::size_t index, const vio::pg_format& f) {
     std::string line = "format " + std::to_string(index);
     auto c = sharing::decode_format(f);
     if (!c) return line + " invalid " + std::string(c.why().field);
     const bool arm = c->model == sharing::model_arm;
-    if (arm) {
-        line += c->variant == sharing::arm_lpae64   ? " arm lpae-64"
-                : c->variant == sharing::arm_lpae32 ? " arm lpae-32"
-                : c->variant == sharing::arm_short  ? " arm short-descriptor"
-                                                    : " arm variant " + std::to_string(c->variant);
-    } else if (c->model == sharing::model_x86) {
-        line += c->variant == sharing::x86_vtd_first_stage    ? " x86 vtd-first-stage"
-                : c->variant == sharing::x86_vtd_second_stage ? " x86 vtd-second-stage"
-                                                              : " x86 variant " + std::to_string(c->variant);
-    } else {
-        line += " model " + std::to_string(c->model) + " variant " + std::to_string(c->variant);
-    }
+    if (arm || c->model == sharing::model_x86) line += " " + variant_name(c->model, c->variant);
+    else line += " model " + std::to_string(c->model) + " variant " + std::to_string(c->variant);
     line += std::string(arm ? " granules " : " levels ") + size_list(c->model, c->sizes);
     line += " max_ias " + std::to_string(c->max_ias) + " max_oas " + std::to_string(c->max_oas) + " tag_bits " +
             std::to_string(c->tag_bits);
