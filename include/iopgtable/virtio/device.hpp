@@ -486,7 +486,10 @@ private:
             endpoints_[ep] = dom;
             return status::ok;
         }
-        if (domains_.size() >= set_.max_domains) return status::nomem;
+        // A move out of a domain the endpoint leaves empty frees that domain first.
+        const bool frees_one = endpoints_[ep] != no_domain &&
+                               domains_.at(static_cast<std::uint32_t>(endpoints_[ep]))->endpoints == 1;
+        if (domains_.size() >= std::size_t{set_.max_domains} + (frees_one ? 1u : 0u)) return status::nomem;
         auto nd = std::make_unique<domain>();
         nd->id = dom;
         nd->tag = new_tag();
@@ -515,7 +518,7 @@ private:
 
     /// MAP: MAP_UNMAP not negotiated UNSUPP; unknown flags (MMIO without F_MMIO) INVAL;
     /// virt_end < virt_start INVAL; virt_start, phys_start or virt_end + 1 off the granule
-    /// RANGE; outside input_range, or the physical end wrapping RANGE; unknown domain NOENT;
+    /// RANGE; outside input_range (when INPUT_RANGE is offered), or the physical end wrapping RANGE; unknown domain NOENT;
     /// bypass or shared-table domain INVAL; overlapping a reserved region or a mapping INVAL;
     /// caps NOMEM; beyond the table's input or output size RANGE.
     status on_map(const req_map& r) {
@@ -527,7 +530,7 @@ private:
         if (last < first) return status::inval;
         const std::uint64_t g = granule();
         if (((first | phys) & (g - 1)) != 0 || ((last + 1) & (g - 1)) != 0) return status::range;
-        if (first < set_.input_start || last > set_.input_end) return status::range;
+        if (offered(f_input_range) && (first < set_.input_start || last > set_.input_end)) return status::range;
         if (phys + (last - first) < phys) return status::range;
         domain* d = find_domain(r.domain);
         if (d == nullptr) return status::noent;
