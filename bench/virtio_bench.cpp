@@ -26,6 +26,7 @@
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
+#include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
 
 #include "format_benches.hpp"
@@ -34,13 +35,6 @@ namespace iopgtable::bench {
 namespace {
 
 using namespace iopgtable::virtio;
-
-template <class Req>
-std::vector<std::uint8_t> readable(const Req& r) {
-    std::vector<std::uint8_t> v(sizeof(Req) - sizeof(req_tail));
-    std::memcpy(v.data(), static_cast<const void*>(&r), v.size());
-    return v;
-}
 
 template <class Host>
 struct vm {
@@ -65,39 +59,15 @@ struct vm {
         const std::uint32_t used = m->submit(in, std::span<std::uint8_t>(reply, 4));
         return used == 4 ? static_cast<status>(reply[0]) : status::ioerr;
     }
-    bool attach(std::uint32_t dom, std::uint32_t ep) {
-        req_attach r;
-        r.head.type = static_cast<std::uint8_t>(req_type::attach);
-        r.domain = dom;
-        r.endpoint = ep;
-        return send(readable(r)) == status::ok;
+    bool attach(std::uint32_t dom, std::uint32_t ep) { return send(attach_request(dom, ep).readable) == status::ok; }
+    static std::vector<std::uint8_t> map_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t gpa, std::uint64_t len) {
+        return map_request(dom, iova, iova + len - 1, gpa, map_f_read | map_f_write).readable;
     }
-    std::vector<std::uint8_t> map_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t gpa, std::uint64_t len) {
-        req_map r;
-        r.head.type = static_cast<std::uint8_t>(req_type::map);
-        r.domain = dom;
-        r.virt_start = iova;
-        r.virt_end = iova + len - 1;
-        r.phys_start = gpa;
-        r.flags = map_f_read | map_f_write;
-        return readable(r);
+    static std::vector<std::uint8_t> unmap_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t len) {
+        return unmap_request(dom, iova, iova + len - 1).readable;
     }
-    std::vector<std::uint8_t> unmap_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t len) {
-        req_unmap r;
-        r.head.type = static_cast<std::uint8_t>(req_type::unmap);
-        r.domain = dom;
-        r.virt_start = iova;
-        r.virt_end = iova + len - 1;
-        return readable(r);
-    }
-    std::vector<std::uint8_t> invalidate_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t len) {
-        req_invalidate r;
-        r.head.type = static_cast<std::uint8_t>(req_type::invalidate);
-        r.address_space = dom;
-        r.flags = static_cast<std::uint32_t>(invalidate_kind::vaddr);
-        r.virt_addr = iova;
-        r.range_size = len;
-        return readable(r);
+    static std::vector<std::uint8_t> invalidate_req(std::uint32_t dom, std::uint64_t iova, std::uint64_t len) {
+        return invalidate_request(dom, 0, invalidate_kind::vaddr, iova, len).readable;
     }
     /// The guest's own table in its table window, attached to `dom` (which `ep` joined).
     bool share(std::uint32_t dom, std::uint32_t ep) {
@@ -109,7 +79,7 @@ struct vm {
         auto req = sharing::make_attach_table<S1>(table->cfg(), pa_t{table->root().value}, 1);
         if (!req) return false;
         req->address_space = dom;
-        return send(readable(*req)) == status::ok;
+        return send(attach_table_request(*req).readable) == status::ok;
     }
 };
 

@@ -20,6 +20,7 @@
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
+#include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
 
 #include "fuzz_support.hpp"
@@ -28,13 +29,6 @@ using namespace iopgtable;
 using namespace iopgtable::virtio;
 
 namespace {
-
-template <class Req>
-std::vector<std::uint8_t> readable(const Req& r) {
-    std::vector<std::uint8_t> v(sizeof(Req) - sizeof(req_tail));
-    std::memcpy(v.data(), static_cast<const void*>(&r), v.size());
-    return v;
-}
 
 std::uint32_t send(machine<>& m, const std::vector<std::uint8_t>& in, std::uint32_t wlen, std::vector<std::uint8_t>& out) {
     out.assign(wlen, 0xee);
@@ -93,36 +87,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             std::uint32_t wlen = 4;
             std::vector<std::uint8_t> req;
             if (kind == 0) {
-                req_attach r;
-                r.head.type = 1;
-                r.domain = in.u8() & 7;
-                r.endpoint = in.u8() & 3;
-                r.flags = in.u8() & 1;
-                req = readable(r);
+                const std::uint32_t dom = in.u8() & 7, ep = in.u8() & 3;
+                req = attach_request(dom, ep, (in.u8() & 1) != 0).readable;
             } else if (kind == 1) {
-                req_detach r;
-                r.head.type = 2;
-                r.domain = in.u8() & 7;
-                r.endpoint = in.u8() & 3;
-                req = readable(r);
+                const std::uint32_t dom = in.u8() & 7, ep = in.u8() & 3;
+                req = detach_request(dom, ep).readable;
             } else if (kind == 2) {
-                req_map r;
-                r.head.type = 3;
-                r.domain = in.u8() & 7;
+                const std::uint32_t dom = in.u8() & 7;
                 const std::uint64_t start = std::uint64_t{in.u16()} << 12;
-                r.virt_start = start;
-                r.virt_end = start + (std::uint64_t{in.u8()} << 12) + 0xfff;
-                r.phys_start = std::uint64_t{in.u16()} << 12;
-                r.flags = in.u8() & 7;
-                req = readable(r);
+                const std::uint64_t end = start + (std::uint64_t{in.u8()} << 12) + 0xfff;
+                const std::uint64_t phys = std::uint64_t{in.u16()} << 12;
+                req = map_request(dom, start, end, phys, in.u8() & 7u).readable;
             } else if (kind == 3) {
-                req_unmap r;
-                r.head.type = 4;
-                r.domain = in.u8() & 7;
+                const std::uint32_t dom = in.u8() & 7;
                 const std::uint64_t start = std::uint64_t{in.u16()} << 12;
-                r.virt_start = start;
-                r.virt_end = start + (std::uint64_t{in.u8()} << 12) + 0xfff;
-                req = readable(r);
+                req = unmap_request(dom, start, start + (std::uint64_t{in.u8()} << 12) + 0xfff).readable;
             } else if (kind == 4) {
                 // ATTACH_TABLE of an LPAE 4K table at a fuzzed GPA (its contents are whatever
                 // the input wrote into guest memory).
@@ -132,15 +111,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 auto r = sharing::make_attach_table<arm_lpae_s1_4k>(cfg, pa_t{root}, 1);
                 if (!r) break;
                 r->address_space = in.u8() & 7;
-                req = readable(*r);
+                req = attach_table_request(*r).readable;
             } else {
-                req_invalidate r;
-                r.head.type = static_cast<std::uint8_t>(req_type::invalidate);
-                r.address_space = in.u8() & 7;
-                r.flags = in.u8() % 4;
-                r.virt_addr = std::uint64_t{in.u16()} << 12;
-                r.range_size = std::uint64_t{in.u16()} << 12;
-                req = readable(r);
+                const std::uint32_t dom = in.u8() & 7;
+                const auto kind_bits = static_cast<invalidate_kind>(in.u8() % 4);  // 3: an unknown kind
+                const std::uint64_t va = std::uint64_t{in.u16()} << 12, bytes = std::uint64_t{in.u16()} << 12;
+                req = invalidate_request(dom, 0, kind_bits, va, bytes).readable;
             }
             check_tail(out, send(m, req, wlen, out));
             break;
@@ -206,13 +182,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // Whatever happened, a well-formed request is still answered unless the guest broke the
     // ring itself (then the device says it needs a reset).
     if (!m.dev().needs_reset()) {
-        req_attach r;
-        r.head.type = 1;
-        r.domain = 1;
-        r.endpoint = 0;
         m.set_shape({1, false});
-        const std::uint32_t used = send(m, readable(r), 4, out);
-        (void)used;  // the guest may have scribbled over the ring: the answer may be lost
+        // The guest may have scribbled over the ring: the answer may be lost, but send() still
+        // checks the used length against the writable space.
+        (void)send(m, attach_request(1, 0).readable, 4, out);
     }
     return 0;
 }

@@ -4,9 +4,13 @@
 /// How iopt names page-table-sharing formats (PROBE_TABLE entries), shared by the modes that
 /// print them (`iopt probe`, `iopt virtio`).
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <iopgtable/sharing/descriptors.hpp>
+
+#include "hex.hpp"
 
 namespace iopt {
 
@@ -38,6 +42,20 @@ inline std::string variant_name(std::uint32_t model, std::uint32_t variant) {
         return "x86 variant " + std::to_string(variant);
     }
     return "model " + std::to_string(model);
+}
+
+/// A 64-byte config blob from up to 128 hex digits (wire order, `0x` optional); shorter input
+/// is zero-padded.
+inline std::optional<iopgtable::sharing::blob> parse_blob(std::string_view hex) {
+    if (hex.size() > 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) hex.remove_prefix(2);
+    if (hex.size() > 128 || hex.size() % 2 != 0) return std::nullopt;
+    iopgtable::sharing::blob b{};
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+        auto v = parse_hex(hex.substr(i, 2));
+        if (!v) return std::nullopt;
+        b[i / 2] = static_cast<std::uint8_t>(*v);
+    }
+    return b;
 }
 
 } // namespace iopt

@@ -143,18 +143,6 @@ int probe_command(std::span<char* const> args) {
     return 0;
 }
 
-/// Parses up to 64 bytes of hex (wire order); shorter input is zero-padded.
-std::optional<sharing::blob> parse_blob(std::string_view hex) {
-    if (hex.size() > 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) hex.remove_prefix(2);
-    if (hex.size() > 128 || hex.size() % 2 != 0) return std::nullopt;
-    sharing::blob b{};
-    for (std::size_t i = 0; i < hex.size(); i += 2) {
-        auto v = parse_hex(hex.substr(i, 2));
-        if (!v) return std::nullopt;
-        b[i / 2] = static_cast<std::uint8_t>(*v);
-    }
-    return b;
-}
 
 int attach_command(std::span<char* const> args) {
     auto parsed = parse_options(args);

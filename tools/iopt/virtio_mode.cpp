@@ -331,18 +331,6 @@ std::optional<iopgtable::prot> parse_guest_prot(std::string_view w) {
     return iopgtable::prot_from_bits(static_cast<std::uint32_t>(*v));
 }
 
-/// Up to 64 bytes of hex (wire order, `0x` optional); shorter input is zero-padded.
-std::optional<sharing::blob> parse_config_blob(std::string_view hex) {
-    if (hex.size() > 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) hex.remove_prefix(2);
-    if (hex.size() > 128 || hex.size() % 2 != 0) return std::nullopt;
-    sharing::blob b{};
-    for (std::size_t i = 0; i < hex.size(); i += 2) {
-        auto v = parse_hex(hex.substr(i, 2));
-        if (!v) return std::nullopt;
-        b[i / 2] = static_cast<std::uint8_t>(*v);
-    }
-    return b;
-}
 
 /// Bytes in hex (`-`: none), at most `max` of them.
 std::optional<std::vector<std::uint8_t>> parse_bytes(std::string_view hex, std::size_t max) {
@@ -431,7 +419,7 @@ public:
             r.flags = args.size() > 4 ? a.hex32(4, "FLAGS") : 0u;
             r.nr_contexts = args.size() > 5 ? a.hex32(5, "NR_CONTEXTS") : 0u;
             if (a.why) return a.why;
-            auto blob = parse_config_blob(args[3]);
+            auto blob = parse_blob(args[3]);
             if (!blob) return "CONFIGHEX must be an even number of hex digits, at most 128, got '" + std::string(args[3]) + "'";
             std::copy(blob->begin(), blob->end(), r.config);
             send(vio::attach_table_request(r));
