@@ -157,9 +157,10 @@ public:
             auto r = split_ends(va, last);
             if (!r) return failure(r.error());
         }
-        if (mode == unmap_mode::exact && owned_) {
+        if (mode == unmap_mode::exact && owned_ && !checks_writes) {
             // Only a leaf holding one of the range's ends can be cut, so two walks decide.
-            // A borrowed table may hide a bad table address anywhere: it gets the full plan.
+            // A borrowed table may hide a bad table address anywhere, and a memory that checks
+            // writes may refuse a store anywhere: they get the full plan.
             const auto first = lookup(input_address{va});
             if (first.status == walk_status::bad_table) return failure(errc::fault);
             if (first.status == walk_status::mapped && first.input_base < va) return failure(errc::partial);
@@ -227,7 +228,7 @@ public:
             std::uint64_t reported_end = 0;
             bool any = false;
             return visit(iova, input_address{last}, [&](const leaf_entry<F>& e) {
-                word* p = mem_->template entry<word>(e.entry_address);
+                word* p = writable_entry<word>(*mem_, e.entry_address);
                 if (p == nullptr) return true;
                 word raw = load_entry(p);
                 if (!F::leaf_dirty(cfg_, e.level, raw)) return true;
@@ -258,7 +259,7 @@ public:
             const std::uint64_t copies = lg2_to_size(w.size_lg2) / item;
             const std::uint64_t first = w.entry_address.value - ((iova.value & low_mask(w.size_lg2)) / item) * sizeof(word);
             for (std::uint64_t i = 0; i < copies; ++i) {
-                word* p = mem_->template entry<word>(pa_t{first + i * sizeof(word)});
+                word* p = writable_entry<word>(*mem_, pa_t{first + i * sizeof(word)});
                 if (p == nullptr) return failure(errc::fault);
                 store_entry(p, F::leaf_set_dirty(cfg_, w.level, load_entry(p)));
             }
@@ -311,8 +312,21 @@ private:
     }
     std::uint64_t top_mask() const noexcept { return low_mask(geo_.top_index_lg2); }
     bool in_ias(std::uint64_t a) const noexcept { return geo_.ias >= 64 || (a >> geo_.ias) == 0; }
+    /// The entry at `idx` of `table`, for reading (nullptr: not backed).
     word* slot(std::uint64_t table, std::uint64_t idx) const noexcept {
         return mem_->template entry<word>(pa_t{table + idx * sizeof(word)});
+    }
+    /// The entry for a store (nullptr: not backed, or the memory does not let it be written).
+    word* wslot(std::uint64_t table, std::uint64_t idx) const noexcept {
+        return writable_entry<word>(*mem_, pa_t{table + idx * sizeof(word)});
+    }
+    /// Memories whose pages may be readable but not writable: plans check every entry they
+    /// will store to, so that the change cannot stop half-way.
+    static constexpr bool checks_writes = has_write_access<M, word>;
+    /// The entry as a plan sees one it will store to.
+    word* plan_slot(std::uint64_t table, std::uint64_t idx) const noexcept {
+        if constexpr (checks_writes) return wslot(table, idx);
+        else return slot(table, idx);
     }
     void count_tables(std::int64_t delta_bytes) noexcept {
         std::atomic_ref<std::uint64_t>(table_bytes_).fetch_add(static_cast<std::uint64_t>(delta_bytes),
@@ -411,15 +425,23 @@ private:
         return std::min(mask - idx + 1, full_items<item>(pos, last));
     }
 
-    /// True when the n words from idx are contiguous in memory and all zero.
+    /// True when the n entries from idx are all zero and backed (writable too when the memory
+    /// checks writes). Entries are read one run at a time as the memory defines its pages
+    /// (`entry_run`): a table spanning several pages is never read past the page it starts in.
     bool all_zero(std::uint64_t table, std::uint64_t idx, std::uint64_t n) const noexcept {
-        word* first = slot(table, idx);
-        if (first == nullptr || slot(table, idx + n - 1) != first + (n - 1)) return false;
-        word any = 0;
-        // Acquire per word (a plain load on x86 and cheap elsewhere), so ThreadSanitizer sees
-        // the same ordering load_entry gives.
-        for (std::uint64_t i = 0; i < n; ++i) any |= std::atomic_ref<word>(first[i]).load(std::memory_order_acquire);
-        return any == 0;
+        for (std::uint64_t done = 0; done < n;) {
+            const entry_span<word> run =
+                entry_run<word>(*mem_, pa_t{table + (idx + done) * sizeof(word)}, n - done, checks_writes);
+            if (run.count == 0) return false;
+            word any = 0;
+            // Acquire per word (a plain load on x86 and cheap elsewhere), so ThreadSanitizer
+            // sees the same ordering load_entry gives.
+            for (std::uint64_t i = 0; i < run.count; ++i)
+                any |= std::atomic_ref<word>(run.first[i]).load(std::memory_order_acquire);
+            if (any != 0) return false;
+            done += run.count;
+        }
+        return true;
     }
 
     /// Leaf size to use at [pos, last] on level L, or 0 when the walk must descend.
@@ -475,7 +497,7 @@ private:
                     span = run << item;
                 }
                 for (std::uint64_t i = 0; i < n; ++i) {
-                    word* e = slot(table, idx + i);
+                    word* e = plan_slot(table, idx + i);
                     if (e == nullptr) return failure(errc::fault);
                     const word raw = load_entry(e);
                     switch (F::classify(cfg_, L, raw)) {
@@ -508,6 +530,8 @@ private:
                             return r;
                         break;
                     case entry_kind::empty:
+                        if constexpr (checks_writes)
+                            if (wslot(table, idx) == nullptr) return failure(errc::fault);
                         ++need[L - 1];
                         count_fresh<L - 1>(pos, step_last, delta, sizes, need);
                         break;
@@ -539,7 +563,14 @@ private:
                                static_cast<word>(leaf + (static_cast<word>(run - 1) << item));
                 }
                 for (std::uint64_t i = 0; i < n; ++i) {
-                    word* e = slot(table, idx + i);
+                    word* e = wslot(table, idx + i);
+                    if (e == nullptr) {
+                        // The plan saw every entry backed: only a memory that changed since (a
+                        // stage 2 edited under a guest's table) gets here. Undo this step.
+                        for (std::uint64_t j = 0; j < i; ++j)
+                            if (word* w = wslot(table, idx + j)) store_entry(w, word{0});
+                        return failure(errc::fault);
+                    }
                     if constexpr (L > 0) {
                         const word old = load_entry(e);
                         if (F::classify(cfg_, L, old) == entry_kind::table) {  // empty (plan_map checked)
@@ -560,13 +591,16 @@ private:
                 } else {
                     step_last = std::min(last, pos | low_mask(item));
                     word* e = slot(table, idx);
+                    if (e == nullptr) return failure(errc::fault);  // changed since the plan
                     word raw = load_entry(e);
                     if (F::classify(cfg_, L, raw) == entry_kind::empty) {
                         auto& spare = pool.free[L - 1];
                         if (spare.empty()) return failure(errc::nomem);  // plan and apply disagree: contract broken
+                        word* w = wslot(table, idx);
+                        if (w == nullptr) return failure(errc::fault);  // changed since the plan
                         const std::uint64_t t = spare.back();
                         spare.pop_back();
-                        const word seen = cas_entry(e, raw, F::make_table(cfg_, L, t));
+                        const word seen = cas_entry(w, raw, F::make_table(cfg_, L, t));
                         if (seen == raw) {
                             raw = F::make_table(cfg_, L, t);
                         } else {
@@ -605,6 +639,11 @@ private:
                 const std::uint64_t base = pos & ~low_mask(lg2);
                 const std::uint64_t leaf_last = base + low_mask(lg2);
                 if (base < va || leaf_last > last) return failure(errc::partial);
+                if constexpr (checks_writes) {  // every copy of the leaf is cleared
+                    const std::uint64_t first_idx = ((pos >> item) & mask) - ((pos - base) >> item);
+                    for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i)
+                        if (wslot(table, first_idx + i) == nullptr) return failure(errc::fault);
+                }
                 step_last = leaf_last;
                 break;
             }
@@ -613,6 +652,8 @@ private:
                     return failure(errc::fault);
                 } else {
                     const bool whole = (pos & low_mask(item)) == 0 && step_last == (pos | low_mask(item));
+                    if constexpr (checks_writes)
+                        if (whole && wslot(table, (pos >> item) & mask) == nullptr) return failure(errc::fault);
                     if (!whole) {
                         if (auto r = plan_unmap<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1),
                                                        pos, step_last);
@@ -644,7 +685,7 @@ private:
                 if constexpr (L == 0 && F::leaf_sizes(0) == lg2_to_size(item)) {
                     const std::uint64_t n = std::min(mask - idx + 1, full_items<item>(pos, last));
                     for (std::uint64_t i = 0; i < n; ++i) {
-                        word* c = slot(table, idx + i);
+                        word* c = wslot(table, idx + i);
                         if (c == nullptr || F::classify(cfg_, L, load_entry(c)) != entry_kind::leaf) continue;
                         store_entry(c, word{0});
                         if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, pos + (i << item), lg2_to_size(item));
@@ -658,7 +699,7 @@ private:
                 const std::uint64_t n = lg2_to_size(lg2 - item);
                 const std::uint64_t first_idx = idx - ((pos - base) >> item);
                 for (std::uint64_t i = 0; i < n; ++i)
-                    if (word* c = slot(table, first_idx + i)) store_entry(c, word{0});
+                    if (word* c = wslot(table, first_idx + i)) store_entry(c, word{0});
                 if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(lg2));
                 bytes += lg2_to_size(lg2);
                 step_last = base + low_mask(lg2);
@@ -668,8 +709,9 @@ private:
                 if constexpr (L > 0) {
                     const std::uint64_t child = F::table_address(cfg_, L, raw);
                     const bool whole = (pos & low_mask(item)) == 0 && step_last == (pos | low_mask(item));
-                    if (whole) {
-                        store_entry(e, word{0});
+                    word* w = whole ? wslot(table, idx) : nullptr;
+                    if (w != nullptr) {
+                        store_entry(w, word{0});
                         bytes += subtree_leaf_bytes<L - 1>(child, pos);
                         if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos, lg2_to_size(item));
                         free_subtree<L - 1>(child);
@@ -765,8 +807,9 @@ private:
                 if constexpr (L > 0) {
                     const std::uint64_t child = F::table_address(cfg_, L, raw);
                     const std::uint64_t child_base = base + (i << item);
-                    if (reclaim_level<L - 1>(child, detail::index_mask<F>(L - 1), child_base)) {
-                        store_entry(e, word{0});
+                    word* w = wslot(table, i);
+                    if (w != nullptr && reclaim_level<L - 1>(child, detail::index_mask<F>(L - 1), child_base)) {
+                        store_entry(w, word{0});
                         if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, child_base, lg2_to_size(item));
                         free_table(L - 1, child);
                     } else {
@@ -784,9 +827,10 @@ private:
     /// Makes `boundary` a leaf edge (for both range ends), allocating every table first.
     result<void> split_ends(std::uint64_t va, std::uint64_t last) {
         need_counts need{}, end_need{};
-        split_at(va, nullptr, need);
+        if (auto r = split_at(va, nullptr, need); !r) return r;
         const bool has_end = last + 1 != 0 && in_ias(last + 1);
-        if (has_end) split_at(last + 1, nullptr, end_need);
+        if (has_end)
+            if (auto r = split_at(last + 1, nullptr, end_need); !r) return r;
         // Both dry runs see the unsplit table: a leaf holding both ends becomes one table (at
         // level l, from the level-l+1 slot both ends share), not two. Count it once, or a
         // split that fits in memory fails with nomem.
@@ -797,10 +841,12 @@ private:
         }
         table_pool pool;
         if (auto r = fill_pool(need, pool); !r) return r;
-        split_at(va, &pool, need);
-        if (has_end) split_at(last + 1, &pool, need);
+        // Every split keeps the translation as it was, so a store refused half-way (a memory
+        // changed since the dry run) leaves the same mappings, in other leaf sizes.
+        auto r = split_at(va, &pool, need);
+        if (r && has_end) r = split_at(last + 1, &pool, need);
         drain_pool(pool);
-        return success();
+        return r;
     }
 
     /// Largest leaf size below `lg2` that level L can hold, or L's item size.
@@ -812,23 +858,25 @@ private:
     }
 
     /// Walks to the leaf holding `boundary` and splits it until `boundary` is a leaf edge.
-    /// With `pool` null, only counts the tables needed into `need` (nothing is written).
-    void split_at(std::uint64_t boundary, table_pool* pool, need_counts& need) {
-        at_top([&]<unsigned L>(level_c<L>) { split_level<L>(root_.value, top_mask(), boundary, pool, need, prot::none, false); });
+    /// With `pool` null, only counts the tables needed into `need` and checks that every entry
+    /// the split stores to can be written (nothing is written). Errors: fault.
+    result<void> split_at(std::uint64_t boundary, table_pool* pool, need_counts& need) {
+        return at_top([&]<unsigned L>(level_c<L>) {
+            return split_level<L>(root_.value, top_mask(), boundary, pool, need, prot::none, false);
+        });
     }
 
     /// `sim`: a dry run below a leaf being split (nothing in memory describes it yet); `sim_prot`
     /// is that leaf's permissions.
     template <unsigned L>
-    void split_level(std::uint64_t table, std::uint64_t mask, std::uint64_t b, table_pool* pool, need_counts& need,
-                     prot sim_prot, bool sim) {
+    result<void> split_level(std::uint64_t table, std::uint64_t mask, std::uint64_t b, table_pool* pool,
+                             need_counts& need, prot sim_prot, bool sim) {
         constexpr unsigned item = F::item_lg2(L);
         const std::uint64_t idx = (b >> item) & mask;
+        const bool dry = pool == nullptr || sim;  // count and check only
         unsigned lg2;
         prot perm;
         std::uint64_t oa = 0;
-        word raw{};
-        word* e = nullptr;
         if (sim) {
             // A table the split above fills afresh (count_fresh counted its tables): the entry
             // holding b is a leaf of the largest size usable here, or a table of the level below.
@@ -836,61 +884,69 @@ private:
             const std::uint64_t span_base = b & ~low_mask(span_lg2);
             lg2 = leaf_choice<L>(span_base, span_base | low_mask(span_lg2), 0, geo_.pgsize_bitmap);
             if (lg2 == 0) {
-                if constexpr (L > 0) split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, sim_prot, true);
-                return;
+                if constexpr (L > 0) return split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, sim_prot, true);
+                return success();
             }
             perm = sim_prot;
         } else {
-            e = slot(table, idx);
-            if (e == nullptr) return;
-            raw = load_entry(e);
+            const word* e = slot(table, idx);
+            if (e == nullptr) return failure(errc::fault);
+            const word raw = load_entry(e);
             const entry_kind k = F::classify(cfg_, L, raw);
-            if (k == entry_kind::empty) return;
+            if (k == entry_kind::empty) return success();
             if (k == entry_kind::table) {
                 if constexpr (L > 0)
-                    split_level<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), b, pool, need,
-                                       prot::none, false);
-                return;
+                    return split_level<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), b, pool,
+                                              need, prot::none, false);
+                return failure(errc::fault);
             }
             lg2 = F::leaf_lg2(cfg_, L, raw);
             perm = F::leaf_prot(cfg_, L, raw);
             oa = F::leaf_address(cfg_, L, raw);
         }
-        if ((b & low_mask(lg2)) == 0) return;  // already an edge
+        if ((b & low_mask(lg2)) == 0) return success();  // already an edge
         // A replicated leaf first becomes smaller leaves on the same level.
         while (lg2 > item && (b & low_mask(lg2)) != 0) {
             const unsigned to = smaller_leaf<L>(lg2);
-            if (pool != nullptr && !sim) {
+            if (!sim) {
                 const std::uint64_t base_va = b & ~low_mask(lg2);
                 const std::uint64_t first_idx = (base_va >> item) & mask;
                 for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i) {
-                    const std::uint64_t sub = (i << item) & ~low_mask(to);
-                    store_entry(slot(table, first_idx + i), F::make_leaf(cfg_, L, to, oa + sub, perm));
+                    word* w = wslot(table, first_idx + i);
+                    if (w == nullptr) return failure(errc::fault);
+                    if (!dry) store_entry(w, F::make_leaf(cfg_, L, to, oa + ((i << item) & ~low_mask(to)), perm));
                 }
                 oa += (b & low_mask(lg2)) & ~low_mask(to);
             }
             lg2 = to;
         }
-        if ((b & low_mask(lg2)) == 0) return;
+        if ((b & low_mask(lg2)) == 0) return success();
         // A single-entry leaf becomes a table holding the same translation in the largest pages
         // the table's sizes allow (with tables below it where this level has no usable size).
         if constexpr (L > 0) {
             const std::uint64_t base_va = b & ~low_mask(item);
-            if (pool == nullptr || sim) {
+            word* w = sim ? nullptr : wslot(table, idx);
+            if (!sim && w == nullptr) return failure(errc::fault);
+            if (dry) {
                 ++need[L - 1];
                 count_fresh<L - 1>(base_va, base_va | low_mask(item), 0, geo_.pgsize_bitmap, need);
-                split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, perm, true);
-                return;
+                return split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, perm, true);
             }
             auto& spare = pool->free[L - 1];
+            if (spare.empty()) return failure(errc::nomem);  // dry run and split disagree: contract broken
             const std::uint64_t t = spare.back();
             spare.pop_back();
             std::uint64_t done = base_va;
-            (void)apply_map<L - 1>(t, detail::index_mask<F>(L - 1), base_va, base_va | low_mask(item), oa - base_va,
-                                   geo_.pgsize_bitmap, perm, *pool, done);
-            store_entry(e, F::make_table(cfg_, L, t));
-            split_level<L - 1>(t, detail::index_mask<F>(L - 1), b, pool, need, prot::none, false);
+            if (auto r = apply_map<L - 1>(t, detail::index_mask<F>(L - 1), base_va, base_va | low_mask(item),
+                                          oa - base_va, geo_.pgsize_bitmap, perm, *pool, done);
+                !r) {
+                free_subtree<L - 1>(t);
+                return r;
+            }
+            store_entry(w, F::make_table(cfg_, L, t));
+            return split_level<L - 1>(t, detail::index_mask<F>(L - 1), b, pool, need, prot::none, false);
         }
+        return success();
     }
 
     // ---------------------------------------------------------------- teardown
@@ -910,7 +966,7 @@ private:
                     if (e == nullptr) continue;
                     const word raw = load_entry(e);
                     if (F::classify(cfg_, L, raw) == entry_kind::table) {
-                        store_entry(e, word{0});
+                        if (word* w = wslot(root_.value, i)) store_entry(w, word{0});
                         free_subtree<L - 1>(F::table_address(cfg_, L, raw));
                     }
                 }

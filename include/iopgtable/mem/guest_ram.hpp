@@ -88,6 +88,14 @@ public:
         if (pa.value % sizeof(W) != 0 || !contains(pa, sizeof(W))) return nullptr;
         return reinterpret_cast<W*>(host(pa.value));
     }
+    /// The words from `pa` on, at most `n`, that lie inside RAM (RAM is one buffer): one
+    /// bounds check for a run instead of one per word.
+    template <class W>
+    entry_span<W> entries(pa_t pa, std::uint64_t n, bool /*write*/) noexcept {
+        if (pa.value % sizeof(W) != 0 || !contains(pa, sizeof(W))) return {};
+        const std::uint64_t room = (size_ - (pa.value - base_)) / sizeof(W);
+        return {reinterpret_cast<W*>(host(pa.value)), n < room ? n : room};
+    }
     /// True when [pa, pa + len) lies inside RAM.
     bool contains(pa_t pa, std::uint64_t len) const noexcept {
         return pa.value >= base_ && len <= size_ && pa.value - base_ <= size_ - len;

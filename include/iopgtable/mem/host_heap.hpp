@@ -50,6 +50,12 @@ public:
     W* entry(pa_t pa) noexcept {
         return reinterpret_cast<W*>(static_cast<std::uintptr_t>(pa.value));
     }
+    /// A table is one allocation: a run inside it is contiguous (the engine never asks beyond
+    /// a table).
+    template <class W>
+    entry_span<W> entries(pa_t pa, std::uint64_t n, bool /*write*/) noexcept {
+        return {entry<W>(pa), n};
+    }
     /// Table bytes currently allocated (tables under 64 bytes count as 64).
     std::uint64_t bytes_in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
 

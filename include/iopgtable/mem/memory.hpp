@@ -36,6 +36,52 @@ concept table_memory = table_reader<M> && requires(M& m, pa_t a, std::uint64_t b
     { m.free_table(a, bytes) } noexcept;
 };
 
+/// Consecutive entries that lie in one piece of host memory: `first[0 .. count)` may be read
+/// (or, from `entry_run(..., true)`, written) by pointer. count 0: the first entry is not backed.
+template <class W>
+struct entry_span {
+    W* first = nullptr;
+    std::uint64_t count = 0;
+};
+
+/// Optional members a table memory may add (the engine reaches memory only through the helpers
+/// below, which fall back to `entry` when a member is missing):
+/// - `entries<W>(pa, n, write)` → entry_span<W>: the words from `pa` on, at most `n`, that are
+///   contiguous in host memory *as the memory defines its pages* (all of a host-heap table, all
+///   of guest RAM, one stage-2 leaf of a guest's memory seen through stage 2). A table's entries
+///   are never assumed contiguous beyond what this returns: a table that spans several pages
+///   may have them scattered, missing or read-only.
+/// - `writable_entry<W>(pa)`: the word for a store, for memories whose pages may be readable
+///   but not writable (a guest's tables through stage 2); nullptr when it may not be written.
+template <class M, class W>
+concept has_entry_runs = requires(M& m, pa_t a, std::uint64_t n) {
+    { m.template entries<W>(a, n, true) } noexcept -> std::same_as<entry_span<W>>;
+};
+template <class M, class W>
+concept has_write_access = requires(M& m, pa_t a) {
+    { m.template writable_entry<W>(a) } noexcept -> std::same_as<W*>;
+};
+
+/// The word at `pa` for a store (see has_write_access), or nullptr.
+template <class W, class M>
+inline W* writable_entry(M& m, pa_t pa) noexcept {
+    if constexpr (has_write_access<M, W>) return m.template writable_entry<W>(pa);
+    else return m.template entry<W>(pa);
+}
+
+/// The run of at most `n` (≥ 1) contiguous words from `pa` (see has_entry_runs); a memory
+/// without `entries` gives runs of one word.
+template <class W, class M>
+inline entry_span<W> entry_run(M& m, pa_t pa, std::uint64_t n, bool write) noexcept {
+    if constexpr (has_entry_runs<M, W>) {
+        return m.template entries<W>(pa, n, write);
+    } else {
+        (void)n;
+        W* p = write ? writable_entry<W>(m, pa) : m.template entry<W>(pa);
+        return {p, p != nullptr ? 1u : 0u};
+    }
+}
+
 /// Load an entry. Acquire: a table pointer read here makes the pointed-to table's
 /// initialisation (zero fill, entries written before it was installed) visible.
 template <class W>

@@ -80,28 +80,28 @@ public:
     /// the host-physical address. Not thread-safe: the view counts and records.
     template <class W>
     W* entry(pa_t ipa) noexcept {
-        if (fetches_ >= set_.fetch_budget) {
-            exhausted_ = true;
-            return refuse<W>();
-        }
-        ++fetches_;
-        if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
-        if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
-        ++trace_count_;
-        std::uint64_t end = 0;
-        const auto pa = resolve(ipa.value, end);
-        if (!pa) return refuse<W>();
-        W* p = s2_.mem->template entry<W>(pa_t{*pa});
-        if (p == nullptr) {
-            fault_ = fetch_fault{2, fault_level_, ipa.value, fault_reason::walk_abort};
-            return refuse<W>();
-        }
-        return p;
+        return fetch<W>(ipa, 1, set_.need_write).first;
+    }
+    /// The word at `ipa` for a store: as `entry`, but stage 2 must also allow writing.
+    template <class W>
+    W* writable_entry(pa_t ipa) noexcept {
+        return fetch<W>(ipa, 1, true).first;
+    }
+    /// The words from `ipa` on, at most `n`, that one stage-2 leaf maps onto contiguous host
+    /// memory (a table spanning several stage-2 pages is read one page at a time: its pages
+    /// may be scattered, missing or read-only). Each word counts as one fetch.
+    template <class W>
+    entry_span<W> entries(pa_t ipa, std::uint64_t n, bool write) noexcept {
+        return fetch<W>(ipa, n, write || set_.need_write);
     }
 
     /// The host-physical address of `ipa` for a fetch, and in `extent_end` the first IPA after
     /// the stage-2 leaf that maps it; nothing when the fetch faults (recorded in last_fault()).
     std::optional<std::uint64_t> resolve(std::uint64_t ipa, std::uint64_t& extent_end) noexcept {
+        return resolve(ipa, extent_end, set_.need_write);
+    }
+    /// As above, needing stage-2 write permission when `write`.
+    std::optional<std::uint64_t> resolve(std::uint64_t ipa, std::uint64_t& extent_end, bool write) noexcept {
         if (set_.ipa_bits < 64 && (ipa >> set_.ipa_bits) != 0) {
             fault_ = fetch_fault{1, 0, ipa, fault_reason::address_size};
             return std::nullopt;
@@ -109,7 +109,7 @@ public:
         if (set_.cache) {
             if (const auto* c = set_.cache->find(ipa)) {
                 fault_level_ = c->level;
-                if (!allowed(c->perm)) {
+                if (!allowed(c->perm, write)) {
                     fault_ = fetch_fault{2, c->level, ipa, fault_reason::permission};
                     return std::nullopt;
                 }
@@ -124,7 +124,7 @@ public:
             return std::nullopt;
         }
         fault_level_ = o.leaf.level;
-        if (!allowed(o.leaf.perm)) {
+        if (!allowed(o.leaf.perm, write)) {
             fault_ = fetch_fault{2, o.leaf.level, ipa, fault_reason::permission};
             return std::nullopt;
         }
@@ -154,18 +154,50 @@ public:
     const view_settings& settings() const noexcept { return set_; }
 
 private:
-    bool allowed(prot perm) const noexcept {
-        return has(perm, prot::read) && (!set_.need_write || has(perm, prot::write));
+    static bool allowed(prot perm, bool write) noexcept {
+        return has(perm, prot::read) && (!write || has(perm, prot::write));
+    }
+    /// One fetch of up to `n` words (see `entries`).
+    template <class W>
+    entry_span<W> fetch(pa_t ipa, std::uint64_t n, bool write) noexcept {
+        if (fetches_ >= set_.fetch_budget) {
+            exhausted_ = true;
+            return refuse<W>(write);
+        }
+        n = std::min(n, set_.fetch_budget - fetches_);
+        if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
+        ++trace_count_;
+        std::uint64_t end = 0;
+        const auto pa = resolve(ipa.value, end, write);
+        if (!pa) {
+            ++fetches_;
+            if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
+            return refuse<W>(write);
+        }
+        // Only the rest of the stage-2 leaf is contiguous in host memory (end 0: it reaches 2^64).
+        if (end != 0) n = std::min(n, (end - ipa.value) / sizeof(W));
+        if (n == 0) n = 1;
+        const entry_span<W> run = entry_run<W>(*s2_.mem, pa_t{*pa}, n, write);
+        if (run.count == 0) {
+            ++fetches_;
+            if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
+            fault_ = fetch_fault{2, fault_level_, ipa.value, fault_reason::walk_abort};
+            return refuse<W>(write);
+        }
+        fetches_ += run.count;
+        if (set_.on_fetch)
+            for (std::uint64_t i = 0; i < run.count; ++i) set_.on_fetch(set_.cookie, ipa.value + i * sizeof(W));
+        return run;
     }
     template <class W>
-    W* refuse() noexcept {
-        if (!set_.unreadable_as_empty) return nullptr;
+    entry_span<W> refuse(bool write) noexcept {
+        if (!set_.unreadable_as_empty || write) return {};
         if constexpr (sizeof(W) == sizeof(zero64_)) {
             zero64_ = 0;
-            return reinterpret_cast<W*>(&zero64_);
+            return {reinterpret_cast<W*>(&zero64_), 1};
         } else {
             zero32_ = 0;
-            return reinterpret_cast<W*>(&zero32_);
+            return {reinterpret_cast<W*>(&zero32_), 1};
         }
     }
 
@@ -184,7 +216,8 @@ private:
 
 /// Table memory for a guest's own stage-1 tables: tables come from a window of IPAs
 /// [window, window + size) that the guest reserves for them; reads and writes go through stage
-/// 2 and need stage-2 read and write permission. A table that cannot be zero-filled because
+/// 2: a read needs stage-2 read permission, a store (`writable_entry`, which the engine uses for
+/// every store) read and write permission. A table that cannot be zero-filled because
 /// stage 2 does not map (or allow writing) part of it is not handed out: errc::fault.
 /// allocate_table and free_table are thread-safe; entry() is not (one guest CPU at a time).
 template <page_table_format S2, table_reader HM>
@@ -194,7 +227,7 @@ public:
     /// translations of table IPAs, and must be invalidated (invalidate_stage2) after stage-2 changes.
     guest_table_memory(const stage_table<S2, HM>& s2, ipa_t window, std::uint64_t window_size,
                        walk_cache* cache = nullptr) noexcept
-        : view_(s2, view_settings{64, true, false, cache, nullptr, nullptr}), cache_(cache), window_(window.value),
+        : view_(s2, view_settings{64, false, false, cache, nullptr, nullptr}), cache_(cache), window_(window.value),
           window_end_(window.value + window_size < window.value ? ~std::uint64_t{0} : window.value + window_size),
           next_(window.value) {}
     guest_table_memory(const guest_table_memory&) = delete;
@@ -243,10 +276,21 @@ public:
         in_use_ -= alloc;
     }
 
-    /// The word at guest-physical `ipa` through stage 2 (see stage2_view::entry).
+    /// The word at guest-physical `ipa` through stage 2 (see stage2_view::entry): reading needs
+    /// stage-2 read permission only.
     template <class W>
     W* entry(pa_t ipa) noexcept {
         return view_.template entry<W>(ipa);
+    }
+    /// The word at `ipa` for a store: stage 2 must allow reading and writing it.
+    template <class W>
+    W* writable_entry(pa_t ipa) noexcept {
+        return view_.template writable_entry<W>(ipa);
+    }
+    /// Runs of words inside one stage-2 leaf (see stage2_view::entries).
+    template <class W>
+    entry_span<W> entries(pa_t ipa, std::uint64_t n, bool write) noexcept {
+        return view_.template entries<W>(ipa, n, write);
     }
 
     /// The host changed stage 2 over [ipa, ipa + size): forget cached translations there.
@@ -267,7 +311,7 @@ private:
         const std::uint64_t end = at + bytes;
         for (std::uint64_t pos = at; pos < end;) {
             std::uint64_t extent_end = 0;
-            const auto pa = view_.resolve(pos, extent_end);
+            const auto pa = view_.resolve(pos, extent_end, true);
             if (!pa) return false;
             const std::uint64_t stop = std::min(end, extent_end);
             for (std::uint64_t off = 0; off < stop - pos; off += sizeof(std::uint64_t)) {

@@ -62,6 +62,14 @@ public:
         return host_->template entry<W>(pa_t{hpa_ + (gpa.value - gpa_)});
     }
 
+    /// The words from `gpa` on, at most `n`, inside the slot (one bounds check for a run).
+    template <class W>
+    entry_span<W> entries(pa_t gpa, std::uint64_t n, bool /*write*/) noexcept {
+        if (gpa.value % sizeof(W) != 0 || !contains(gpa, sizeof(W))) return {};
+        const std::uint64_t room = (size_ - (gpa.value - gpa_)) / sizeof(W);
+        return host_->template entries<W>(pa_t{hpa_ + (gpa.value - gpa_)}, n < room ? n : room, false);
+    }
+
 private:
     guest_ram* host_;
     std::uint64_t gpa_, hpa_, size_;
