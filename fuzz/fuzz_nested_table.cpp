@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: MIT
+/// @file fuzz_nested_table.cpp
+/// libFuzzer target `fuzz_nested_table`: a guest's stage-1 table written through a stage 2
+/// that the input reshapes under it. Stage-1 tables come from an IPA window that stage 2 maps
+/// with its smallest pages; with a stage-1 granule larger than stage 2's, one stage-1 table
+/// spans several stage-2 pages. Operations decoded from the input (a small grammar, so most
+/// inputs are well-formed):
+///   map / unmap (exact or split) / reclaim on the guest's `page_table<S1, guest_table_memory>`,
+///   lookups and nested translations,
+///   stage-2 changes to one window page: taken away (a hole), read-only, aliased onto another
+///   window page's host memory, moved to spare host memory, given back.
+/// Pairs: every Arm stage-1 granule over every Arm stage-2 granule, and VT-d first stage over
+/// second stage.
+///
+/// Invariants checked:
+/// - nothing crashes or reads outside host memory (one buffer: ASan sees stray accesses), and no
+///   walk loops (a lookup reads at most `levels` entries);
+/// - a failed map or unmap changes nothing: every address the run has touched looks up as before;
+/// - while stage 2 still maps the window as at the start (no page ever changed), every map and
+///   unmap gives the same answer as a host-heap table given the same operations, and every
+///   touched address translates the same.
+#include <array>
+#include <cinttypes>
+#include <cstdlib>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include <iopgtable/engine/page_table.hpp>
+#include <iopgtable/formats/arm_lpae.hpp>
+#include <iopgtable/formats/vtd_fl.hpp>
+#include <iopgtable/formats/vtd_sl.hpp>
+#include <iopgtable/mem/guest_ram.hpp>
+#include <iopgtable/mem/host_heap.hpp>
+#include <iopgtable/nested/stage.hpp>
+#include <iopgtable/nested/stage2_view.hpp>
+#include <iopgtable/nested/translator.hpp>
+
+#include "fuzz_support.hpp"
+
+namespace iopgtable::fuzz {
+namespace {
+
+template <class S1, class S2>
+struct pair_of {
+    using stage1 = S1;
+    using stage2 = S2;
+};
+using pairs = std::tuple<
+    pair_of<arm_lpae_s1_4k, arm_lpae_s2_4k>, pair_of<arm_lpae_s1_4k, arm_lpae_s2_16k>,
+    pair_of<arm_lpae_s1_4k, arm_lpae_s2_64k>, pair_of<arm_lpae_s1_16k, arm_lpae_s2_4k>,
+    pair_of<arm_lpae_s1_16k, arm_lpae_s2_16k>, pair_of<arm_lpae_s1_16k, arm_lpae_s2_64k>,
+    pair_of<arm_lpae_s1_64k, arm_lpae_s2_4k>, pair_of<arm_lpae_s1_64k, arm_lpae_s2_16k>,
+    pair_of<arm_lpae_s1_64k, arm_lpae_s2_64k>, pair_of<vtd_fl, vtd_sl>>;
+
+template <std::size_t I = 0, class Fn>
+void with_pair(std::size_t index, Fn&& fn) {
+    if constexpr (I < std::tuple_size_v<pairs>) {
+        if (index % std::tuple_size_v<pairs> == I) fn(std::tuple_element_t<I, pairs>{});
+        else with_pair<I + 1>(index, fn);
+    }
+}
+
+// Host-physical layout (guest_ram standing for host memory): stage-2 tables, then the pages
+// behind the guest's table window, then spare pages.
+constexpr std::uint64_t host_base = 0x100000000;
+constexpr std::uint64_t s2_pool = 0x100000;
+constexpr std::uint64_t window_ipa = 0x40000000;
+constexpr std::uint64_t window_size = 0x80000;  // eight 64K tables
+constexpr std::uint64_t window_hpa = host_base + s2_pool;
+constexpr std::uint64_t spare_hpa = window_hpa + window_size;
+constexpr std::uint64_t spare_size = 0x40000;
+constexpr unsigned max_ops = 48;
+constexpr unsigned max_probes = 96;
+
+template <class S1, class S2>
+class nested_run {
+public:
+    using s2_table = page_table<S2, guest_ram>;
+    using gmem_t = nested::guest_table_memory<S2, guest_ram>;
+    using s1_table = page_table<S1, gmem_t>;
+    using ref_table = page_table<S1, host_heap>;
+
+    explicit nested_run(byte_reader& in) : in_(in) { trace_ = std::getenv("IOPGTABLE_FUZZ_TRACE") != nullptr; }
+
+    void run() {
+        host_.set_table_pool(pa_t{host_base}, s2_pool);
+        const auto c2s = S2::sample_configs();
+        const auto c1s = S1::sample_configs();
+        auto c2 = c2s[in_.u8() % c2s.size()];
+        auto c1 = c1s[in_.u8() % c1s.size()];
+        auto t2 = s2_table::create(c2, host_);
+        if (!t2) return;  // a configuration whose tables do not fit this host
+        s2_.emplace(std::move(*t2));
+        page_ = s2_->min_page();
+        auto g1 = S1::make_geometry(c1);
+        FUZZ_CHECK(g1.ok(), "a sample configuration is refused: %s", S1::name);
+        geo1_ = *g1;
+        if (geo1_.oas < 64 && ((window_ipa + window_size - 1) >> geo1_.oas) != 0) return;
+        if (s2_->geo().ias < 64 && ((window_ipa + window_size - 1) >> s2_->geo().ias) != 0) return;
+        FUZZ_CHECK(s2_->map(ipa_t{window_ipa}, pa_t{window_hpa}, length_t{window_size}, rw).ok(),
+                   "stage 2 cannot map the window (%s)", S2::name);
+        gmem_.emplace(nested::stage_table<S2, guest_ram>::of(*s2_), ipa_t{window_ipa}, window_size);
+        auto t1 = s1_table::create(c1, *gmem_);
+        FUZZ_CHECK(t1.ok(), "no stage-1 root in an intact window (%s over %s)", S1::name, S2::name);
+        s1_.emplace(std::move(*t1));
+        auto r = ref_table::create(c1, heap_);
+        FUZZ_CHECK(r.ok(), "no reference table");
+        ref_.emplace(std::move(*r));
+        minp_ = geo1_.pgsize_bitmap & (~geo1_.pgsize_bitmap + 1);
+        // The input picks where in the input space its operations land: near 0, or anywhere.
+        span_lg2_ = std::min<unsigned>(geo1_.ias, 24 + in_.u8() % 16);
+
+        for (unsigned op = 0; op < max_ops && !in_.empty(); ++op) step();
+        check_all_probes("at the end");
+    }
+
+private:
+    static constexpr prot rw = prot::read | prot::write;
+
+    std::uint64_t pick_iova() {
+        const std::uint64_t v = (in_.u32() * minp_) & low_mask(span_lg2_);
+        return v;
+    }
+    std::uint64_t pick_len() {
+        switch (in_.u8() % 4) {
+        case 0: return minp_;
+        case 1: return minp_ * (1 + in_.u8());
+        case 2: return minp_ * (1 + in_.u16() % 4096);
+        default: return std::uint64_t{1} << (12 + in_.u8() % 20);
+        }
+    }
+    void probe(std::uint64_t a) {
+        if (probes_.size() < max_probes && (geo1_.ias >= 64 || (a >> geo1_.ias) == 0)) probes_.push_back(a);
+    }
+
+    struct look {
+        walk_status status;
+        std::uint64_t oa;
+        prot perm;
+        bool operator==(const look&) const = default;
+    };
+    look look_at(std::uint64_t a) {
+        const auto w = s1_->lookup(typename S1::input_address{a});
+        FUZZ_CHECK(w.accesses <= geo1_.levels, "a lookup read %u entries with %u levels", w.accesses, geo1_.levels);
+        return {w.status, w.status == walk_status::mapped ? w.oa.value : 0,
+                w.status == walk_status::mapped ? w.perm : prot::none};
+    }
+    std::vector<look> looks() {
+        std::vector<look> v;
+        v.reserve(probes_.size());
+        for (auto a : probes_) v.push_back(look_at(a));
+        return v;
+    }
+    void check_all_probes(const char* when) {
+        if (!intact_) return;
+        for (auto a : probes_) {
+            const auto got = s1_->iova_to_phys(typename S1::input_address{a});
+            const auto want = ref_->iova_to_phys(typename S1::input_address{a});
+            FUZZ_CHECK(got == want, "%s over %s %s: %#" PRIx64 " translates to %#" PRIx64 ", reference %#" PRIx64,
+                       S1::name, S2::name, when, a, got ? got->value : 0, want ? want->value : 0);
+        }
+    }
+
+    void step() {
+        const std::uint8_t kind = in_.u8();
+        switch (kind % 8) {
+        case 0:
+        case 1:
+        case 2: {  // map
+            const std::uint64_t va = pick_iova(), len = pick_len();
+            const std::uint64_t pa = (in_.u32() * minp_) & low_mask(std::min(geo1_.oas, 40u));
+            const prot p = (in_.u8() & 1) ? rw : prot::read;
+            probe(va);
+            probe(va + len - 1);
+            const auto before = looks();
+            auto a = s1_->map(typename S1::input_address{va}, pa_t{pa}, length_t{len}, p);
+            if (trace_) std::fprintf(stderr, "map %#" PRIx64 " %#" PRIx64 " %#" PRIx64 " -> %d\n", va, pa, len, a.ok() ? -1 : int(a.error()));
+            if (!a) FUZZ_CHECK(looks() == before, "a failed map changed the table (%s over %s)", S1::name, S2::name);
+            if (intact_) {
+                auto b = ref_->map(typename S1::input_address{va}, pa_t{pa}, length_t{len}, p);
+                if (!a && a.error() == errc::nomem) {
+                    intact_ = false;  // the window ran out where the heap did not
+                } else {
+                    FUZZ_CHECK(a.ok() == b.ok() && (a.ok() || a.error() == b.error()),
+                               "map %#" PRIx64 "+%#" PRIx64 ": %d, reference %d", va, len, a.ok() ? -1 : int(a.error()),
+                               b.ok() ? -1 : int(b.error()));
+                }
+            }
+            break;
+        }
+        case 3:
+        case 4: {  // unmap
+            const std::uint64_t va = pick_iova(), len = pick_len();
+            const bool split = in_.u8() & 1;
+            probe(va);
+            probe(va + len - 1);
+            const auto before = looks();
+            const auto mode = split ? unmap_mode::split : unmap_mode::exact;
+            auto a = s1_->unmap(typename S1::input_address{va}, length_t{len}, mode);
+            if (trace_) std::fprintf(stderr, "unmap %#" PRIx64 " %#" PRIx64 " %d -> %d\n", va, len, split, a.ok() ? -1 : int(a.error()));
+            // A split keeps every translation, so even a split that stops half-way looks the same.
+            if (!a) FUZZ_CHECK(looks() == before, "a failed unmap changed the table (%s over %s)", S1::name, S2::name);
+            if (intact_) {
+                auto b = ref_->unmap(typename S1::input_address{va}, length_t{len}, mode);
+                const bool mem_short = !a && a.error() == errc::nomem;
+                FUZZ_CHECK(mem_short || (a.ok() == b.ok() && (a.ok() ? a->value == b->value : a.error() == b.error())),
+                           "unmap %#" PRIx64 "+%#" PRIx64 ": %d, reference %d", va, len, a.ok() ? -1 : int(a.error()),
+                           b.ok() ? -1 : int(b.error()));
+                if (mem_short) intact_ = false;  // the window ran out where the heap did not
+            }
+            break;
+        }
+        case 5: {  // a stage-2 change to one window page
+            const std::uint64_t pages = window_size / page_;
+            const std::uint64_t i = in_.u16() % pages;
+            const std::uint64_t ipa = window_ipa + i * page_;
+            const std::uint8_t how = in_.u8() % 5;
+            (void)s2_->unmap(ipa_t{ipa}, length_t{page_});
+            switch (how) {
+            case 0: break;  // a hole
+            case 1: (void)s2_->map(ipa_t{ipa}, pa_t{window_hpa + i * page_}, length_t{page_}, prot::read); break;
+            case 2: {  // aliased onto another window page's memory
+                const std::uint64_t j = in_.u16() % pages;
+                (void)s2_->map(ipa_t{ipa}, pa_t{window_hpa + j * page_}, length_t{page_}, rw);
+                break;
+            }
+            case 3: {  // moved to spare memory (possibly shared with other moved pages)
+                const std::uint64_t k = in_.u8() % (spare_size / page_ ? spare_size / page_ : 1);
+                if (spare_size >= page_) (void)s2_->map(ipa_t{ipa}, pa_t{spare_hpa + k * page_}, length_t{page_}, rw);
+                break;
+            }
+            case 4: (void)s2_->map(ipa_t{ipa}, pa_t{window_hpa + i * page_}, length_t{page_}, rw); break;
+            }
+            if (how != 4) intact_ = false;
+            if (trace_) std::fprintf(stderr, "s2 page %#" PRIx64 " mode %u\n", ipa, how);
+            break;
+        }
+        case 6: {  // lookups and nested translations
+            const std::uint64_t va = pick_iova();
+            probe(va);
+            (void)look_at(va);
+            auto tr = nested::nested_translator<S1, S2, guest_ram>::create(s1_->cfg(), ipa_t{s1_->root().value},
+                                                                          nested::stage_table<S2, guest_ram>::of(*s2_));
+            FUZZ_CHECK(tr.ok(), "no translator");
+            (void)tr->translate(iova_t{va}, {nested::access_kind::read, false});
+            break;
+        }
+        case 7: {  // reclaim
+            (void)s1_->reclaim();
+            if (intact_) (void)ref_->reclaim();
+            check_all_probes("after reclaim");
+            break;
+        }
+        }
+    }
+
+    byte_reader& in_;
+    guest_ram host_{s2_pool + window_size + spare_size, pa_t{host_base}};
+    host_heap heap_;
+    std::optional<s2_table> s2_;
+    std::optional<gmem_t> gmem_;
+    std::optional<s1_table> s1_;
+    std::optional<ref_table> ref_;
+    geometry geo1_{};
+    std::uint64_t page_ = 0, minp_ = 0;
+    unsigned span_lg2_ = 32;
+    bool intact_ = true;
+    bool trace_ = false;
+    std::vector<std::uint64_t> probes_;
+};
+
+} // namespace
+} // namespace iopgtable::fuzz
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    using namespace iopgtable;
+    fuzz::byte_reader in(data, size);
+    fuzz::with_pair(in.u8(), [&](auto pair) {
+        using P = decltype(pair);
+        fuzz::nested_run<typename P::stage1, typename P::stage2>(in).run();
+    });
+    return 0;
+}
