@@ -263,6 +263,45 @@ TEST_CASE("virtio device: feature negotiation", "[virtio]") {
     }
 }
 
+TEST_CASE("virtio device: input_range is what a MAP domain's table maps, offered by default", "[virtio]") {
+    // Spec 5.13.6: input_range "contains the virtual address range that the IOMMU is able to
+    // translate". Linux makes it the domain's aperture and allocates IOVAs top-down below its
+    // end, so every address in it must map. The default is the domain table's input range
+    // (arm-lpae-s1 4K, IAS 48); a configured range beyond it is refused.
+    vm v;
+    CHECK((v.dev().device_features() & feature(f_input_range)) != 0);
+    const virtio::config c = v.dev().config_space();
+    CHECK(c.input_range.start.get() == 0);
+    CHECK(c.input_range.end.get() == (1ull << 48) - 1);
+    REQUIRE(v.send(attach(1, 0)) == st::ok);
+    const std::uint64_t top = c.input_range.end.get() + 1 - page;  // the last page, where Linux starts
+    CHECK(v.send(map(1, top, top + page - 1, dma)) == st::ok);
+    CHECK(v.at(0, top + 0x10) == v.hpa(dma + 0x10));
+    CHECK(v.send(map(1, top + page, top + 2 * page - 1, dma)) == st::range);  // beyond input_range
+
+    SECTION("an Intel host: VT-d first stage, 4 levels, the lower canonical half") {
+        vm<intel_host> w;
+        CHECK(w.dev().config_space().input_range.end.get() == (1ull << 47) - 1);
+    }
+    SECTION("a configured range beyond the domain table: refused by name") {
+        for (std::uint64_t end : {~std::uint64_t{0}, std::uint64_t{1} << 48}) {
+            INFO("input_end " << end);
+            machine_settings t = small();
+            t.device.input_end = end;
+            auto r = arm_machine::create(t);
+            REQUIRE_FALSE(r.ok());
+            CHECK(named{r.why().code} == st::inval);
+            CHECK(r.why().field == "input range: beyond the domain table");
+        }
+        machine_settings t = small();
+        t.device.input_start = 0x1000;
+        t.device.input_end = (1ull << 48) - 1;
+        vm w(t);
+        CHECK(w.dev().config_space().input_range.start.get() == 0x1000);
+        CHECK(w.dev().config_space().input_range.end.get() == (1ull << 48) - 1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // ATTACH / DETACH
 // ---------------------------------------------------------------------------------------------
@@ -504,16 +543,22 @@ TEST_CASE("virtio device: MAP refusals, in the documented order", "[virtio]") {
             REQUIRE(v.send(map(1, 0x100000 + 2 * i * page, 0x100fff + 2 * i * page, dma + i * page)) == st::ok);
         CHECK(v.send(map(1, 0x100000, 0x100fff, dma)) == st::inval);  // overlap first
         CHECK(v.send(map(1, 0x200000, 0x200fff, dma)) == st::nomem);
-        CHECK(v.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::nomem);
+        CHECK(v.send(map(1, 0x200000, 0x200fff, 1ull << 48)) == st::nomem);  // beyond the output size
         CHECK_FALSE(v.at(0, 0x200000));
         CHECK(v.mappings(1).size() == 4);
         REQUIRE(v.send(unmap(1, 0x100000, 0x100fff)) == st::ok);
         CHECK(v.send(map(1, 0x200000, 0x200fff, dma)) == st::ok);
     }
     SECTION("beyond the domain table's input or output size: RANGE") {
-        CHECK(v.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::range);
+        CHECK(v.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::range);  // input_range
         CHECK(v.send(map(1, 0x100000, 0x100fff, 1ull << 48)) == st::range);
         CHECK(v.mappings(1).empty());
+        machine_settings t = s;
+        t.device.features &= ~feature(f_input_range);  // the table's own check
+        vm w(t);
+        REQUIRE(w.send(attach(1, 0)) == st::ok);
+        CHECK(w.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::range);
+        CHECK(w.mappings(1).empty());
     }
 }
 

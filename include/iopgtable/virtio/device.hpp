@@ -62,14 +62,20 @@ inline constexpr reserved_region x86_msi_window{0xfee00000, 0xfeefffff, resv_mem
 
 inline constexpr std::uint64_t feature(unsigned bit) noexcept { return std::uint64_t{1} << bit; }
 
-/// What the VMM configures. Defaults: every feature this device implements, a 4 KiB granule,
-/// the whole 64-bit input range, any 32-bit domain, the x86 MSI window reserved.
+/// What the VMM configures. Defaults: every feature this device implements (INPUT_RANGE
+/// included), a 4 KiB granule, the input range the MAP domains' table
+/// can map, any 32-bit domain, the x86 MSI window reserved.
 struct device_settings {
     std::uint64_t features = feature(f_version_1) | feature(f_input_range) | feature(f_domain_range) |
                              feature(f_map_unmap) | feature(f_probe) | feature(f_mmio) | feature(f_bypass_config) |
                              feature(f_table_sharing) | feature(f_indirect_desc) | feature(f_event_idx);
     std::uint64_t page_size_mask = 0x1000;
-    std::uint64_t input_start = 0, input_end = ~std::uint64_t{0};
+    /// config.input_range, `input_end` inclusive. Spec 5.13.6: "the virtual address range that
+    /// the IOMMU is able to translate" (Linux makes it the domain aperture), so it may not go
+    /// beyond what a MAP domain's table maps: [0, 2^ias − 1] of the host's domain format.
+    /// No `input_end`: that last address (`device::settings()` then holds it).
+    std::uint64_t input_start = 0;
+    std::optional<std::uint64_t> input_end;
     std::uint32_t domain_start = 0, domain_end = ~std::uint32_t{0};
     std::uint32_t probe_size = 512;
     bool boot_bypass = false;  ///< config.bypass after a system reset (BYPASS_CONFIG)
@@ -150,19 +156,27 @@ public:
     using stage2_table = page_table<S2, guest_ram>;
 
     /// A device for the guest RAM `guest` (a slot of `host`), the VMM's `stage2` mapping it,
-    /// domains of `domain_cfg`. Refusals (INVAL): no VERSION_1 offered; a page_size_mask whose
-    /// granule is smaller than D's smallest page; input_end < input_start; domain_end <
-    /// domain_start; a probe_size that cannot hold the reserved regions or is not a multiple
-    /// of 4; no endpoint; a domain configuration D refuses.
+    /// domains of `domain_cfg`. Refusals (INVAL, the reason names the setting), in this order:
+    /// a domain configuration D refuses ("domain configuration"); no VERSION_1 offered
+    /// ("features: VERSION_1"); a page_size_mask whose granule is smaller than D's smallest
+    /// page ("page_size_mask"); input_end < input_start ("input range"); input_end beyond the
+    /// last address a MAP domain's table maps ("input range: beyond the domain table", 5.13.6:
+    /// input_range is what the IOMMU is able to translate); domain_end < domain_start ("domain
+    /// range"); no endpoint ("endpoints"); a probe_size that cannot hold the reserved regions
+    /// or is not a multiple of 4 ("probe_size"); a reserved region with last < start
+    /// ("reserved region").
     static sharing::checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
                                                    const typename D::config& domain_cfg, device_settings s = {}) {
         auto geo = D::make_geometry(domain_cfg);
         if (!geo) return sharing::refusal{status::inval, "domain configuration"};
         const std::uint64_t granule = s.page_size_mask & (~s.page_size_mask + 1);
         const std::uint64_t min_page = geo->pgsize_bitmap & (~geo->pgsize_bitmap + 1);
+        const std::uint64_t table_last = geo->ias >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << geo->ias) - 1;
+        if (!s.input_end) s.input_end = table_last;
         if ((s.features & feature(f_version_1)) == 0) return sharing::refusal{status::inval, "features: VERSION_1"};
         if (granule == 0 || granule < min_page) return sharing::refusal{status::inval, "page_size_mask"};
-        if (s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
+        if (*s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
+        if (*s.input_end > table_last) return sharing::refusal{status::inval, "input range: beyond the domain table"};
         if (s.domain_end < s.domain_start) return sharing::refusal{status::inval, "domain range"};
         if (s.endpoints == 0) return sharing::refusal{status::inval, "endpoints"};
         if (s.probe_size % 4 != 0 || s.probe_size < s.reserved.size() * sizeof(probe_resv_mem))
@@ -194,7 +208,7 @@ public:
         c.page_size_mask = set_.page_size_mask;
         if (offered(f_input_range)) {
             c.input_range.start = set_.input_start;
-            c.input_range.end = set_.input_end;
+            c.input_range.end = *set_.input_end;
         }
         if (offered(f_domain_range)) {
             c.domain_range.start = set_.domain_start;
@@ -518,9 +532,9 @@ private:
 
     /// MAP: MAP_UNMAP not negotiated UNSUPP; unknown flags (MMIO without F_MMIO) INVAL;
     /// virt_end < virt_start INVAL; virt_start, phys_start or virt_end + 1 off the granule
-    /// RANGE; outside input_range (when INPUT_RANGE is offered), or the physical end wrapping RANGE; unknown domain NOENT;
-    /// bypass or shared-table domain INVAL; overlapping a reserved region or a mapping INVAL;
-    /// caps NOMEM; beyond the table's input or output size RANGE.
+    /// RANGE; outside input_range (when INPUT_RANGE is offered), or the physical end wrapping
+    /// RANGE; unknown domain NOENT; bypass or shared-table domain INVAL; overlapping a reserved
+    /// region or a mapping INVAL; caps NOMEM; beyond the table's input or output size RANGE.
     status on_map(const req_map& r) {
         if (!negotiated(f_map_unmap)) return status::unsupp;
         const std::uint32_t flags = r.flags;
@@ -530,7 +544,7 @@ private:
         if (last < first) return status::inval;
         const std::uint64_t g = granule();
         if (((first | phys) & (g - 1)) != 0 || ((last + 1) & (g - 1)) != 0) return status::range;
-        if (offered(f_input_range) && (first < set_.input_start || last > set_.input_end)) return status::range;
+        if (offered(f_input_range) && (first < set_.input_start || last > *set_.input_end)) return status::range;
         if (phys + (last - first) < phys) return status::range;
         domain* d = find_domain(r.domain);
         if (d == nullptr) return status::noent;
