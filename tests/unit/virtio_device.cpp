@@ -263,6 +263,49 @@ TEST_CASE("virtio device: feature negotiation", "[virtio]") {
     }
 }
 
+TEST_CASE("virtio device: settings the specification says a device should not present are refused by name",
+          "[virtio]") {
+    auto refusal = [](const machine_settings& t) -> std::string {
+        auto r = arm_machine::create(t);
+        REQUIRE_FALSE(r.ok());
+        CHECK(named{r.why().code} == st::inval);
+        return std::string(r.why().field);
+    };
+    const reserved_region other_msi{0x8000000, 0x80fffff, resv_mem_t_msi};
+    const reserved_region low{0x10000000, 0x1000ffff, resv_mem_t_reserved};
+
+    SECTION("BYPASS offered with BYPASS_CONFIG (5.13.3.2: devices SHOULD NOT offer both)") {
+        machine_settings t = small();
+        t.device.features |= feature(f_bypass);
+        CHECK(refusal(t) == "features: BYPASS with BYPASS_CONFIG");
+        t.device.features &= ~feature(f_bypass_config);  // the legacy feature alone is allowed
+        CHECK(arm_machine::create(t).ok());
+    }
+    SECTION("overlapping reserved regions (5.13.6.8.1.2: SHOULD NOT present overlapping RESV_MEM)") {
+        machine_settings t = small();
+        t.device.reserved = {low, x86_msi_window, {0xfeeff000, 0xfef00fff, resv_mem_t_reserved}};
+        CHECK(refusal(t) == "reserved regions: overlap");
+        t.device.reserved = {x86_msi_window, low, low};  // the same region twice
+        CHECK(refusal(t) == "reserved regions: overlap");
+        t.device.reserved = {{0x2000, 0x2fff, resv_mem_t_reserved}, {0x1000, 0x2000, resv_mem_t_reserved}};
+        CHECK(refusal(t) == "reserved regions: overlap");  // one shared byte, given out of order
+        t.device.reserved = {{0x2000, 0x2fff, resv_mem_t_reserved}, {0x1000, 0x1fff, resv_mem_t_reserved}};
+        CHECK(arm_machine::create(t).ok());  // adjacent is not overlapping
+    }
+    SECTION("more than one MSI region (5.13.6.8.1.2: SHOULD NOT present more than one per endpoint)") {
+        machine_settings t = small();
+        t.device.reserved = {x86_msi_window, low, other_msi};
+        CHECK(refusal(t) == "reserved regions: more than one MSI");
+        t.device.reserved = {low, other_msi};
+        CHECK(arm_machine::create(t).ok());
+    }
+    SECTION("a reserved region ending before it starts") {
+        machine_settings t = small();
+        t.device.reserved = {{0x2000, 0x1fff, resv_mem_t_reserved}};
+        CHECK(refusal(t) == "reserved region");
+    }
+}
+
 TEST_CASE("virtio device: input_range is what a MAP domain's table maps, offered by default", "[virtio]") {
     // Spec 5.13.6: input_range "contains the virtual address range that the IOMMU is able to
     // translate". Linux makes it the domain's aperture and allocates IOVAs top-down below its

@@ -63,7 +63,7 @@ inline constexpr reserved_region x86_msi_window{0xfee00000, 0xfeefffff, resv_mem
 inline constexpr std::uint64_t feature(unsigned bit) noexcept { return std::uint64_t{1} << bit; }
 
 /// What the VMM configures. Defaults: every feature this device implements (INPUT_RANGE
-/// included), a 4 KiB granule, the input range the MAP domains' table
+/// included, never the legacy BYPASS), a 4 KiB granule, the input range the MAP domains' table
 /// can map, any 32-bit domain, the x86 MSI window reserved.
 struct device_settings {
     std::uint64_t features = feature(f_version_1) | feature(f_input_range) | feature(f_domain_range) |
@@ -158,13 +158,16 @@ public:
     /// A device for the guest RAM `guest` (a slot of `host`), the VMM's `stage2` mapping it,
     /// domains of `domain_cfg`. Refusals (INVAL, the reason names the setting), in this order:
     /// a domain configuration D refuses ("domain configuration"); no VERSION_1 offered
-    /// ("features: VERSION_1"); a page_size_mask whose granule is smaller than D's smallest
-    /// page ("page_size_mask"); input_end < input_start ("input range"); input_end beyond the
-    /// last address a MAP domain's table maps ("input range: beyond the domain table", 5.13.6:
-    /// input_range is what the IOMMU is able to translate); domain_end < domain_start ("domain
-    /// range"); no endpoint ("endpoints"); a probe_size that cannot hold the reserved regions
-    /// or is not a multiple of 4 ("probe_size"); a reserved region with last < start
-    /// ("reserved region").
+    /// ("features: VERSION_1"); BYPASS offered with BYPASS_CONFIG ("features: BYPASS with
+    /// BYPASS_CONFIG": devices SHOULD NOT offer both, 5.13.3.2); a page_size_mask whose granule
+    /// is smaller than D's smallest page ("page_size_mask"); input_end < input_start ("input
+    /// range"); input_end beyond the last address a MAP domain's table maps ("input range:
+    /// beyond the domain table", 5.13.6: input_range is what the IOMMU is able to translate);
+    /// domain_end < domain_start ("domain range"); no endpoint ("endpoints"); a probe_size
+    /// that cannot hold the reserved regions or is not a multiple of 4 ("probe_size"); a
+    /// reserved region with last < start ("reserved region"); two reserved regions that
+    /// overlap ("reserved regions: overlap") or more than one MSI region ("reserved regions:
+    /// more than one MSI"): the device SHOULD NOT present either (5.13.6.8.1.2).
     static sharing::checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
                                                    const typename D::config& domain_cfg, device_settings s = {}) {
         auto geo = D::make_geometry(domain_cfg);
@@ -174,6 +177,8 @@ public:
         const std::uint64_t table_last = geo->ias >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << geo->ias) - 1;
         if (!s.input_end) s.input_end = table_last;
         if ((s.features & feature(f_version_1)) == 0) return sharing::refusal{status::inval, "features: VERSION_1"};
+        if ((s.features & feature(f_bypass)) != 0 && (s.features & feature(f_bypass_config)) != 0)
+            return sharing::refusal{status::inval, "features: BYPASS with BYPASS_CONFIG"};
         if (granule == 0 || granule < min_page) return sharing::refusal{status::inval, "page_size_mask"};
         if (*s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
         if (*s.input_end > table_last) return sharing::refusal{status::inval, "input range: beyond the domain table"};
@@ -181,8 +186,7 @@ public:
         if (s.endpoints == 0) return sharing::refusal{status::inval, "endpoints"};
         if (s.probe_size % 4 != 0 || s.probe_size < s.reserved.size() * sizeof(probe_resv_mem))
             return sharing::refusal{status::inval, "probe_size"};
-        for (const auto& r : s.reserved)
-            if (r.last < r.start) return sharing::refusal{status::inval, "reserved region"};
+        if (auto why = check_reserved(s.reserved)) return sharing::refusal{status::inval, *why};
         return std::unique_ptr<device>(new device(host, guest, stage2, domain_cfg, std::move(s)));
     }
     device(const device&) = delete;
@@ -434,6 +438,22 @@ private:
         return std::all_of(b, b + N, [](std::uint8_t v) { return v == 0; });
     }
     std::uint64_t granule() const noexcept { return set_.page_size_mask & (~set_.page_size_mask + 1); }
+    /// Why `regions` cannot be presented as PROBE's RESV_MEM properties, or nothing: a region
+    /// with last < start; more than one MSI region, or two regions overlapping (the device
+    /// SHOULD NOT present either, 5.13.6.8.1.2).
+    static std::optional<std::string_view> check_reserved(const std::vector<reserved_region>& regions) {
+        std::size_t msi = 0;
+        for (const auto& r : regions) {
+            if (r.last < r.start) return "reserved region";
+            if (r.subtype == resv_mem_t_msi) ++msi;
+        }
+        if (msi > 1) return "reserved regions: more than one MSI";
+        std::vector<reserved_region> sorted = regions;
+        std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+        for (std::size_t i = 1; i < sorted.size(); ++i)
+            if (sorted[i].start <= sorted[i - 1].last) return "reserved regions: overlap";
+        return std::nullopt;
+    }
 
     // ---- framing
 
