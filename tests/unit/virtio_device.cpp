@@ -379,8 +379,17 @@ TEST_CASE("virtio device: ATTACH refusals, in the documented order", "[virtio]")
         CHECK(w.dev().domain_count() == 0);
         CHECK(w.send(attach(1, 0)) == st::ok);
     }
-    SECTION("domain_range not negotiated: any domain") {
+    SECTION("domain_range offered but not negotiated: still the range (5.13.6 ties it to the offer)") {
         vm w(with_driver_features(~feature(f_domain_range), s));
+        CHECK(w.send(attach(0, 0)) == st::range);
+        CHECK(w.send(attach(0xffffffffu, 1)) == st::range);
+        CHECK(w.dev().domain_count() == 0);
+        CHECK(w.send(attach(100, 1)) == st::ok);
+    }
+    SECTION("DOMAIN_RANGE not offered: any domain") {
+        machine_settings t = s;
+        t.device.features &= ~feature(f_domain_range);
+        vm w(t);
         CHECK(w.send(attach(0, 0)) == st::ok);
         CHECK(w.send(attach(0xffffffffu, 1)) == st::ok);
     }

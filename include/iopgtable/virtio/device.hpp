@@ -494,13 +494,18 @@ private:
         auto it = domains_.find(id);
         if (it != domains_.end() && --it->second->endpoints == 0) domains_.erase(it);  // its tag dies with it
     }
+    /// domain_range holds when DOMAIN_RANGE is offered, as input_range does with INPUT_RANGE:
+    /// the spec ties both fields to the device offering the feature (5.13.6: "If the
+    /// VIRTIO_IOMMU_F_DOMAIN_RANGE feature is offered, domain_range describes the values
+    /// supported"), whether or not the driver accepted it.
     bool domain_in_range(std::uint32_t id) const noexcept {
-        return !negotiated(f_domain_range) || (id >= set_.domain_start && id <= set_.domain_end);
+        return !offered(f_domain_range) || (id >= set_.domain_start && id <= set_.domain_end);
     }
 
     // ---- handlers (spec 5.13.6.3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP, .7 PROBE; formats/README.md)
 
-    /// ATTACH: reserved or unknown flags INVAL; domain outside domain_range RANGE; unknown
+    /// ATTACH: reserved or unknown flags INVAL; domain outside domain_range (DOMAIN_RANGE
+    /// offered) RANGE; unknown
     /// endpoint NOENT; an existing domain of the other bypass kind INVAL; a new domain beyond
     /// max_domains or without table memory NOMEM. Then the endpoint leaves its old domain (the
     /// domain goes when it was the last) and joins this one (created if new).
