@@ -7,6 +7,7 @@
 // every chain shape), the DMA path (merged ranges, faults on the eventq), the IOTLB contract of
 // MAP/UNMAP domains, bypass, an Intel host, and a rapidcheck property of MAP/UNMAP against a
 // reference model. Page-table sharing (ATTACH_TABLE, INVALIDATE) is in virtio_sharing.cpp.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -27,6 +28,7 @@
 #pragma GCC diagnostic pop
 
 #include <catch2/catch.hpp>
+#include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
@@ -639,6 +641,94 @@ TEST_CASE("virtio device: without INPUT_RANGE offered the whole 64-bit input spa
     CHECK(named{static_cast<status>(out[0])} == st::ok);
     REQUIRE(m.submit(map(1, 0x10000000000ull, 0x10000000fffull, dma), out) == 4);
     CHECK(named{static_cast<status>(out[0])} == st::ok);
+}
+
+TEST_CASE("virtio device: without PROBE negotiated no reserved region is presented, and MAP takes it", "[virtio]") {
+    // Reserved regions reach the driver only as PROBE's RESV_MEM properties (5.13.6.8.1); a
+    // driver that did not negotiate PROBE cannot learn them, and "if the endpoint doesn't have
+    // a VIRTIO_IOMMU_RESV_MEM_T_MSI property, then the driver creates an MMIO mapping to the
+    // doorbell of the MSI controller". So the device presents none and refuses no MAP for them.
+    const std::uint64_t msi = x86_msi_window.start;
+    bytes out;
+    SECTION("PROBE offered, not negotiated: PROBE answers UNSUPP, MAP of the MSI window is accepted") {
+        vm v(with_driver_features(~feature(f_probe)));
+        REQUIRE(v.send(attach(1, 0)) == st::ok);
+        CHECK(v.send(map(1, msi, msi + page - 1, msi, map_f_write | map_f_mmio)) == st::ok);
+        CHECK(v.send(map(1, msi + page, x86_msi_window.last + page, dma)) == st::ok);
+        CHECK(v.mappings(1) == pairs{{msi, msi + page - 1}, {msi + page, x86_msi_window.last + page}});
+        REQUIRE(v.used(probe(0), 512 + 4, &out) == 512 + 4);
+        CHECK(out[512] == static_cast<std::uint8_t>(status::unsupp));
+        for (std::size_t i = 0; i < 512; ++i) CHECK(out[i] == 0);  // no property
+    }
+    SECTION("PROBE not offered: MAP of the MSI window is accepted") {
+        machine_settings s = small();
+        s.device.features &= ~feature(f_probe);
+        vm v(s);
+        REQUIRE(v.send(attach(1, 0)) == st::ok);
+        CHECK(v.send(map(1, msi, msi + page - 1, msi, map_f_write | map_f_mmio)) == st::ok);
+    }
+    SECTION("PROBE negotiated: the driver knows the window, MAP over it is refused") {
+        vm v;
+        REQUIRE(v.send(attach(1, 0)) == st::ok);
+        CHECK(v.send(map(1, msi, msi + page - 1, msi, map_f_write | map_f_mmio)) == st::inval);
+        CHECK(v.mappings(1).empty());
+    }
+}
+
+TEST_CASE("virtio device: a Linux identity domain without BYPASS_CONFIG maps its whole aperture", "[virtio]") {
+    // Linux makes input_range the domain aperture; without BYPASS_CONFIG its identity domain is
+    // MAPs of the whole aperture 1:1 (READ | WRITE) around the regions PROBE reported, none
+    // when PROBE is not there. The guest here does the same through the driver's requests.
+    for (bool with_probe : {true, false}) {
+        INFO("PROBE offered: " << with_probe);
+        machine_settings s = small();
+        if (!with_probe) s.device.features &= ~feature(f_probe);
+        s.driver_features = negotiate_features(s.device.features, ~feature(f_bypass_config));
+        auto mc = arm_machine::create(s);
+        REQUIRE(mc.ok());
+        arm_machine& m = **mc;
+        REQUIRE_FALSE(m.dev().negotiated(f_bypass_config));
+        REQUIRE(m.dev().negotiated(f_probe) == with_probe);
+        driver<arm_machine> d(m);
+        const virtio::config c = m.dev().config_space();
+        std::vector<resv_region> regions;
+        if (with_probe) {
+            auto p = d.probe(0, c.probe_size.get());
+            REQUIRE(p.ok());
+            regions = p->regions;
+            REQUIRE(regions.size() == 1);
+        }
+        REQUIRE(d.attach(1, 0) == status::ok);
+        std::sort(regions.begin(), regions.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+        std::uint64_t next = c.input_range.start.get();
+        const std::uint64_t end = c.input_range.end.get();
+        bool covered = false;
+        for (const auto& r : regions) {
+            if (r.end < next || r.start > end) continue;
+            if (r.start > next) CHECK(named{d.map(1, next, r.start - 1, next, rw)} == st::ok);
+            if (r.end >= end) {
+                covered = true;
+                break;
+            }
+            next = r.end + 1;
+        }
+        if (!covered) CHECK(named{d.map(1, next, end, next, rw)} == st::ok);
+        CHECK(d.failures() == 0);
+        for (auto a : {access_kind::read, access_kind::write}) {
+            const dma_result r = m.dev().translate(0, dma + 0x123, 1, a);
+            REQUIRE(r.ok());
+            CHECK(r.ranges[0].hpa == m.guest().hpa_base() + dma + 0x123);
+        }
+        const dma_result beyond = m.dev().translate(0, m.guest().size(), 1, access_kind::read);
+        REQUIRE(beyond.fault);  // the identity reaches past guest RAM, where stage 2 stops it
+        CHECK(beyond.fault->reason == fault_r_mapping);
+        if (with_probe) {
+            CHECK(named{d.map(1, x86_msi_window.start, x86_msi_window.start + page - 1, x86_msi_window.start, rw)} ==
+                  st::inval);
+        } else {
+            CHECK(m.dev().mappings(1)->mappings().size() == 1);
+        }
+    }
 }
 
 TEST_CASE("virtio device: MAP flags: MMIO, read-only, no access", "[virtio]") {

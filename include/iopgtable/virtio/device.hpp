@@ -302,8 +302,12 @@ public:
 
     /// Answers one request: `in` is every device-readable byte of its chain, `out` the
     /// device-writable space. Returns the used length (bytes written at the start of `out`).
-    /// 0 and nothing written: an unknown type, a request of a feature not offered, a readable
-    /// part shorter than the request, or no room for the tail (spec 5.13.6.1).
+    /// 0 and nothing written: an unknown type (5.13.6.2), a PROBE or page-table-sharing
+    /// request whose feature is not offered (5.13.6.7.2: the type is then unknown to this
+    /// device), a readable part shorter than the request, or no room for the tail (5.13.6).
+    /// A request of a feature offered but not negotiated is answered UNSUPP, "unsupported
+    /// request" (MAP and UNMAP: "only available when VIRTIO_IOMMU_F_MAP_UNMAP has been
+    /// negotiated", 5.13.6.5; PROBE and PROBE_TABLE / ATTACH_TABLE / INVALIDATE alike).
     std::uint32_t handle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         if (in.size() < sizeof(req_head)) return unanswered(in.empty() ? 0 : in[0]);
         const std::uint8_t type = in[0];
@@ -501,6 +505,14 @@ private:
     bool domain_in_range(std::uint32_t id) const noexcept {
         return !offered(f_domain_range) || (id >= set_.domain_start && id <= set_.domain_end);
     }
+    /// The reserved regions the driver can know: PROBE's RESV_MEM properties, so none unless
+    /// PROBE was negotiated (a driver that did not accept PROBE cannot send it and cannot avoid
+    /// them; 5.13.6.8.1 MSI: "If the endpoint doesn't have a VIRTIO_IOMMU_RESV_MEM_T_MSI
+    /// property, then the driver creates an MMIO mapping to the doorbell", so MAP must take it).
+    std::span<const reserved_region> presented_regions() const noexcept {
+        if (!negotiated(f_probe)) return {};
+        return set_.reserved;
+    }
 
     // ---- handlers (spec 5.13.6.3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP, .7 PROBE; formats/README.md)
 
@@ -559,7 +571,8 @@ private:
     /// virt_end < virt_start INVAL; virt_start, phys_start or virt_end + 1 off the granule
     /// RANGE; outside input_range (when INPUT_RANGE is offered), or the physical end wrapping
     /// RANGE; unknown domain NOENT; bypass or shared-table domain INVAL; overlapping a reserved
-    /// region or a mapping INVAL; caps NOMEM; beyond the table's input or output size RANGE.
+    /// region the driver can know (PROBE negotiated: `presented_regions`) or a mapping INVAL;
+    /// caps NOMEM; beyond the table's input or output size RANGE.
     status on_map(const req_map& r) {
         if (!negotiated(f_map_unmap)) return status::unsupp;
         const std::uint32_t flags = r.flags;
@@ -574,7 +587,7 @@ private:
         domain* d = find_domain(r.domain);
         if (d == nullptr) return status::noent;
         if (d->bypass || !d->maps) return status::inval;
-        for (const auto& res : set_.reserved)
+        for (const auto& res : presented_regions())
             if (first <= res.last && res.start <= last) return status::inval;
         return d->maps->map(first, last, phys, flags);
         // A new mapping needs no IOTLB invalidation: faults are never cached.
@@ -599,18 +612,22 @@ private:
     }
 
     /// PROBE (5.13.6.7, properties 5.13.6.8): not offered → unanswered; the readable part must be the 72 bytes;
-    /// unknown endpoint NOENT; a writable part smaller than probe_size + 4 INVAL (no property
-    /// written, the tail in its last 4 bytes). Properties: one RESV_MEM per reserved region,
-    /// back to back, the rest zero; used length probe_size + 4.
+    /// offered but not negotiated UNSUPP (as MAP without MAP_UNMAP; nothing written but the
+    /// tail, in the last 4 bytes); unknown endpoint NOENT; a writable part smaller than
+    /// probe_size + 4 INVAL (no property written, the tail in its last 4 bytes). Properties:
+    /// one RESV_MEM per reserved region, back to back, the rest zero; used length probe_size + 4.
     std::uint32_t on_probe(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::probe);
         if (!offered(f_probe)) return unanswered(type);
         if (in.size() < sizeof(req_probe) || out.size() < sizeof(req_tail)) return unanswered(type);
         const std::size_t need = std::size_t{set_.probe_size} + sizeof(req_tail);
-        if (in.size() > sizeof(req_probe) || out.size() < need) {
+        auto refuse = [&](status s) {  // no property written, the tail in the last 4 bytes
             std::fill(out.begin(), out.end(), std::uint8_t{0});
-            return answer(out, out.size() - sizeof(req_tail), type, status::inval);
-        }
+            return answer(out, out.size() - sizeof(req_tail), type, s);
+        };
+        if (in.size() > sizeof(req_probe)) return refuse(status::inval);
+        if (!negotiated(f_probe)) return refuse(status::unsupp);
+        if (out.size() < need) return refuse(status::inval);
         req_probe req;
         std::memcpy(static_cast<void*>(&req), in.data(), sizeof req);
         std::fill(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(need), std::uint8_t{0});
@@ -629,9 +646,11 @@ private:
         return answer(out, set_.probe_size, type, status::ok);
     }
 
-    /// PROBE_TABLE (formats/README.md): not offered → unanswered; address_space is the
-    /// endpoint (unknown NOENT); flags must be 0 (INVAL); a writable part without room for the
-    /// 8-byte header and the tail INVAL. The formats fill the writable part, tail at its end.
+    /// PROBE_TABLE (formats/README.md): not offered → unanswered; a readable part longer than
+    /// the request INVAL; TABLE_SHARING offered but not negotiated UNSUPP (as every request of
+    /// a feature the driver did not accept); address_space is the endpoint (unknown NOENT);
+    /// flags must be 0 (INVAL); a writable part without room for the 8-byte header and the
+    /// tail INVAL. The formats fill the writable part, tail at its end.
     std::uint32_t on_probe_table(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::probe_table);
         if (!offered(f_table_sharing)) return unanswered(type);
@@ -639,6 +658,7 @@ private:
         std::fill(out.begin(), out.end(), std::uint8_t{0});
         const std::size_t tail_at = out.size() - sizeof(req_tail);
         if (in.size() > sizeof(req_probe_table)) return answer(out, tail_at, type, status::inval);
+        if (!negotiated(f_table_sharing)) return answer(out, tail_at, type, status::unsupp);
         req_probe_table req;
         std::memcpy(static_cast<void*>(&req), in.data(), sizeof req);
         if (req.flags.get() != 0) return answer(out, tail_at, type, status::inval);
@@ -649,11 +669,13 @@ private:
         return answer(out, tail_at, type, status::ok);
     }
 
-    /// ATTACH_TABLE: unknown domain (address_space) NOENT; bypass domain, or one holding
+    /// ATTACH_TABLE: TABLE_SHARING not negotiated UNSUPP (the request is unanswered when it
+    /// is not offered: `handle`); unknown domain (address_space) NOENT; bypass domain, or one holding
     /// mappings INVAL; then validate_attach's refusals (formats/README.md); then the table
     /// must be found (context 0) and, folded, fit the shadow (NOMEM / UNSUPP). A domain that
     /// had a table gets the new one; its old translations are gone (a new IOTLB tag).
     status on_attach_table(const req_attach_table& r) {
+        if (!negotiated(f_table_sharing)) return status::unsupp;
         domain* d = find_domain(r.address_space);
         if (d == nullptr) return status::noent;
         if (d->bypass || (d->maps && d->maps->mapping_count() != 0)) return status::inval;
@@ -668,10 +690,12 @@ private:
         return status::ok;
     }
 
-    /// INVALIDATE: unknown domain NOENT; a domain without a table INVAL; decode_invalidate's
+    /// INVALIDATE: TABLE_SHARING not negotiated UNSUPP; unknown domain NOENT; a domain without
+    /// a table INVAL; decode_invalidate's
     /// refusals. Then the shared space re-reads what it must (folded) and the IOTLB drops the
     /// range (VADDR) or the whole address space (SINGLE, TABLE) before the answer.
     status on_invalidate(const req_invalidate& r) {
+        if (!negotiated(f_table_sharing)) return status::unsupp;
         domain* d = find_domain(r.address_space);
         if (d == nullptr) return status::noent;
         if (!d->table || !d->shared) return status::inval;
