@@ -7,6 +7,7 @@
 // every chain shape), the DMA path (merged ranges, faults on the eventq), the IOTLB contract of
 // MAP/UNMAP domains, bypass, an Intel host, and a rapidcheck property of MAP/UNMAP against a
 // reference model. Page-table sharing (ATTACH_TABLE, INVALIDATE) is in virtio_sharing.cpp.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -27,6 +28,7 @@
 #pragma GCC diagnostic pop
 
 #include <catch2/catch.hpp>
+#include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
@@ -263,6 +265,88 @@ TEST_CASE("virtio device: feature negotiation", "[virtio]") {
     }
 }
 
+TEST_CASE("virtio device: settings the specification says a device should not present are refused by name",
+          "[virtio]") {
+    auto refusal = [](const machine_settings& t) -> std::string {
+        auto r = arm_machine::create(t);
+        REQUIRE_FALSE(r.ok());
+        CHECK(named{r.why().code} == st::inval);
+        return std::string(r.why().field);
+    };
+    const reserved_region other_msi{0x8000000, 0x80fffff, resv_mem_t_msi};
+    const reserved_region low{0x10000000, 0x1000ffff, resv_mem_t_reserved};
+
+    SECTION("BYPASS offered with BYPASS_CONFIG (5.13.3.2: devices SHOULD NOT offer both)") {
+        machine_settings t = small();
+        t.device.features |= feature(f_bypass);
+        CHECK(refusal(t) == "features: BYPASS with BYPASS_CONFIG");
+        t.device.features &= ~feature(f_bypass_config);  // the legacy feature alone is allowed
+        CHECK(arm_machine::create(t).ok());
+    }
+    SECTION("overlapping reserved regions (5.13.6.8.1.2: SHOULD NOT present overlapping RESV_MEM)") {
+        machine_settings t = small();
+        t.device.reserved = {low, x86_msi_window, {0xfeeff000, 0xfef00fff, resv_mem_t_reserved}};
+        CHECK(refusal(t) == "reserved regions: overlap");
+        t.device.reserved = {x86_msi_window, low, low};  // the same region twice
+        CHECK(refusal(t) == "reserved regions: overlap");
+        t.device.reserved = {{0x2000, 0x2fff, resv_mem_t_reserved}, {0x1000, 0x2000, resv_mem_t_reserved}};
+        CHECK(refusal(t) == "reserved regions: overlap");  // one shared byte, given out of order
+        t.device.reserved = {{0x2000, 0x2fff, resv_mem_t_reserved}, {0x1000, 0x1fff, resv_mem_t_reserved}};
+        CHECK(arm_machine::create(t).ok());  // adjacent is not overlapping
+    }
+    SECTION("more than one MSI region (5.13.6.8.1.2: SHOULD NOT present more than one per endpoint)") {
+        machine_settings t = small();
+        t.device.reserved = {x86_msi_window, low, other_msi};
+        CHECK(refusal(t) == "reserved regions: more than one MSI");
+        t.device.reserved = {low, other_msi};
+        CHECK(arm_machine::create(t).ok());
+    }
+    SECTION("a reserved region ending before it starts") {
+        machine_settings t = small();
+        t.device.reserved = {{0x2000, 0x1fff, resv_mem_t_reserved}};
+        CHECK(refusal(t) == "reserved region");
+    }
+}
+
+TEST_CASE("virtio device: input_range is what a MAP domain's table maps, offered by default", "[virtio]") {
+    // Spec 5.13.6: input_range "contains the virtual address range that the IOMMU is able to
+    // translate". Linux makes it the domain's aperture and allocates IOVAs top-down below its
+    // end, so every address in it must map. The default is the domain table's input range
+    // (arm-lpae-s1 4K, IAS 48); a configured range beyond it is refused.
+    vm v;
+    CHECK((v.dev().device_features() & feature(f_input_range)) != 0);
+    const virtio::config c = v.dev().config_space();
+    CHECK(c.input_range.start.get() == 0);
+    CHECK(c.input_range.end.get() == (1ull << 48) - 1);
+    REQUIRE(v.send(attach(1, 0)) == st::ok);
+    const std::uint64_t top = c.input_range.end.get() + 1 - page;  // the last page, where Linux starts
+    CHECK(v.send(map(1, top, top + page - 1, dma)) == st::ok);
+    CHECK(v.at(0, top + 0x10) == v.hpa(dma + 0x10));
+    CHECK(v.send(map(1, top + page, top + 2 * page - 1, dma)) == st::range);  // beyond input_range
+
+    SECTION("an Intel host: VT-d first stage, 4 levels, the lower canonical half") {
+        vm<intel_host> w;
+        CHECK(w.dev().config_space().input_range.end.get() == (1ull << 47) - 1);
+    }
+    SECTION("a configured range beyond the domain table: refused by name") {
+        for (std::uint64_t end : {~std::uint64_t{0}, std::uint64_t{1} << 48}) {
+            INFO("input_end " << end);
+            machine_settings t = small();
+            t.device.input_end = end;
+            auto r = arm_machine::create(t);
+            REQUIRE_FALSE(r.ok());
+            CHECK(named{r.why().code} == st::inval);
+            CHECK(r.why().field == "input range: beyond the domain table");
+        }
+        machine_settings t = small();
+        t.device.input_start = 0x1000;
+        t.device.input_end = (1ull << 48) - 1;
+        vm w(t);
+        CHECK(w.dev().config_space().input_range.start.get() == 0x1000);
+        CHECK(w.dev().config_space().input_range.end.get() == (1ull << 48) - 1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // ATTACH / DETACH
 // ---------------------------------------------------------------------------------------------
@@ -297,8 +381,17 @@ TEST_CASE("virtio device: ATTACH refusals, in the documented order", "[virtio]")
         CHECK(w.dev().domain_count() == 0);
         CHECK(w.send(attach(1, 0)) == st::ok);
     }
-    SECTION("domain_range not negotiated: any domain") {
+    SECTION("domain_range offered but not negotiated: still the range (5.13.6 ties it to the offer)") {
         vm w(with_driver_features(~feature(f_domain_range), s));
+        CHECK(w.send(attach(0, 0)) == st::range);
+        CHECK(w.send(attach(0xffffffffu, 1)) == st::range);
+        CHECK(w.dev().domain_count() == 0);
+        CHECK(w.send(attach(100, 1)) == st::ok);
+    }
+    SECTION("DOMAIN_RANGE not offered: any domain") {
+        machine_settings t = s;
+        t.device.features &= ~feature(f_domain_range);
+        vm w(t);
         CHECK(w.send(attach(0, 0)) == st::ok);
         CHECK(w.send(attach(0xffffffffu, 1)) == st::ok);
     }
@@ -504,34 +597,36 @@ TEST_CASE("virtio device: MAP refusals, in the documented order", "[virtio]") {
             REQUIRE(v.send(map(1, 0x100000 + 2 * i * page, 0x100fff + 2 * i * page, dma + i * page)) == st::ok);
         CHECK(v.send(map(1, 0x100000, 0x100fff, dma)) == st::inval);  // overlap first
         CHECK(v.send(map(1, 0x200000, 0x200fff, dma)) == st::nomem);
-        CHECK(v.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::nomem);
+        CHECK(v.send(map(1, 0x200000, 0x200fff, 1ull << 48)) == st::nomem);  // beyond the output size
         CHECK_FALSE(v.at(0, 0x200000));
         CHECK(v.mappings(1).size() == 4);
         REQUIRE(v.send(unmap(1, 0x100000, 0x100fff)) == st::ok);
         CHECK(v.send(map(1, 0x200000, 0x200fff, dma)) == st::ok);
     }
     SECTION("beyond the domain table's input or output size: RANGE") {
-        CHECK(v.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::range);
+        CHECK(v.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::range);  // input_range
         CHECK(v.send(map(1, 0x100000, 0x100fff, 1ull << 48)) == st::range);
         CHECK(v.mappings(1).empty());
+        machine_settings t = s;
+        t.device.features &= ~feature(f_input_range);  // the table's own check
+        vm w(t);
+        REQUIRE(w.send(attach(1, 0)) == st::ok);
+        CHECK(w.send(map(1, 1ull << 48, (1ull << 48) + page - 1, dma)) == st::range);
+        CHECK(w.mappings(1).empty());
     }
 }
 
 TEST_CASE("virtio device: without INPUT_RANGE offered the whole 64-bit input space is valid", "[virtio]") {
-    // Spec 5.13.4: input_range is valid only with VIRTIO_IOMMU_F_INPUT_RANGE; without it the
-    // driver sees zeros and may MAP anywhere. A device configured with a narrower range but not
-    // offering the feature must not refuse addresses the driver cannot know are out of range.
-    // Known failure (reported): on_map checks settings.input_start/end whether or not
-    // INPUT_RANGE is offered, and answers RANGE.
+    // Spec 5.13.6: input_range is valid only if VIRTIO_IOMMU_F_INPUT_RANGE is offered; without
+    // it the driver sees zeros and may MAP anywhere. A device configured with a narrower range
+    // but not offering the feature must not refuse addresses the driver cannot know are out of
+    // range (the domain table's own limit still holds: RANGE beyond 2^48).
     machine_settings s = small();
     s.device.input_start = 0x10000;
     s.device.input_end = 0xffffffffffull;
     s.device.features &= ~feature(f_input_range);
     auto mc = arm_machine::create(s);
-    if (!mc.ok()) {
-        SUCCEED("refused at creation");  // as good: the configuration cannot be presented
-        return;
-    }
+    REQUIRE(mc.ok());
     arm_machine& m = **mc;
     std::array<std::uint8_t, 16> cfg{};
     m.dev().read_config(8, cfg);
@@ -542,6 +637,94 @@ TEST_CASE("virtio device: without INPUT_RANGE offered the whole 64-bit input spa
     CHECK(named{static_cast<status>(out[0])} == st::ok);
     REQUIRE(m.submit(map(1, 0x10000000000ull, 0x10000000fffull, dma), out) == 4);
     CHECK(named{static_cast<status>(out[0])} == st::ok);
+}
+
+TEST_CASE("virtio device: without PROBE negotiated no reserved region is presented, and MAP takes it", "[virtio]") {
+    // Reserved regions reach the driver only as PROBE's RESV_MEM properties (5.13.6.8.1); a
+    // driver that did not negotiate PROBE cannot learn them, and "if the endpoint doesn't have
+    // a VIRTIO_IOMMU_RESV_MEM_T_MSI property, then the driver creates an MMIO mapping to the
+    // doorbell of the MSI controller". So the device presents none and refuses no MAP for them.
+    const std::uint64_t msi = x86_msi_window.start;
+    bytes out;
+    SECTION("PROBE offered, not negotiated: PROBE answers UNSUPP, MAP of the MSI window is accepted") {
+        vm v(with_driver_features(~feature(f_probe)));
+        REQUIRE(v.send(attach(1, 0)) == st::ok);
+        CHECK(v.send(map(1, msi, msi + page - 1, msi, map_f_write | map_f_mmio)) == st::ok);
+        CHECK(v.send(map(1, msi + page, x86_msi_window.last + page, dma)) == st::ok);
+        CHECK(v.mappings(1) == pairs{{msi, msi + page - 1}, {msi + page, x86_msi_window.last + page}});
+        REQUIRE(v.used(probe(0), 512 + 4, &out) == 512 + 4);
+        CHECK(out[512] == static_cast<std::uint8_t>(status::unsupp));
+        for (std::size_t i = 0; i < 512; ++i) CHECK(out[i] == 0);  // no property
+    }
+    SECTION("PROBE not offered: MAP of the MSI window is accepted") {
+        machine_settings s = small();
+        s.device.features &= ~feature(f_probe);
+        vm v(s);
+        REQUIRE(v.send(attach(1, 0)) == st::ok);
+        CHECK(v.send(map(1, msi, msi + page - 1, msi, map_f_write | map_f_mmio)) == st::ok);
+    }
+    SECTION("PROBE negotiated: the driver knows the window, MAP over it is refused") {
+        vm v;
+        REQUIRE(v.send(attach(1, 0)) == st::ok);
+        CHECK(v.send(map(1, msi, msi + page - 1, msi, map_f_write | map_f_mmio)) == st::inval);
+        CHECK(v.mappings(1).empty());
+    }
+}
+
+TEST_CASE("virtio device: a Linux identity domain without BYPASS_CONFIG maps its whole aperture", "[virtio]") {
+    // Linux makes input_range the domain aperture; without BYPASS_CONFIG its identity domain is
+    // MAPs of the whole aperture 1:1 (READ | WRITE) around the regions PROBE reported, none
+    // when PROBE is not there. The guest here does the same through the driver's requests.
+    for (bool with_probe : {true, false}) {
+        INFO("PROBE offered: " << with_probe);
+        machine_settings s = small();
+        if (!with_probe) s.device.features &= ~feature(f_probe);
+        s.driver_features = negotiate_features(s.device.features, ~feature(f_bypass_config));
+        auto mc = arm_machine::create(s);
+        REQUIRE(mc.ok());
+        arm_machine& m = **mc;
+        REQUIRE_FALSE(m.dev().negotiated(f_bypass_config));
+        REQUIRE(m.dev().negotiated(f_probe) == with_probe);
+        driver<arm_machine> d(m);
+        const virtio::config c = m.dev().config_space();
+        std::vector<resv_region> regions;
+        if (with_probe) {
+            auto p = d.probe(0, c.probe_size.get());
+            REQUIRE(p.ok());
+            regions = p->regions;
+            REQUIRE(regions.size() == 1);
+        }
+        REQUIRE(d.attach(1, 0) == status::ok);
+        std::sort(regions.begin(), regions.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+        std::uint64_t next = c.input_range.start.get();
+        const std::uint64_t end = c.input_range.end.get();
+        bool covered = false;
+        for (const auto& r : regions) {
+            if (r.end < next || r.start > end) continue;
+            if (r.start > next) CHECK(named{d.map(1, next, r.start - 1, next, rw)} == st::ok);
+            if (r.end >= end) {
+                covered = true;
+                break;
+            }
+            next = r.end + 1;
+        }
+        if (!covered) CHECK(named{d.map(1, next, end, next, rw)} == st::ok);
+        CHECK(d.failures() == 0);
+        for (auto a : {access_kind::read, access_kind::write}) {
+            const dma_result r = m.dev().translate(0, dma + 0x123, 1, a);
+            REQUIRE(r.ok());
+            CHECK(r.ranges[0].hpa == m.guest().hpa_base() + dma + 0x123);
+        }
+        const dma_result beyond = m.dev().translate(0, m.guest().size(), 1, access_kind::read);
+        REQUIRE(beyond.fault);  // the identity reaches past guest RAM, where stage 2 stops it
+        CHECK(beyond.fault->reason == fault_r_mapping);
+        if (with_probe) {
+            CHECK(named{d.map(1, x86_msi_window.start, x86_msi_window.start + page - 1, x86_msi_window.start, rw)} ==
+                  st::inval);
+        } else {
+            CHECK(m.dev().mappings(1)->mappings().size() == 1);
+        }
+    }
 }
 
 TEST_CASE("virtio device: MAP flags: MMIO, read-only, no access", "[virtio]") {

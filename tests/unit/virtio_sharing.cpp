@@ -283,6 +283,42 @@ TEST_CASE("virtio sharing: INVALIDATE refusals", "[virtio]") {
     CHECK(v.send(longer) == st::inval);
 }
 
+TEST_CASE("virtio sharing: TABLE_SHARING offered but not negotiated: its requests answer UNSUPP", "[virtio]") {
+    // As every request of a feature the driver did not accept (MAP and UNMAP without MAP_UNMAP
+    // negotiated, PROBE without PROBE): answered UNSUPP after the framing checks, nothing done.
+    machine_settings s = settings(shared_mode::nested);
+    s.driver_features = ~feature(f_table_sharing);
+    vm v(s);
+    REQUIRE(v.dev().offered(f_table_sharing));
+    REQUIRE_FALSE(v.dev().negotiated(f_table_sharing));
+    lpae_table g(*v.m);
+    g.map(0x100000, dma, page);
+    REQUIRE(v.send(attach(1, 0)) == st::ok);
+
+    CHECK(v.send(g.request(1)) == st::unsupp);  // an ATTACH_TABLE that is fine otherwise
+    CHECK(v.dev().shared(1) == nullptr);
+    CHECK(v.dev().mappings(1) != nullptr);  // still a MAP/UNMAP domain
+    CHECK_FALSE(v.at(0, 0x100000));
+    CHECK(v.send(invalidate(1, single)) == st::unsupp);
+    CHECK(v.send(invalidate(9, single)) == st::unsupp);  // before the domain lookup
+
+    req_probe_table r;
+    r.head.type = static_cast<std::uint8_t>(req_type::probe_table);
+    r.address_space = 0;
+    bytes in(sizeof r);
+    std::memcpy(in.data(), static_cast<const void*>(&r), sizeof r);
+    const std::uint32_t writable = sizeof(probe_table_reply) + 8 * sizeof(pg_format) + sizeof(req_tail);
+    bytes out(writable, 0xee);
+    REQUIRE(v.m->raw(in, writable, out) == writable);
+    CHECK(out[writable - 4] == static_cast<std::uint8_t>(status::unsupp));
+    for (std::uint32_t i = 0; i < writable - 4; ++i) CHECK(out[i] == 0);  // no format written
+    in.pop_back();
+    CHECK(v.m->raw(in, writable, out) == 0);  // framing first: too short is unanswered
+    const auto& counts = v.dev().stats();
+    for (auto t : {req_type::probe_table, req_type::attach_table, req_type::invalidate})
+        CHECK(counts.by_type_status[static_cast<std::size_t>(t)][static_cast<std::size_t>(status::unsupp)] >= 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The IOTLB contract of shared tables, both modes
 // ---------------------------------------------------------------------------------------------

@@ -258,7 +258,9 @@ std::variant<settings, std::string> parse_settings(std::span<char* const> args) 
     }
     if (!why) why = hex_option("driver-features", s.machine.driver_features);
     if (!why) why = hex_option("page-size-mask", d.page_size_mask);
-    if (!why) why = range_option("input-range", d.input_start, d.input_end);
+    std::uint64_t input_end = 0;  // default: what the domain table maps (the device decides)
+    if (!why) why = range_option("input-range", d.input_start, input_end);
+    if (!why && o.text("input-range")) d.input_end = input_end;
     if (!why) why = range_option("domain-range", d.domain_start, d.domain_end);
     std::uint64_t endpoints = 0, bypass = 0, probe_size = 0, max_domains = 0, max_mappings = 0, buffers = 0;
     if (!why) why = count_option("endpoints", 2, 1, 0x10000, endpoints);

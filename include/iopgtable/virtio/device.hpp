@@ -62,14 +62,20 @@ inline constexpr reserved_region x86_msi_window{0xfee00000, 0xfeefffff, resv_mem
 
 inline constexpr std::uint64_t feature(unsigned bit) noexcept { return std::uint64_t{1} << bit; }
 
-/// What the VMM configures. Defaults: every feature this device implements, a 4 KiB granule,
-/// the whole 64-bit input range, any 32-bit domain, the x86 MSI window reserved.
+/// What the VMM configures. Defaults: every feature this device implements (INPUT_RANGE
+/// included, never the legacy BYPASS), a 4 KiB granule, the input range the MAP domains' table
+/// can map, any 32-bit domain, the x86 MSI window reserved.
 struct device_settings {
     std::uint64_t features = feature(f_version_1) | feature(f_input_range) | feature(f_domain_range) |
                              feature(f_map_unmap) | feature(f_probe) | feature(f_mmio) | feature(f_bypass_config) |
                              feature(f_table_sharing) | feature(f_indirect_desc) | feature(f_event_idx);
     std::uint64_t page_size_mask = 0x1000;
-    std::uint64_t input_start = 0, input_end = ~std::uint64_t{0};
+    /// config.input_range, `input_end` inclusive. Spec 5.13.6: "the virtual address range that
+    /// the IOMMU is able to translate" (Linux makes it the domain aperture), so it may not go
+    /// beyond what a MAP domain's table maps: [0, 2^ias − 1] of the host's domain format.
+    /// No `input_end`: that last address (`device::settings()` then holds it).
+    std::uint64_t input_start = 0;
+    std::optional<std::uint64_t> input_end;
     std::uint32_t domain_start = 0, domain_end = ~std::uint32_t{0};
     std::uint32_t probe_size = 512;
     bool boot_bypass = false;  ///< config.bypass after a system reset (BYPASS_CONFIG)
@@ -150,25 +156,37 @@ public:
     using stage2_table = page_table<S2, guest_ram>;
 
     /// A device for the guest RAM `guest` (a slot of `host`), the VMM's `stage2` mapping it,
-    /// domains of `domain_cfg`. Refusals (INVAL): no VERSION_1 offered; a page_size_mask whose
-    /// granule is smaller than D's smallest page; input_end < input_start; domain_end <
-    /// domain_start; a probe_size that cannot hold the reserved regions or is not a multiple
-    /// of 4; no endpoint; a domain configuration D refuses.
+    /// domains of `domain_cfg`. Refusals (INVAL, the reason names the setting), in this order:
+    /// a domain configuration D refuses ("domain configuration"); no VERSION_1 offered
+    /// ("features: VERSION_1"); BYPASS offered with BYPASS_CONFIG ("features: BYPASS with
+    /// BYPASS_CONFIG": devices SHOULD NOT offer both, 5.13.3.2); a page_size_mask whose granule
+    /// is smaller than D's smallest page ("page_size_mask"); input_end < input_start ("input
+    /// range"); input_end beyond the last address a MAP domain's table maps ("input range:
+    /// beyond the domain table", 5.13.6: input_range is what the IOMMU is able to translate);
+    /// domain_end < domain_start ("domain range"); no endpoint ("endpoints"); a probe_size
+    /// that cannot hold the reserved regions or is not a multiple of 4 ("probe_size"); a
+    /// reserved region with last < start ("reserved region"); two reserved regions that
+    /// overlap ("reserved regions: overlap") or more than one MSI region ("reserved regions:
+    /// more than one MSI"): the device SHOULD NOT present either (5.13.6.8.1.2).
     static sharing::checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
                                                    const typename D::config& domain_cfg, device_settings s = {}) {
         auto geo = D::make_geometry(domain_cfg);
         if (!geo) return sharing::refusal{status::inval, "domain configuration"};
         const std::uint64_t granule = s.page_size_mask & (~s.page_size_mask + 1);
         const std::uint64_t min_page = geo->pgsize_bitmap & (~geo->pgsize_bitmap + 1);
+        const std::uint64_t table_last = geo->ias >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << geo->ias) - 1;
+        if (!s.input_end) s.input_end = table_last;
         if ((s.features & feature(f_version_1)) == 0) return sharing::refusal{status::inval, "features: VERSION_1"};
+        if ((s.features & feature(f_bypass)) != 0 && (s.features & feature(f_bypass_config)) != 0)
+            return sharing::refusal{status::inval, "features: BYPASS with BYPASS_CONFIG"};
         if (granule == 0 || granule < min_page) return sharing::refusal{status::inval, "page_size_mask"};
-        if (s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
+        if (*s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
+        if (*s.input_end > table_last) return sharing::refusal{status::inval, "input range: beyond the domain table"};
         if (s.domain_end < s.domain_start) return sharing::refusal{status::inval, "domain range"};
         if (s.endpoints == 0) return sharing::refusal{status::inval, "endpoints"};
         if (s.probe_size % 4 != 0 || s.probe_size < s.reserved.size() * sizeof(probe_resv_mem))
             return sharing::refusal{status::inval, "probe_size"};
-        for (const auto& r : s.reserved)
-            if (r.last < r.start) return sharing::refusal{status::inval, "reserved region"};
+        if (auto why = check_reserved(s.reserved)) return sharing::refusal{status::inval, *why};
         return std::unique_ptr<device>(new device(host, guest, stage2, domain_cfg, std::move(s)));
     }
     device(const device&) = delete;
@@ -194,7 +212,7 @@ public:
         c.page_size_mask = set_.page_size_mask;
         if (offered(f_input_range)) {
             c.input_range.start = set_.input_start;
-            c.input_range.end = set_.input_end;
+            c.input_range.end = *set_.input_end;
         }
         if (offered(f_domain_range)) {
             c.domain_range.start = set_.domain_start;
@@ -284,8 +302,12 @@ public:
 
     /// Answers one request: `in` is every device-readable byte of its chain, `out` the
     /// device-writable space. Returns the used length (bytes written at the start of `out`).
-    /// 0 and nothing written: an unknown type, a request of a feature not offered, a readable
-    /// part shorter than the request, or no room for the tail (spec 5.13.6.1).
+    /// 0 and nothing written: an unknown type (5.13.6.2), a PROBE or page-table-sharing
+    /// request whose feature is not offered (5.13.6.7.2: the type is then unknown to this
+    /// device), a readable part shorter than the request, or no room for the tail (5.13.6).
+    /// A request of a feature offered but not negotiated is answered UNSUPP, "unsupported
+    /// request" (MAP and UNMAP: "only available when VIRTIO_IOMMU_F_MAP_UNMAP has been
+    /// negotiated", 5.13.6.5; PROBE and PROBE_TABLE / ATTACH_TABLE / INVALIDATE alike).
     std::uint32_t handle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         if (in.size() < sizeof(req_head)) return unanswered(in.empty() ? 0 : in[0]);
         const std::uint8_t type = in[0];
@@ -420,6 +442,22 @@ private:
         return std::all_of(b, b + N, [](std::uint8_t v) { return v == 0; });
     }
     std::uint64_t granule() const noexcept { return set_.page_size_mask & (~set_.page_size_mask + 1); }
+    /// Why `regions` cannot be presented as PROBE's RESV_MEM properties, or nothing: a region
+    /// with last < start; more than one MSI region, or two regions overlapping (the device
+    /// SHOULD NOT present either, 5.13.6.8.1.2).
+    static std::optional<std::string_view> check_reserved(const std::vector<reserved_region>& regions) {
+        std::size_t msi = 0;
+        for (const auto& r : regions) {
+            if (r.last < r.start) return "reserved region";
+            if (r.subtype == resv_mem_t_msi) ++msi;
+        }
+        if (msi > 1) return "reserved regions: more than one MSI";
+        std::vector<reserved_region> sorted = regions;
+        std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+        for (std::size_t i = 1; i < sorted.size(); ++i)
+            if (sorted[i].start <= sorted[i - 1].last) return "reserved regions: overlap";
+        return std::nullopt;
+    }
 
     // ---- framing
 
@@ -460,13 +498,26 @@ private:
         auto it = domains_.find(id);
         if (it != domains_.end() && --it->second->endpoints == 0) domains_.erase(it);  // its tag dies with it
     }
+    /// domain_range holds when DOMAIN_RANGE is offered, as input_range does with INPUT_RANGE:
+    /// the spec ties both fields to the device offering the feature (5.13.6: "If the
+    /// VIRTIO_IOMMU_F_DOMAIN_RANGE feature is offered, domain_range describes the values
+    /// supported"), whether or not the driver accepted it.
     bool domain_in_range(std::uint32_t id) const noexcept {
-        return !negotiated(f_domain_range) || (id >= set_.domain_start && id <= set_.domain_end);
+        return !offered(f_domain_range) || (id >= set_.domain_start && id <= set_.domain_end);
+    }
+    /// The reserved regions the driver can know: PROBE's RESV_MEM properties, so none unless
+    /// PROBE was negotiated (a driver that did not accept PROBE cannot send it and cannot avoid
+    /// them; 5.13.6.8.1 MSI: "If the endpoint doesn't have a VIRTIO_IOMMU_RESV_MEM_T_MSI
+    /// property, then the driver creates an MMIO mapping to the doorbell", so MAP must take it).
+    std::span<const reserved_region> presented_regions() const noexcept {
+        if (!negotiated(f_probe)) return {};
+        return set_.reserved;
     }
 
     // ---- handlers (spec 5.13.6.3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP, .7 PROBE; formats/README.md)
 
-    /// ATTACH: reserved or unknown flags INVAL; domain outside domain_range RANGE; unknown
+    /// ATTACH: reserved or unknown flags INVAL; domain outside domain_range (DOMAIN_RANGE
+    /// offered) RANGE; unknown
     /// endpoint NOENT; an existing domain of the other bypass kind INVAL; a new domain beyond
     /// max_domains or without table memory NOMEM. Then the endpoint leaves its old domain (the
     /// domain goes when it was the last) and joins this one (created if new).
@@ -518,8 +569,9 @@ private:
 
     /// MAP: MAP_UNMAP not negotiated UNSUPP; unknown flags (MMIO without F_MMIO) INVAL;
     /// virt_end < virt_start INVAL; virt_start, phys_start or virt_end + 1 off the granule
-    /// RANGE; outside input_range (when INPUT_RANGE is offered), or the physical end wrapping RANGE; unknown domain NOENT;
-    /// bypass or shared-table domain INVAL; overlapping a reserved region or a mapping INVAL;
+    /// RANGE; outside input_range (when INPUT_RANGE is offered), or the physical end wrapping
+    /// RANGE; unknown domain NOENT; bypass or shared-table domain INVAL; overlapping a reserved
+    /// region the driver can know (PROBE negotiated: `presented_regions`) or a mapping INVAL;
     /// caps NOMEM; beyond the table's input or output size RANGE.
     status on_map(const req_map& r) {
         if (!negotiated(f_map_unmap)) return status::unsupp;
@@ -530,12 +582,12 @@ private:
         if (last < first) return status::inval;
         const std::uint64_t g = granule();
         if (((first | phys) & (g - 1)) != 0 || ((last + 1) & (g - 1)) != 0) return status::range;
-        if (offered(f_input_range) && (first < set_.input_start || last > set_.input_end)) return status::range;
+        if (offered(f_input_range) && (first < set_.input_start || last > *set_.input_end)) return status::range;
         if (phys + (last - first) < phys) return status::range;
         domain* d = find_domain(r.domain);
         if (d == nullptr) return status::noent;
         if (d->bypass || !d->maps) return status::inval;
-        for (const auto& res : set_.reserved)
+        for (const auto& res : presented_regions())
             if (first <= res.last && res.start <= last) return status::inval;
         return d->maps->map(first, last, phys, flags);
         // A new mapping needs no IOTLB invalidation: faults are never cached.
@@ -560,18 +612,22 @@ private:
     }
 
     /// PROBE (5.13.6.7, properties 5.13.6.8): not offered → unanswered; the readable part must be the 72 bytes;
-    /// unknown endpoint NOENT; a writable part smaller than probe_size + 4 INVAL (no property
-    /// written, the tail in its last 4 bytes). Properties: one RESV_MEM per reserved region,
-    /// back to back, the rest zero; used length probe_size + 4.
+    /// offered but not negotiated UNSUPP (as MAP without MAP_UNMAP; nothing written but the
+    /// tail, in the last 4 bytes); unknown endpoint NOENT; a writable part smaller than
+    /// probe_size + 4 INVAL (no property written, the tail in its last 4 bytes). Properties:
+    /// one RESV_MEM per reserved region, back to back, the rest zero; used length probe_size + 4.
     std::uint32_t on_probe(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::probe);
         if (!offered(f_probe)) return unanswered(type);
         if (in.size() < sizeof(req_probe) || out.size() < sizeof(req_tail)) return unanswered(type);
         const std::size_t need = std::size_t{set_.probe_size} + sizeof(req_tail);
-        if (in.size() > sizeof(req_probe) || out.size() < need) {
+        auto refuse = [&](status s) {  // no property written, the tail in the last 4 bytes
             std::fill(out.begin(), out.end(), std::uint8_t{0});
-            return answer(out, out.size() - sizeof(req_tail), type, status::inval);
-        }
+            return answer(out, out.size() - sizeof(req_tail), type, s);
+        };
+        if (in.size() > sizeof(req_probe)) return refuse(status::inval);
+        if (!negotiated(f_probe)) return refuse(status::unsupp);
+        if (out.size() < need) return refuse(status::inval);
         req_probe req;
         std::memcpy(static_cast<void*>(&req), in.data(), sizeof req);
         std::fill(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(need), std::uint8_t{0});
@@ -590,9 +646,11 @@ private:
         return answer(out, set_.probe_size, type, status::ok);
     }
 
-    /// PROBE_TABLE (formats/README.md): not offered → unanswered; address_space is the
-    /// endpoint (unknown NOENT); flags must be 0 (INVAL); a writable part without room for the
-    /// 8-byte header and the tail INVAL. The formats fill the writable part, tail at its end.
+    /// PROBE_TABLE (formats/README.md): not offered → unanswered; a readable part longer than
+    /// the request INVAL; TABLE_SHARING offered but not negotiated UNSUPP (as every request of
+    /// a feature the driver did not accept); address_space is the endpoint (unknown NOENT);
+    /// flags must be 0 (INVAL); a writable part without room for the 8-byte header and the
+    /// tail INVAL. The formats fill the writable part, tail at its end.
     std::uint32_t on_probe_table(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::probe_table);
         if (!offered(f_table_sharing)) return unanswered(type);
@@ -600,6 +658,7 @@ private:
         std::fill(out.begin(), out.end(), std::uint8_t{0});
         const std::size_t tail_at = out.size() - sizeof(req_tail);
         if (in.size() > sizeof(req_probe_table)) return answer(out, tail_at, type, status::inval);
+        if (!negotiated(f_table_sharing)) return answer(out, tail_at, type, status::unsupp);
         req_probe_table req;
         std::memcpy(static_cast<void*>(&req), in.data(), sizeof req);
         if (req.flags.get() != 0) return answer(out, tail_at, type, status::inval);
@@ -610,11 +669,13 @@ private:
         return answer(out, tail_at, type, status::ok);
     }
 
-    /// ATTACH_TABLE: unknown domain (address_space) NOENT; bypass domain, or one holding
+    /// ATTACH_TABLE: TABLE_SHARING not negotiated UNSUPP (the request is unanswered when it
+    /// is not offered: `handle`); unknown domain (address_space) NOENT; bypass domain, or one holding
     /// mappings INVAL; then validate_attach's refusals (formats/README.md); then the table
     /// must be found (context 0) and, folded, fit the shadow (NOMEM / UNSUPP). A domain that
     /// had a table gets the new one; its old translations are gone (a new IOTLB tag).
     status on_attach_table(const req_attach_table& r) {
+        if (!negotiated(f_table_sharing)) return status::unsupp;
         domain* d = find_domain(r.address_space);
         if (d == nullptr) return status::noent;
         if (d->bypass || (d->maps && d->maps->mapping_count() != 0)) return status::inval;
@@ -629,10 +690,12 @@ private:
         return status::ok;
     }
 
-    /// INVALIDATE: unknown domain NOENT; a domain without a table INVAL; decode_invalidate's
+    /// INVALIDATE: TABLE_SHARING not negotiated UNSUPP; unknown domain NOENT; a domain without
+    /// a table INVAL; decode_invalidate's
     /// refusals. Then the shared space re-reads what it must (folded) and the IOTLB drops the
     /// range (VADDR) or the whole address space (SINGLE, TABLE) before the answer.
     status on_invalidate(const req_invalidate& r) {
+        if (!negotiated(f_table_sharing)) return status::unsupp;
         domain* d = find_domain(r.address_space);
         if (d == nullptr) return status::noent;
         if (!d->table || !d->shared) return status::inval;
