@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The nested translator: results, access counts, every fault kind, and every format pair.
+#include <array>
 #include <cstdint>
 #include <tuple>
 
@@ -10,6 +11,7 @@
 #include <iopgtable/formats/vtd_sl.hpp>
 
 #include "nested_fixture.hpp"
+#include "virtio_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;
@@ -177,9 +179,23 @@ TEST_CASE("stage-1 faults", "[nested][fault]") {
         CHECK(t.translate(iova_t{0x5000}, wr).error().access == access_kind::write);
         check_fault(t.translate(iova_t{0x40000000}, rd), 1, 2, 0x40000000, fault_reason::translation);
     }
-    SECTION("translation: beyond the input address size") {
+    SECTION("translation: beyond the input address size, at Arm's level 0 (our 3)") {
         check_fault(t.translate(iova_t{std::uint64_t{1} << 48}, rd), 1, 3, std::uint64_t{1} << 48, fault_reason::translation);
         CHECK(t.translate(iova_t{std::uint64_t{1} << 48}, rd).accesses() == 0);
+        // A walk that starts lower still reports level 0: 3 levels (IAS 39), top level 2.
+        lpae_config c1;
+        c1.ias = 39;
+        lpae_pair n(c1);
+        REQUIRE(n.s1->geo().levels == 3);
+        check_fault(n.make_translator().translate(iova_t{std::uint64_t{1} << 39}, rd), 1, 3, std::uint64_t{1} << 39,
+                    fault_reason::translation);
+        // 64K granule, IAS 42: two levels (Arm 2 and 3); Arm level 0 is still our 3.
+        lpae_config c64;
+        c64.ias = 42;
+        two_stage<arm_lpae_s1_64k, arm_lpae_s2_4k> g(c64);
+        REQUIRE(g.s1->geo().levels == 2);
+        check_fault(g.make_translator().translate(iova_t{std::uint64_t{1} << 42}, wr), 1, 3, std::uint64_t{1} << 42,
+                    fault_reason::translation);
     }
     SECTION("permission: write to read-only, exec of no-exec, unprivileged access to privileged") {
         REQUIRE(w.s1->map(iova_t{0x1000}, pa_t{0x200000}, length_t{0x1000}, prot::read).ok());
@@ -240,7 +256,9 @@ TEST_CASE("stage-2 faults on the final IPA", "[nested][fault]") {
         c2.oas = 40;
         lpae_pair n({}, c2);
         REQUIRE(n.s1->map(iova_t{0x1000}, pa_t{std::uint64_t{1} << 36}, length_t{0x1000}, rw).ok());
-        check_fault(n.make_translator().translate(iova_t{0x1000}, rd), 2, n.s2->geo().levels - 1, std::uint64_t{1} << 36,
+        REQUIRE(n.s2->geo().levels == 3);
+        // Arm level 0 (IPAIsOutOfRange), our 3: above the 3-level table's top level.
+        check_fault(n.make_translator().translate(iova_t{0x1000}, rd), 2, 3, std::uint64_t{1} << 36,
                     fault_reason::translation);
     }
     SECTION("permission: read-only, write-only and no-exec stage-2 leaves") {
@@ -312,11 +330,44 @@ TEST_CASE("stage-2 faults while fetching a stage-1 table", "[nested][fault]") {
         t.invalidate_stage2(ipa_t{leaf_table}, length_t{0x1000});
         check_fault(t.translate(iova_t{0x1000}, rd), 2, 0, leaf_table + 8, fault_reason::access_flag, true);
     }
-    SECTION("walk abort: stage 2 maps the table's page outside host memory") {
+    SECTION("walk abort: stage 2 maps the table's page outside host memory: a stage-1 fault") {
         REQUIRE(w.s2->unmap(ipa_t{leaf_table}, length_t{0x1000}).ok());
         REQUIRE(w.s2->map(ipa_t{leaf_table}, pa_t{data_hpa}, length_t{0x1000}, rw).ok());
         t.invalidate_stage2(ipa_t{leaf_table}, length_t{0x1000});
-        check_fault(t.translate(iova_t{0x1000}, rd), 2, 0, leaf_table + 8, fault_reason::walk_abort, true);
+        // SMMUv3 F_WALK_EABT with S2 = 0: stage 1, the level being fetched, the input address.
+        auto r = t.translate(iova_t{0x1000}, rd);
+        check_fault(r, 1, 0, 0x1000, fault_reason::walk_abort, true);
+        CHECK(r.error().table_level == 0);
+    }
+    SECTION("walk abort on the root's fetch: stage 1 at the top level") {
+        REQUIRE(w.s2->unmap(ipa_t{root}, length_t{0x1000}).ok());
+        REQUIRE(w.s2->map(ipa_t{root}, pa_t{data_hpa}, length_t{0x1000}, rw).ok());
+        t.invalidate_stage2(ipa_t{root}, length_t{0x1000});
+        auto r = t.translate(iova_t{0x1000}, wr);
+        check_fault(r, 1, 3, 0x1000, fault_reason::walk_abort, true);
+        CHECK(r.error().table_level == 3);
+    }
+    SECTION("Device memory under a table: STE.S2PTW = 1 (the default) is a stage-2 permission fault") {
+        REQUIRE(w.s2->unmap(ipa_t{leaf_table}, length_t{0x1000}).ok());
+        REQUIRE(w.s2->map(ipa_t{leaf_table}, pa_t{window_hpa + (leaf_table - window_ipa)}, length_t{0x1000},
+                          rw | prot::mmio).ok());
+        t.invalidate_stage2(ipa_t{leaf_table}, length_t{0x1000});
+        CHECK(t.settings().protected_table_walk);
+        check_fault(t.translate(iova_t{0x1000}, rd), 2, 0, leaf_table + 8, fault_reason::permission, true);
+        check_fault(t.translate(iova_t{0x1000}, rd), 2, 0, leaf_table + 8, fault_reason::permission, true);  // cached
+        // S2PTW = 0: the walk goes through, and fills the walk cache with the Device page ...
+        nested::walk_cache shared;
+        auto off = nested::nested_translator<arm_lpae_s1_4k, arm_lpae_s2_4k, guest_ram>::create(
+            w.s1_cfg, w.root(), w.stage2(), {&shared, nullptr, 0}, nested::nested_settings{.protected_table_walk = false});
+        REQUIRE(off.ok());
+        CHECK(off->translate(iova_t{0x1000}, rd).ok());
+        // ... which a translator with S2PTW = 1 refuses from the cache too.
+        auto on = nested::nested_translator<arm_lpae_s1_4k, arm_lpae_s2_4k, guest_ram>::create(
+            w.s1_cfg, w.root(), w.stage2(), {&shared, nullptr, 0});
+        REQUIRE(on.ok());
+        const auto hits = shared.hits();
+        check_fault(on->translate(iova_t{0x1000}, rd), 2, 0, leaf_table + 8, fault_reason::permission, true);
+        CHECK(shared.hits() > hits);
     }
     SECTION("without the host's invalidation the walk cache still holds the old translation") {
         REQUIRE(w.s2->unmap(ipa_t{leaf_table}, length_t{0x1000}).ok());
@@ -363,6 +414,100 @@ TEST_CASE("VT-d first stage over second stage: faults", "[nested][fault]") {
     check_fault(t.translate(iova_t{std::uint64_t{1} << 47}, rd), 1, 3, std::uint64_t{1} << 47, fault_reason::translation);
     REQUIRE(w.s2->unmap(ipa_t{window_ipa}, length_t{0x1000}).ok());
     check_fault(t.translate(iova_t{0x1000}, rd), 2, 0, window_ipa, fault_reason::translation, true);
+}
+
+TEST_CASE("Arm permissions: instruction fetches as the architecture decides them", "[nested][fault]") {
+    // Arm ARM D8.4.1 / AArch64.S1DirectBasePermissions, S2DirectBasePermissions; SMMUv3 13.7.
+    lpae_pair w;
+    REQUIRE(w.s2->map(ipa_t{0x200000}, pa_t{data_hpa}, length_t{0x200000}, rw).ok());
+    auto t = w.make_translator();
+    const nested::access_request prd{access_kind::read, true}, pex{access_kind::exec, true};
+    SECTION("a PRIV stage-1 page: unprivileged fetches are governed by UXN alone") {
+        REQUIRE(w.s1->map(iova_t{0x1000}, pa_t{0x200000}, length_t{0x1000}, rw | prot::priv).ok());  // 0x23
+        check_fault(t.translate(iova_t{0x1000}, rd), 1, 0, 0x1000, fault_reason::permission);
+        auto x = t.translate(iova_t{0x1000}, ex);
+        REQUIRE(x.ok());
+        CHECK(x->output.value == data_hpa);
+        CHECK(t.translate(iova_t{0x1000}, prd).ok());
+        CHECK(t.translate(iova_t{0x1000}, pex).ok());
+        using R = nested::access_rights;
+        CHECK(x->rights == R{R::read | R::write | R::exec, R::exec});
+    }
+    SECTION("a page unprivileged accesses can write is never privileged-executable") {
+        REQUIRE(w.s1->map(iova_t{0x2000}, pa_t{0x201000}, length_t{0x1000}, rw).ok());
+        CHECK(t.translate(iova_t{0x2000}, ex).ok());
+        check_fault(t.translate(iova_t{0x2000}, pex), 1, 0, 0x2000, fault_reason::permission);
+        REQUIRE(w.s1->map(iova_t{0x3000}, pa_t{0x202000}, length_t{0x1000}, prot::read).ok());
+        CHECK(t.translate(iova_t{0x3000}, pex).ok());
+    }
+    SECTION("stage 2 executes by XN alone: a write-only stage-2 page under an executable stage-1 page") {
+        REQUIRE(w.s2->map(ipa_t{0x400000}, pa_t{data_hpa + 0x400000}, length_t{0x1000}, prot::write).ok());
+        REQUIRE(w.s1->map(iova_t{0x4000}, pa_t{0x400000}, length_t{0x1000}, prot::read).ok());
+        CHECK(t.translate(iova_t{0x4000}, ex).ok());
+        check_fault(t.translate(iova_t{0x4000}, rd), 2, 0, 0x400000, fault_reason::permission);
+    }
+    SECTION("stage-2 NOEXEC is XN = 0b11: with FEAT_XNX, privileged fetches pass") {
+        REQUIRE(w.s2->map(ipa_t{0x401000}, pa_t{data_hpa + 0x401000}, length_t{0x1000}, rw | prot::noexec).ok());
+        REQUIRE(w.s1->map(iova_t{0x5000}, pa_t{0x401000}, length_t{0x1000}, rw | prot::priv).ok());
+        check_fault(t.translate(iova_t{0x5000}, ex), 2, 0, 0x401000, fault_reason::permission);
+        CHECK(t.translate(iova_t{0x5000}, pex).ok());
+    }
+    SECTION("stage-1 NOEXEC refuses both") {
+        REQUIRE(w.s1->map(iova_t{0x6000}, pa_t{0x203000}, length_t{0x1000}, rw | prot::priv | prot::noexec).ok());
+        check_fault(t.translate(iova_t{0x6000}, ex), 1, 0, 0x6000, fault_reason::permission);
+        check_fault(t.translate(iova_t{0x6000}, pex), 1, 0, 0x6000, fault_reason::permission);
+    }
+    SECTION("the IOTLB answers with the same rights") {
+        nested::walk_cache wc;
+        nested::translation_cache tlb;
+        auto c = w.make_translator({&wc, &tlb, 1});
+        REQUIRE(w.s1->map(iova_t{0x7000}, pa_t{0x204000}, length_t{0x1000}, rw).ok());
+        REQUIRE(c.translate(iova_t{0x7000}, rd).ok());
+        CHECK(c.translate(iova_t{0x7000}, ex)->cached);
+        check_fault(c.translate(iova_t{0x7000}, pex), 1, 0, 0x7000, fault_reason::permission);
+    }
+}
+
+TEST_CASE("VT-d keeps its own rule: an execute request needs read", "[nested][fault]") {
+    // VT-d 3.6.1 / 3.7.1 access rights: a second-stage page without R refuses execute requests.
+    vtd_pair w;
+    REQUIRE(w.s1->map(iova_t{0x1000}, pa_t{0x200000}, length_t{0x1000}, rw).ok());
+    REQUIRE(w.s2->map(ipa_t{0x200000}, pa_t{data_hpa}, length_t{0x1000}, prot::write).ok());
+    auto t = w.make_translator();
+    check_fault(t.translate(iova_t{0x1000}, ex), 2, 0, 0x200000, fault_reason::permission);
+    CHECK(t.translate(iova_t{0x1000}, wr).ok());
+}
+
+TEST_CASE("the virtio device's MAP domains combine stages with the nested rule", "[nested][virtio]") {
+    // device::walk_domain uses nested::combine_prot: a stage-2 NOEXEC page refuses the
+    // device's (unprivileged) instruction fetches through a MAP domain, as nested tables do.
+    using arm_machine = virtio::machine<virtio::arm_host>;
+    virtio::machine_settings ms;
+    ms.ram_size = 48ull << 20;
+    ms.stage2_pool = 1ull << 20;
+    ms.device.endpoints = 1;
+    auto made = arm_machine::create(ms);
+    REQUIRE(made.ok());
+    auto& m = **made;
+    auto send = [&](const virtio_test::bytes& in) {
+        std::array<std::uint8_t, 4> out{0xee, 0xee, 0xee, 0xee};
+        REQUIRE(m.submit(in, out) == 4);
+        return static_cast<virtio::status>(out[0]);
+    };
+    constexpr std::uint64_t dma = arm_machine::dma_gpa;
+    REQUIRE(send(virtio_test::attach(1, 0)) == virtio::status::ok);
+    REQUIRE(send(virtio_test::map(1, 0x100000, 0x100fff, dma)) == virtio::status::ok);
+    CHECK(m.dev().translate(0, 0x100000, 4, access_kind::exec).ok());
+    // The host makes the page no-exec in stage 2.
+    const std::uint64_t hpa = m.guest().hpa_base() + dma;
+    REQUIRE(m.stage2().unmap(ipa_t{dma}, length_t{0x1000}, unmap_mode::split).ok());
+    REQUIRE(m.stage2().map(ipa_t{dma}, pa_t{hpa}, length_t{0x1000}, rw | prot::cache | prot::noexec).ok());
+    m.dev().stage2_changed(dma, 0x1000);
+    CHECK(m.dev().translate(0, 0x100000, 4, access_kind::read).ok());
+    const auto x = m.dev().translate(0, 0x100000, 4, access_kind::exec);
+    REQUIRE_FALSE(x.ok());
+    REQUIRE(x.fault);
+    CHECK(x.fault->reason == virtio::fault_r_mapping);
 }
 
 // ---------------------------------------------------------------------------- every pair

@@ -43,15 +43,28 @@ int fail(const std::string& message) {
 struct groups {
     std::optional<std::string> s1, s2, fold;
     bool mediated = false;
+    nst::nested_settings settings{};
 };
 
-/// `--s1 WORDS`, `--s1=WORDS` (and --s2, --fold), `--mediated`; or a reason.
+/// `--s1 WORDS`, `--s1=WORDS` (and --s2, --fold), `--mediated`, `--s2ptw 0|1`; or a reason.
 std::variant<groups, std::string> parse_groups(std::span<char* const> args) {
     groups g;
     for (std::size_t i = 0; i < args.size(); ++i) {
         std::string_view w = args[i];
         if (w == "--mediated") {
             g.mediated = true;
+            continue;
+        }
+        if (w == "--s2ptw" || w.starts_with("--s2ptw=")) {
+            std::string_view v;
+            if (w.size() > 7) {
+                v = w.substr(8);
+            } else {
+                if (i + 1 == args.size()) return std::string("--s2ptw needs 0 or 1");
+                v = args[++i];
+            }
+            if (v != "0" && v != "1") return "--s2ptw needs 0 or 1, got '" + std::string(v) + "'";
+            g.settings.protected_table_walk = v == "1";
             continue;
         }
         std::optional<std::string>* slot = nullptr;
@@ -63,7 +76,8 @@ std::variant<groups, std::string> parse_groups(std::span<char* const> args) {
                 key = k;
             }
         }
-        if (slot == nullptr) return "unexpected argument '" + std::string(w) + "' (expected --s1, --s2, --fold or --mediated)";
+        if (slot == nullptr)
+            return "unexpected argument '" + std::string(w) + "' (expected --s1, --s2, --fold, --mediated or --s2ptw)";
         if (*slot) return "option " + std::string(key) + " given twice";
         if (w.size() > key.size()) {
             *slot = std::string(w.substr(key.size() + 1));
@@ -154,13 +168,18 @@ public:
         const std::string_view name = op.name;
         std::vector<std::uint64_t> n;
         std::optional<nst::access_kind> kind;
-        bool all = false;
+        bool all = false, privileged = false;
         for (std::size_t i = 0; i < args.size(); ++i) {
             if (name == "translate" && i == 1) {
                 if (args[1] == "r") kind = nst::access_kind::read;
                 else if (args[1] == "w") kind = nst::access_kind::write;
                 else if (args[1] == "x") kind = nst::access_kind::exec;
                 else return "access must be r, w or x, got '" + std::string(args[1]) + "'";
+                continue;
+            }
+            if (name == "translate" && i == 2) {
+                if (args[2] != "priv") return "translate expects priv after the access, got '" + std::string(args[2]) + "'";
+                privileged = true;
                 continue;
             }
             if (name == "invalidate" && args.size() == 1) {
@@ -178,7 +197,7 @@ public:
         else if (name == "s2map") s2map(n[0], n[1], n[2], n[3]);
         else if (name == "s2unmap") s2unmap(n[0], n[1]);
         else if (name == "invalidate") all ? invalidate_all() : invalidate(n[0], n[1]);
-        else if (name == "translate") translate(n[0], *kind);
+        else if (name == "translate") translate(n[0], {*kind, privileged});
         else if (name == "shadow") shadow(n[0]);
         else if (name == "stats") stats();
         else return "operation '" + std::string(name) + "' is not available here";
@@ -233,8 +252,10 @@ private:
         if (fold_) fold_->invalidate_all();
         emit("ok");
     }
-    void translate(std::uint64_t iova, nst::access_kind kind) {
-        const auto r = t_.translate(iopgtable::iova_t{iova}, {kind, false});
+    // A device's transaction: data read or write, or instruction fetch; unprivileged unless
+    // the script says priv (nested.md).
+    void translate(std::uint64_t iova, nst::access_request access) {
+        const auto r = t_.translate(iopgtable::iova_t{iova}, access);
         if (r) return emit("PA " + to_hex(r->output.value) + " size " + to_hex(std::uint64_t{1} << r->size_lg2));
         const auto& f = r.error();
         emit("fault stage " + std::to_string(f.stage) + " level " + to_hex(f.level) + " addr " + to_hex(f.address) + " " +
@@ -274,7 +295,7 @@ private:
 /// Builds the host and the guest of one pair, then runs the script.
 template <class S1, class S2>
 int run_pair(const typename S1::config& c1, const typename S2::config& c2, std::optional<nst::any_shadow> shadow,
-             bool mediated) {
+             bool mediated, nst::nested_settings settings) {
     using session = nested_session<S1, S2>;
     iopgtable::guest_ram host{2 * nested_window_size, iopgtable::pa_t{nested_host_base}};
     host.set_table_pool(iopgtable::pa_t{nested_host_base}, nested_stage2_pool);
@@ -298,11 +319,12 @@ int run_pair(const typename S1::config& c1, const typename S2::config& c2, std::
     const iopgtable::ipa_t root{s1->root().value};
     nst::walk_cache walks(32);
     nst::translation_cache tlb(4096);
-    auto t = session::translator::create(c1, root, s2_table, {&walks, &tlb, 1});
+    auto t = session::translator::create(c1, root, s2_table, {&walks, &tlb, 1}, settings);
     if (!t) return fail("cannot build the translator: " + std::string(to_string(t.error())));
     std::optional<typename session::folded> fold;
     if (shadow) {
-        auto f = session::folded::create(c1, root, *s2, std::move(*shadow), mediated ? &*s1 : nullptr);
+        auto f = session::folded::create(c1, root, *s2, std::move(*shadow), mediated ? &*s1 : nullptr,
+                                         ~std::uint64_t{0}, settings);
         if (!f)
             return fail("cannot fold into this shadow: " + std::string(to_string(f.error())) +
                         " (its input size must cover stage 1's, its smallest page fit both stages)");
@@ -342,7 +364,7 @@ int nested_mode(std::span<char* const> args) {
                            [&]<class S1>(const typename S1::config& c1) {
         return with_format("--s2", std::get<options>(o2), stage2, "a stage-2 format (its input is an IPA)",
                            [&]<class S2>(const typename S2::config& c2) {
-            if constexpr (is_stage1<S1> && is_stage2<S2>) status = run_pair<S1, S2>(c1, c2, std::move(shadow), g.mediated);
+            if constexpr (is_stage1<S1> && is_stage2<S2>) status = run_pair<S1, S2>(c1, c2, std::move(shadow), g.mediated, g.settings);
             return std::optional<std::string>{};
         });
     });

@@ -2,7 +2,7 @@
 #pragma once
 /// @file nested_mode.hpp
 /// `iopt nested --s1 "<format options>" --s2 "<format options>" [--fold "<format options>"]
-/// [--mediated] < script`: a guest's stage-1 table over a host's stage-2 table, walked nested
+/// [--mediated] [--s2ptw 0|1] < script`: a guest's stage-1 table over a host's stage-2 table, walked nested
 /// (include/iopgtable/nested/), and optionally folded into a shadow table. nested.md describes
 /// the operations, the memory layout and the output.
 #include <array>
@@ -29,7 +29,7 @@ inline constexpr std::array<operation, 8> nested_operations{{
     {"s2map", "IPA PA SIZE PROT", 1u << 4, "ok | error name"},
     {"s2unmap", "IPA SIZE", 1u << 2, "bytes unmapped | error name"},
     {"invalidate", "IOVA SIZE | all", 1u << 1 | 1u << 2, "ok | error name"},
-    {"translate", "IOVA r|w|x", 1u << 2, "PA pa size size | fault stage S level L addr A REASON [table-fetch]"},
+    {"translate", "IOVA r|w|x [priv]", 1u << 2 | 1u << 3, "PA pa size size | fault stage S level L addr A REASON [table-fetch]"},
     {"shadow", "IOVA", 1u << 1, "PA pa | none"},
     {"stats", "", 1u << 0, "walks, accesses, cache hits and misses ... END"},
 }};

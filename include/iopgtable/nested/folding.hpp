@@ -81,10 +81,12 @@ public:
     /// mode (a) (null: mode (b) only). `s2` and `s1` outlive it. Errors: the stage-1
     /// configuration's; invalid when the shadow's IAS is below stage 1's or its smallest page is
     /// larger than either stage's.
-    /// `fetch_budget`: see set_fetch_budget (applies to this first sync too).
+    /// `fetch_budget`: see set_fetch_budget (applies to this first sync too). `settings`: the
+    /// nested configuration the shadow follows (as the nested translator it stands for).
     static result<basic_folded_table> create(const typename S1::config& s1_cfg, ipa_t s1_root, stage2_table& s2,
                                              Store shadow, stage1_table* s1 = nullptr,
-                                             std::uint64_t fetch_budget = ~std::uint64_t{0}) {
+                                             std::uint64_t fetch_budget = ~std::uint64_t{0},
+                                             nested_settings settings = {}) {
         auto g1 = S1::make_geometry(s1_cfg);
         if (!g1) return failure(g1.error());
         auto min_page = [](const geometry& g) { return g.pgsize_bitmap & (~g.pgsize_bitmap + 1); };
@@ -93,6 +95,7 @@ public:
             return failure(errc::invalid);
         basic_folded_table t(s1_cfg, *g1, s1_root, s2, std::move(shadow), s1);
         t.fetch_budget_ = fetch_budget;
+        t.settings_ = settings;
         t.invalidate_all();
         return t;
     }
@@ -272,8 +275,13 @@ private:
     /// (all copies of a replicated leaf, normally): each entry translates its own slot, so
     /// copies a guest made differ are folded apart.
     void fold_from_stage1(std::uint64_t lo, std::uint64_t hi) {
-        stage2_view<S2, HM> view(s2_stage(),
-                                 view_settings{s1_geo_.oas, false, true, &cache_, &note_table_page, this, fetch_budget_});
+        stage2_view<S2, HM> view(s2_stage(), view_settings{.ipa_bits = s1_geo_.oas,
+                                                           .unreadable_as_empty = true,
+                                                           .cache = &cache_,
+                                                           .on_fetch = &note_table_page,
+                                                           .cookie = this,
+                                                           .fetch_budget = fetch_budget_,
+                                                           .protected_table_walk = settings_.protected_table_walk});
         std::optional<record> run;
         typename S1::word run_raw{};
         auto flush = [&] {
@@ -359,10 +367,14 @@ private:
         const memory_type m = combine_memory(s1.memory, s2.memory);
         const prot want = combine_prot(s1.perm, s2.perm, m);
         if (!has_any(want, prot::read | prot::write)) return;  // no access passes: nothing to map
-        const prot candidates[2] = {want, want & ~prot::write};
-        for (unsigned i = 0; i < 2; ++i) {
+        const access_rights exact = s1.rights & s2.rights;
+        // Flags cannot say every combination of rights (a privileged fetch the stage-1 rule
+        // refuses for a page unprivileged accesses may write, but stage 2 made read-only):
+        // then fewer, without NOEXEC's fetches or without WRITE.
+        const prot candidates[4] = {want, want | prot::noexec, want & ~prot::write, (want & ~prot::write) | prot::noexec};
+        for (unsigned i = 0; i < 4; ++i) {
             const prot p = candidates[i];
-            if (!has_any(p, prot::read | prot::write) || !expressible(p, want)) continue;
+            if (!has_any(p, prot::read | prot::write) || !expressible(p, exact)) continue;
             ++stats_.pieces;
             if (i > 0) ++stats_.reduced;
             if (!shadow_.map(iova, pa, length, p)) {
@@ -376,8 +388,9 @@ private:
 
     static constexpr bool has_any(prot p, prot bits) noexcept { return (p & bits) != prot::none; }
 
-    /// Whether a shadow leaf written for `p` lets through no access that `want` refuses.
-    bool expressible(prot p, prot want) const noexcept {
+    /// Whether a shadow leaf written for `p` lets through no access the nested walk (`want`)
+    /// refuses.
+    bool expressible(prot p, access_rights want) const noexcept {
         const prot got = shadow_.readback(p);
         if (got == prot::none) return false;
         for (const bool privileged : {false, true}) {
@@ -435,6 +448,7 @@ private:
     std::uint64_t last_page_ = 0;
     bool have_last_page_ = false, pages_lost_ = false;
     std::uint64_t fetch_budget_ = ~std::uint64_t{0};
+    nested_settings settings_{};
     bool truncated_ = false;
     fold_stats stats_;
 };

@@ -6,6 +6,8 @@
 /// leaf or a fault with the checks hardware makes (`check_leaf`, `finish_walk`, `walk_stage`).
 #include <concepts>
 #include <cstdint>
+#include <string_view>
+#include <type_traits>
 
 #include "../engine/format.hpp"
 #include "../engine/page_table.hpp"
@@ -14,6 +16,27 @@
 #include "types.hpp"
 
 namespace iopgtable::nested {
+
+/// The permission rule of format F's leaves (types.hpp `permission_rule`): Arm LPAE stage 1 or
+/// stage 2, else the IOMMU_* rule (VT-d, v7s).
+template <page_table_format F>
+constexpr permission_rule permission_rule_of() noexcept {
+    if (std::string_view(F::folder) == "arm-lpae")
+        return std::is_same_v<typename F::input_address, ipa_t> ? permission_rule::arm_stage2 : permission_rule::arm_stage1;
+    return permission_rule::iommu_prot;
+}
+
+/// The level a translation fault for an input beyond the input size reports. Arm reports
+/// architectural level 0 (pseudocode AArch64.S1Translate / S2Translate: VAIsOutOfRange,
+/// IPAIsOutOfRange → Fault_Translation, level 0); in our numbering (arm_lpae.hpp: ours = 3 −
+/// Arm's) that is level 3 for every granule, above the top level when the walk starts lower
+/// (IAS 39 with 4K: top level 2; 64K granule: Arm has no level 0 table but still reports 0).
+/// Formats without such a convention (VT-d, v7s) report their top level.
+template <page_table_format F>
+constexpr unsigned input_fault_level(const geometry& geo) noexcept {
+    if (std::string_view(F::folder) == "arm-lpae") return 3;
+    return geo.levels == 0 ? 0 : geo.levels - 1;
+}
 
 /// Where one table of format F is: its configuration, geometry, table memory and root. A plain
 /// value; the memory (and the table) must outlive it.
@@ -80,7 +103,8 @@ struct stage_outcome {
 
 /// The checks a walker makes on a leaf entry `raw` at `level` that translates `input`, in Arm's
 /// priority order: address size (the output address at or above 2^oas), then access flag (for
-/// formats with `has_access_flag`). Permissions depend on the access: see `permits`.
+/// formats with `has_access_flag`). Permissions depend on the access: the leaf's `rights`
+/// (its format's `permission_rule_of`) say which pass.
 template <page_table_format F>
 constexpr stage_outcome check_leaf(const typename F::config& cfg, const geometry& geo, unsigned level,
                                    typename F::word raw, std::uint64_t input) noexcept {
@@ -105,13 +129,14 @@ constexpr stage_outcome check_leaf(const typename F::config& cfg, const geometry
     o.leaf.input_base = input & ~low_mask(lg2);
     o.leaf.output_base = oa;
     o.leaf.perm = F::leaf_prot(cfg, level, raw);
+    o.leaf.rights = rights_of(o.leaf.perm, permission_rule_of<F>());
     if constexpr (has_memory_type<F>) o.leaf.memory = F::leaf_memory_type(cfg, level, raw);
     return o;
 }
 
-/// A walk's result as a leaf or a fault: an input beyond the input size and an empty entry are
-/// translation faults, an unreadable table is `unreadable` (what the memory said), a leaf is
-/// checked by `check_leaf`.
+/// A walk's result as a leaf or a fault: an input beyond the input size (at
+/// `input_fault_level`) and an empty entry are translation faults, an unreadable table is
+/// `unreadable` (what the memory said), a leaf is checked by `check_leaf`.
 template <page_table_format F>
 constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometry& geo, const walk_info<F>& w,
                                     std::uint64_t input, fault_reason unreadable) noexcept {
@@ -119,9 +144,12 @@ constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometr
     switch (w.status) {
     case walk_status::mapped: o = check_leaf<F>(cfg, geo, w.level, w.raw, input); break;
     case walk_status::unmapped:
-    case walk_status::out_of_range:
         o.reason = fault_reason::translation;
         o.level = w.level;
+        break;
+    case walk_status::out_of_range:
+        o.reason = fault_reason::translation;
+        o.level = input_fault_level<F>(geo);
         break;
     case walk_status::bad_table:
         o.reason = unreadable;

@@ -35,8 +35,13 @@ namespace iopgtable::nested {
 
 /// Why the last entry fetch through a stage2_view failed.
 struct fetch_fault {
-    /// 2: stage 2 could not translate the entry's IPA (or the host memory does not back it:
-    /// walk_abort). 1: the IPA is at or above 2^ipa_bits, stage 1's output size (address_size).
+    /// 2: stage 2 could not translate the entry's IPA or refused the walk (permission, also
+    /// for Device memory with `protected_table_walk`). 1: a stage-1 fault on the fetch: the IPA
+    /// is at or above 2^ipa_bits, stage 1's output size (address_size), or stage 2 translates
+    /// it but the host memory does not back the output (walk_abort: an external abort on the
+    /// stage-1 descriptor fetch, SMMUv3 7.3 F_WALK_EABT with S2 = 0, CLASS = TT; Arm
+    /// FetchDescriptor records it in the stage-1 fault record; VT-d reports a first-stage
+    /// reason). The walker that fetched knows the stage-1 level.
     unsigned stage = 2;
     unsigned level = 0;  ///< stage 2: the stage-2 level of the fault
     std::uint64_t ipa = 0;
@@ -63,6 +68,10 @@ struct view_settings {
     /// with `unreadable_as_empty`) and `exhausted()` turns true. Bounds a walk over a hostile
     /// guest's tables that point many entries at one table (a DAG instead of a tree).
     std::uint64_t fetch_budget = ~std::uint64_t{0};
+    /// SMMUv3 STE.S2PTW (5.2; Arm HCR_EL2.PTW): a fetch from a page stage 2 maps as Device
+    /// memory is a stage-2 permission fault. Off: such fetches succeed (S2PTW = 0). Walks
+    /// the IOMMU makes set it from `nested_settings`; a guest CPU's own accesses do not.
+    bool protected_table_walk = false;
 };
 
 template <page_table_format S2, table_reader HM>
@@ -109,6 +118,10 @@ public:
         if (set_.cache) {
             if (const auto* c = set_.cache->find(ipa)) {
                 fault_level_ = c->level;
+                if (walk_refused(c->memory)) {
+                    fault_ = fetch_fault{2, c->level, ipa, fault_reason::permission};
+                    return std::nullopt;
+                }
                 if (!allowed(c->perm, write)) {
                     fault_ = fetch_fault{2, c->level, ipa, fault_reason::permission};
                     return std::nullopt;
@@ -124,12 +137,17 @@ public:
             return std::nullopt;
         }
         fault_level_ = o.leaf.level;
+        if (walk_refused(o.leaf.memory)) {
+            fault_ = fetch_fault{2, o.leaf.level, ipa, fault_reason::permission};
+            return std::nullopt;
+        }
         if (!allowed(o.leaf.perm, write)) {
             fault_ = fetch_fault{2, o.leaf.level, ipa, fault_reason::permission};
             return std::nullopt;
         }
         if (set_.cache && has(o.leaf.perm, prot::read))
-            set_.cache->insert({o.leaf.input_base, o.leaf.output_base, o.leaf.size_lg2, o.leaf.level, o.leaf.perm, true});
+            set_.cache->insert({o.leaf.input_base, o.leaf.output_base, o.leaf.size_lg2, o.leaf.level, o.leaf.perm, true,
+                                o.leaf.memory});
         extent_end = o.leaf.input_base + lg2_to_size(o.leaf.size_lg2);
         return o.leaf.output_base + (ipa - o.leaf.input_base);
     }
@@ -154,6 +172,9 @@ public:
     const view_settings& settings() const noexcept { return set_; }
 
 private:
+    /// STE.S2PTW: a table walk into Device memory is refused (before the read permission
+    /// check, as in Arm's S2CheckPermissions for walks).
+    bool walk_refused(memory_type m) const noexcept { return set_.protected_table_walk && m == memory_type::device; }
     static bool allowed(prot perm, bool write) noexcept {
         return has(perm, prot::read) && (!write || has(perm, prot::write));
     }
@@ -181,7 +202,7 @@ private:
         if (run.count == 0) {
             ++fetches_;
             if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
-            fault_ = fetch_fault{2, fault_level_, ipa.value, fault_reason::walk_abort};
+            fault_ = fetch_fault{1, 0, ipa.value, fault_reason::walk_abort};
             return refuse<W>(write);
         }
         fetches_ += run.count;

@@ -46,12 +46,14 @@ public:
     using stage2_format = S2;
 
     /// A translator for the stage-1 table of configuration `s1_cfg` whose top table is at IPA
-    /// `s1_root`, over the stage-2 table `s2`. Errors: the stage-1 configuration's.
+    /// `s1_root`, over the stage-2 table `s2`, configured by `settings`. Errors: the stage-1
+    /// configuration's.
     static result<nested_translator> create(const typename S1::config& s1_cfg, ipa_t s1_root,
-                                            const stage_table<S2, HM>& s2, nested_caches caches = {}) noexcept {
+                                            const stage_table<S2, HM>& s2, nested_caches caches = {},
+                                            nested_settings settings = {}) noexcept {
         auto g = S1::make_geometry(s1_cfg);
         if (!g) return failure(g.error());
-        return nested_translator(s1_cfg, *g, s1_root, s2, caches);
+        return nested_translator(s1_cfg, *g, s1_root, s2, caches, settings);
     }
 
     /// Translates `iova` for access `a`: a translation, or the first fault in the order
@@ -87,13 +89,13 @@ public:
         }
         const auto o1 = finish_walk<S1>(s1_cfg_, s1_geo_, w1, iova.value, fault_reason::walk_abort);
         if (!o1.ok) return fail(1, o1.level, iova.value, o1.reason);
-        if (!permits(o1.leaf.perm, a)) return fail(1, o1.leaf.level, iova.value, fault_reason::permission);
+        if (!permits(o1.leaf.rights, a)) return fail(1, o1.leaf.level, iova.value, fault_reason::permission);
 
         const std::uint64_t ipa = o1.leaf.output_base + (iova.value - o1.leaf.input_base);
         const auto o2 = walk_stage(s2_, ipa);
         accesses += o2.accesses;
         if (!o2.ok) return fail(2, o2.level, ipa, o2.reason);
-        if (!permits(o2.leaf.perm, a)) return fail(2, o2.leaf.level, ipa, fault_reason::permission);
+        if (!permits(o2.leaf.rights, a)) return fail(2, o2.leaf.level, ipa, fault_reason::permission);
 
         translation t;
         t.iova = iova;
@@ -104,6 +106,7 @@ public:
         t.s2 = o2.leaf;
         t.memory = combine_memory(o1.leaf.memory, o2.leaf.memory);
         t.perm = combine_prot(o1.leaf.perm, o2.leaf.perm, t.memory);
+        t.rights = o1.leaf.rights & o2.leaf.rights;
         t.accesses = accesses;
         stats_.accesses += accesses;
         if (caches_.iotlb) cache(t);
@@ -137,17 +140,20 @@ public:
     const geometry& stage1_geometry() const noexcept { return s1_geo_; }
     ipa_t stage1_root() const noexcept { return ipa_t{s1_root_.value}; }
     const stage_table<S2, HM>& stage2() const noexcept { return s2_; }
+    const nested_settings& settings() const noexcept { return settings_; }
 
 private:
     nested_translator(const typename S1::config& cfg, const geometry& geo, ipa_t root, const stage_table<S2, HM>& s2,
-                      nested_caches caches) noexcept
-        : s1_cfg_(cfg), s1_geo_(geo), s1_root_(root.value), s2_(s2), caches_(caches),
-          view_(s2, view_settings{geo.oas, false, false, caches.walk, nullptr, nullptr}) {}
+                      nested_caches caches, nested_settings settings) noexcept
+        : s1_cfg_(cfg), s1_geo_(geo), s1_root_(root.value), s2_(s2), caches_(caches), settings_(settings),
+          view_(s2, view_settings{.ipa_bits = geo.oas,
+                                  .cache = caches.walk,
+                                  .protected_table_walk = settings.protected_table_walk}) {}
 
     translate_result from_cache(const iotlb_entry& e, iova_t iova, access_request a) const noexcept {
         const std::uint64_t ipa = e.ipa_base + (iova.value - e.iova_base);
-        if (!permits(e.s1.perm, a)) return fault{1, e.s1.level, iova.value, false, 0, a.kind, fault_reason::permission, 0};
-        if (!permits(e.s2.perm, a)) return fault{2, e.s2.level, ipa, false, 0, a.kind, fault_reason::permission, 0};
+        if (!permits(e.s1.rights, a)) return fault{1, e.s1.level, iova.value, false, 0, a.kind, fault_reason::permission, 0};
+        if (!permits(e.s2.rights, a)) return fault{2, e.s2.level, ipa, false, 0, a.kind, fault_reason::permission, 0};
         translation t;
         t.iova = iova;
         t.ipa = ipa_t{ipa};
@@ -156,6 +162,7 @@ private:
         t.s1 = e.s1;
         t.s2 = e.s2;
         t.perm = e.perm;
+        t.rights = e.s1.rights & e.s2.rights;
         t.memory = e.memory;
         t.accesses = 0;
         t.cached = true;
@@ -189,6 +196,7 @@ private:
     pa_t s1_root_;  ///< an IPA: the stage-1 walker reads it through view_
     stage_table<S2, HM> s2_;
     nested_caches caches_;
+    nested_settings settings_;
     stage2_view<S2, HM> view_;
     translator_stats stats_;
 };

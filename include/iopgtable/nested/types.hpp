@@ -19,11 +19,65 @@ namespace iopgtable::nested {
 /// What a device does with an address. A stage-1 table fetch is always a read.
 enum class access_kind : std::uint8_t { read, write, exec };
 
-/// One access to translate: its kind, and whether the transaction is privileged (a leaf
-/// mapped with prot::priv lets only privileged accesses through).
+/// One access to translate: the transaction's attributes the permission checks use. `kind`
+/// is data read, data write or instruction fetch (SMMUv3 InD, with RnW; VT-d: an execute
+/// request); `privileged` the privilege (SMMUv3 PnU, after STE.PRIVCFG; VT-d PR). Which leaf lets
+/// which access through is each format's rule (`permission_rule`, nested/README.md).
 struct access_request {
     access_kind kind = access_kind::read;
     bool privileged = false;
+};
+
+/// What one leaf lets through, per privilege: the architecture's (pr, pw, px) and (ur, uw, ux)
+/// (Arm ARM AArch64.S1DirectBasePermissions / S2DirectBasePermissions), or VT-d's supervisor
+/// and user rights. Two stages combine by intersection (`&`): an access passes a nested
+/// translation only when both stages let it through (Arm ARM D8.4, "combining the stage 1 and
+/// stage 2 permissions"; VT-d 3.8).
+struct access_rights {
+    static constexpr std::uint8_t read = 1, write = 2, exec = 4;
+    std::uint8_t privileged = 0;    ///< read | write | exec for privileged transactions
+    std::uint8_t unprivileged = 0;  ///< the same for unprivileged ones
+    friend constexpr access_rights operator&(access_rights a, access_rights b) noexcept {
+        return {static_cast<std::uint8_t>(a.privileged & b.privileged),
+                static_cast<std::uint8_t>(a.unprivileged & b.unprivileged)};
+    }
+    friend constexpr bool operator==(const access_rights&, const access_rights&) = default;
+};
+
+/// The rule that turns a leaf's prot flags (F::leaf_prot) into access rights. Each rule is the
+/// architecture's for leaves written for those flags (formats/<folder>/README.md, prot mapping).
+enum class permission_rule : std::uint8_t {
+    /// Arm VMSAv8-64 stage 1, EL1&0 regime (Arm ARM D8.4.1 and the pseudocode
+    /// AArch64.S1DirectBasePermissions; io-pgtable-arm writes AP[1] = !PRIV, AP[2] = !WRITE,
+    /// UXN = PXN = NOEXEC): privileged read always, write with WRITE; unprivileged read and
+    /// write only without PRIV; unprivileged instruction fetch governed by UXN alone
+    /// (ux = !NOEXEC, whatever PRIV and the read bits say); privileged by PXN and by the rule
+    /// that a location unprivileged software can write is never privileged-executable
+    /// (px = !NOEXEC and not (WRITE and not PRIV)). SCTLR.WXN / CD.WXN is 0 (Linux).
+    arm_stage1,
+    /// Arm VMSAv8-64 stage 2 (AArch64.S2DirectBasePermissions): read S2AP[0], write S2AP[1] for
+    /// either privilege; execute by XN[1:0] alone, independent of S2AP, decoded with FEAT_XNX
+    /// (mandatory in SMMUv3.1 with stage 2, SMMU_IDR3.XNX): 0b00 both, 0b01 unprivileged
+    /// only, 0b10 neither, 0b11 privileged only. io-pgtable-arm writes XN = 0b11 for NOEXEC,
+    /// so a NOEXEC stage-2 leaf refuses unprivileged fetches and lets privileged ones through.
+    arm_stage2,
+    /// The IOMMU_* meaning without an architecture's finer rule: VT-d (3.6.1 first-stage and
+    /// 3.7.1 second-stage access rights: a read needs R (first stage: present), a write W,
+    /// an execute request R and not XD (x86 paging: every present page is readable; execute
+    /// requests are deprecated, ECAP.ERS), a supervisor page (U/S = 0, our PRIV) refuses user
+    /// requests), and Arm's short descriptor (v7s, B3.7.1: an instruction fetch needs read
+    /// permission at the current privilege and no XN; PRIV = AP[1] clear).
+    iommu_prot,
+};
+
+/// The nested configuration: what the IOMMU does that neither stage's tables say.
+struct nested_settings {
+    /// SMMUv3 STE.S2PTW (5.2, "protected table walk"; Arm HCR_EL2.PTW): a stage-1 table
+    /// fetch from a page stage 2 maps as Device memory is a stage-2 permission fault. On by
+    /// default: Linux's arm-smmu-v3 sets S2PTW in every STE with stage 2, nested ones
+    /// included (arm_smmu_make_s2_domain_ste). Off, the fetch succeeds. Formats without memory
+    /// types (VT-d second stage) never map tables as Device memory.
+    bool protected_table_walk = true;
 };
 
 /// Why a translation faulted (Arm ARM D8.x fault types; VT-d 7.1 fault reasons map onto these).
@@ -68,11 +122,16 @@ constexpr std::string_view to_string(memory_type m) noexcept {
 /// A fault, as a value.
 struct fault {
     unsigned stage = 1;          ///< 1 or 2
-    unsigned level = 0;          ///< level (library numbering, 0 = leaf level) at `stage`
+    /// Level (library numbering, 0 = leaf level) at `stage`. An input beyond the stage's input
+    /// size reports the architecture's level 0 where it has one (`input_fault_level`).
+    unsigned level = 0;
     std::uint64_t address = 0;   ///< input address at `stage`: the IOVA (1) or the IPA (2)
-    /// The fault happened while fetching a stage-1 table entry: stage 2 could not translate
-    /// the entry's IPA (then `address` is that IPA and `level` the stage-2 level), or the
-    /// entry's IPA is beyond stage 1's output size (stage 1, address_size, `address` = IOVA).
+    /// The fault happened while fetching a stage-1 table entry. Stage 2 could not translate
+    /// the entry's IPA: `address` is that IPA and `level` the stage-2 level (Arm: S1PTW, the
+    /// IPA of the descriptor). Or a stage-1 fault on the fetch: the entry's IPA is beyond stage
+    /// 1's output size (address_size), or it translates but no memory backs the output
+    /// (walk_abort, SMMUv3 F_WALK_EABT with S2 = 0): `address` is the IOVA and `level` the
+    /// stage-1 level being fetched.
     bool table_fetch = false;
     unsigned table_level = 0;    ///< table_fetch: the stage-1 level whose entry was being fetched
     access_kind access = access_kind::read;  ///< the access being translated
@@ -92,6 +151,7 @@ struct stage_leaf {
     std::uint64_t input_base = 0;   ///< input address of the leaf's first byte
     std::uint64_t output_base = 0;  ///< output address of the leaf's first byte
     prot perm = prot::none;          ///< the leaf's flags (F::leaf_prot)
+    access_rights rights{};          ///< what the leaf lets through (its format's `permission_rule`)
     memory_type memory = memory_type::write_back;
     friend constexpr bool operator==(const stage_leaf&, const stage_leaf&) = default;
 };
@@ -104,6 +164,7 @@ struct translation {
     unsigned size_lg2 = 0;         ///< the mapping's size: the smaller of the two leaves
     stage_leaf s1, s2;
     prot perm = prot::none;        ///< combined (`combine_prot`)
+    access_rights rights{};        ///< combined: s1.rights & s2.rights, exactly what passes
     memory_type memory = memory_type::write_back;  ///< combined (`combine_memory`)
     unsigned accesses = 0;         ///< table entries read (0 for a translation-cache hit)
     bool cached = false;           ///< served by the translation cache
@@ -147,21 +208,53 @@ constexpr prot prot_of(memory_type m) noexcept {
     return m == memory_type::device ? prot::mmio : m == memory_type::non_cacheable ? prot::none : prot::cache;
 }
 
-/// Whether a leaf with flags `perm` lets `a` through: a read needs READ, a write WRITE, an
-/// instruction fetch READ and no NOEXEC; a PRIV leaf only privileged accesses.
-constexpr bool permits(prot perm, access_request a) noexcept {
-    if (has(perm, prot::priv) && !a.privileged) return false;
+/// Whether rights `r` let access `a` through.
+constexpr bool permits(access_rights r, access_request a) noexcept {
+    const std::uint8_t have = a.privileged ? r.privileged : r.unprivileged;
     switch (a.kind) {
-    case access_kind::read: return has(perm, prot::read);
-    case access_kind::write: return has(perm, prot::write);
-    case access_kind::exec: return has(perm, prot::read) && !has(perm, prot::noexec);
+    case access_kind::read: return (have & access_rights::read) != 0;
+    case access_kind::write: return (have & access_rights::write) != 0;
+    case access_kind::exec: return (have & access_rights::exec) != 0;
     }
     return false;
 }
 
+/// The rights a leaf with flags `p` gives under `rule` (see permission_rule).
+constexpr access_rights rights_of(prot p, permission_rule rule) noexcept {
+    using R = access_rights;
+    const bool r = has(p, prot::read), w = has(p, prot::write), x = !has(p, prot::noexec), priv = has(p, prot::priv);
+    auto bits = [](bool rd, bool wr, bool ex) {
+        return static_cast<std::uint8_t>((rd ? R::read : 0) | (wr ? R::write : 0) | (ex ? R::exec : 0));
+    };
+    switch (rule) {
+    case permission_rule::arm_stage1: {
+        const bool uw = w && !priv;
+        return {bits(r, w, x && !uw), bits(r && !priv, uw, x)};
+    }
+    case permission_rule::arm_stage2:
+        // NOEXEC is XN = 0b11 (what make_leaf writes): privileged execute, unprivileged not.
+        return {bits(r, w, true), bits(r, w, x)};
+    case permission_rule::iommu_prot:
+        return {bits(r, w, r && x), priv ? std::uint8_t{0} : bits(r, w, r && x)};
+    }
+    return {};
+}
+
+/// Whether IOMMU_* flags `perm` let `a` through: the nested rule for flags, `arm_stage1`
+/// (the prot values are Linux's, and io-pgtable-arm's stage-1 encoding defines what they
+/// mean). A read needs READ, a write WRITE, both without PRIV unless privileged; an
+/// unprivileged instruction fetch needs only no NOEXEC; a privileged one also that the
+/// leaf is not writable by unprivileged accesses.
+constexpr bool permits(prot perm, access_request a) noexcept {
+    return permits(rights_of(perm, permission_rule::arm_stage1), a);
+}
+
 /// Both stages' flags as one: READ and WRITE only where both stages have them, NOEXEC and
-/// PRIV where either has them, CACHE/MMIO from the combined memory type `m`. An access that
-/// `permits(combine_prot(...))` lets through is exactly one both stages let through.
+/// PRIV where either has them, CACHE/MMIO from the combined memory type `m`. For data
+/// accesses, and for unprivileged instruction fetches through two Arm stages,
+/// `permits(combine_prot(...), a)` is exactly what both stages let through; privileged
+/// fetches are what flags can say (the exact answer is `translation::rights`). One rule
+/// everywhere: the nested translator, folding and the virtio device's MAP domains use it.
 constexpr prot combine_prot(prot s1, prot s2, memory_type m) noexcept {
     const prot rw = prot::read | prot::write;
     const prot restrict = prot::noexec | prot::priv;

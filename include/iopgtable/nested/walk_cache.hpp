@@ -17,6 +17,7 @@
 
 #include "../core/bits.hpp"
 #include "../core/prot.hpp"
+#include "../engine/format.hpp"
 
 namespace iopgtable::nested {
 
@@ -30,6 +31,7 @@ public:
         unsigned level = 0;
         prot perm = prot::none;
         bool valid = false;
+        memory_type memory = memory_type::write_back;  ///< the leaf's memory type (STE.S2PTW checks it)
     };
 
     /// A cache of `capacity` entries (at least 1), replaced round-robin when full.

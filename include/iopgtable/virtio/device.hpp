@@ -738,8 +738,10 @@ private:
         if (w1.status != walk_status::mapped) return {};
         const space_walk w2 = walk_stage2(w1.oa.value);
         if (!w2.ok) return {};
-        prot p = w1.perm & w2.perm & (prot::read | prot::write);
-        p |= w1.perm & (prot::mmio | prot::cache);
+        // The nested rule, as for shared tables (nested/types.hpp combine_prot): READ/WRITE from
+        // both stages, NOEXEC/PRIV from either, the more restrictive memory type.
+        const memory_type m = nested::combine_memory(nested::memory_of(w1.perm), nested::memory_of(w2.perm));
+        const prot p = nested::combine_prot(w1.perm, w2.perm, m);
         return space_walk{true, w2.hpa, std::min(w1.size_lg2, w2.size_lg2), p, w1.accesses + w2.accesses};
     }
     dma_result& fault_at(dma_result& r, std::uint32_t ep, std::uint64_t addr, nested::access_kind a, std::uint8_t reason) {
