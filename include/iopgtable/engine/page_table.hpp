@@ -123,7 +123,8 @@ public:
     /// (always pgsize * pgcount: unlike Linux this never maps short, and on failure nothing
     /// stays mapped). Errors as `map`; `pgsize` not one of the table's page sizes or iova/pa not
     /// aligned to it → invalid.
-    result<length_t> map_pages(input_address iova, pa_t pa, length_t pgsize, std::uint64_t pgcount, prot p) {
+    [[gnu::always_inline]] result<length_t> map_pages(input_address iova, pa_t pa, length_t pgsize,
+                                                      std::uint64_t pgcount, prot p) {
         const std::uint64_t sz = pgsize.value;
         if (sz == 0 || (sz & (sz - 1)) != 0 || (sz & geo_.pgsize_bitmap) == 0 || pgcount == 0)
             return failure(errc::invalid);
@@ -148,48 +149,67 @@ public:
     /// (walk_flush first). A range that starts or ends inside a leaf fails with errc::partial and
     /// changes nothing, unless `mode` is split (see unmap_mode). Errors: invalid (size 0 or not
     /// aligned to the smallest page), range, partial, nomem (split only), fault.
-    result<length_t> unmap(input_address iova, length_t size, unmap_mode mode = unmap_mode::exact) {
-        const std::uint64_t va = iova.value;
-        if (size.value == 0 || ((va | size.value) & (min_page() - 1)) != 0) return failure(errc::invalid);
+    [[gnu::always_inline]] result<length_t> unmap(input_address iova, length_t size,
+                                                  unmap_mode mode = unmap_mode::exact) {
+        const bytes_or_error o = unmap_range(iova.value, size, mode);
+        if (o.error != bytes_or_error::none) return failure(static_cast<errc>(o.error));
+        return length_t{o.bytes};
+    }
+
+private:
+    /// A byte count or an error, as two plain integers: what a function g++ does not inline
+    /// returns in registers (a std::variant it returns through the stack with a byte store and
+    /// a wider reload, a store-forwarding stall).
+    struct bytes_or_error {
+        static constexpr std::uint64_t none = ~std::uint64_t{0};
+        std::uint64_t bytes = 0;
+        std::uint64_t error = none;
+        static bytes_or_error fail(errc e) noexcept { return {0, static_cast<std::uint64_t>(e)}; }
+    };
+
+    bytes_or_error unmap_range(const std::uint64_t va, length_t size, unmap_mode mode) {
+        if (size.value == 0 || ((va | size.value) & (min_page() - 1)) != 0) return bytes_or_error::fail(errc::invalid);
         const std::uint64_t last = va + size.value - 1;
-        if (last < va || !in_ias(last)) return failure(errc::range);
+        if (last < va || !in_ias(last)) return bytes_or_error::fail(errc::range);
         if (mode == unmap_mode::exact && (size.value & (size.value - 1)) == 0 && (va & (size.value - 1)) == 0) {
             const unsigned lg2 = static_cast<unsigned>(std::countr_zero(size.value));
             const std::uint64_t fast =
                 at_top([&]<unsigned L>(level_c<L>) { return unmap_one<L>(root_.value, top_mask(), va, lg2); });
-            if (fast != undecided_bytes) return length_t{fast};
+            if (fast != undecided_bytes) return {fast};
         }
         if (mode == unmap_mode::split) {
             auto r = split_ends(va, last);
-            if (!r) return failure(r.error());
+            if (!r) return bytes_or_error::fail(r.error());
         }
         if (mode == unmap_mode::exact && owned_ && !checks_writes) {
             // Only a leaf holding one of the range's ends can be cut, so two walks decide.
             // A borrowed table may hide a bad table address anywhere, and a memory that checks
             // writes may refuse a store anywhere: they get the full plan.
             const auto first = lookup(input_address{va});
-            if (first.status == walk_status::bad_table) return failure(errc::fault);
-            if (first.status == walk_status::mapped && first.input_base < va) return failure(errc::partial);
+            if (first.status == walk_status::bad_table) return bytes_or_error::fail(errc::fault);
+            if (first.status == walk_status::mapped && first.input_base < va) return bytes_or_error::fail(errc::partial);
             if (first.status == walk_status::mapped && first.input_base + low_mask(first.size_lg2) >= last) {
-                if (first.input_base + low_mask(first.size_lg2) > last) return failure(errc::partial);
+                if (first.input_base + low_mask(first.size_lg2) > last) return bytes_or_error::fail(errc::partial);
             } else {
                 const auto end = lookup(input_address{last});
-                if (end.status == walk_status::bad_table) return failure(errc::fault);
+                if (end.status == walk_status::bad_table) return bytes_or_error::fail(errc::fault);
                 if (end.status == walk_status::mapped && end.input_base + low_mask(end.size_lg2) > last)
-                    return failure(errc::partial);
+                    return bytes_or_error::fail(errc::partial);
             }
         } else {
             auto plan = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); });
-            if (!plan) return failure(plan.error());
+            if (!plan) return bytes_or_error::fail(plan.error());
         }
         std::uint64_t bytes =
             at_top([&]<unsigned L>(level_c<L>) { return apply_unmap<L>(root_.value, top_mask(), va, last); });
-        return length_t{bytes};
+        return {bytes};
     }
+
+public:
 
     /// The output address `iova` translates to, or nothing (unmapped, out of range, or a bad
     /// table address in a borrowed table).
-    std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
+    [[gnu::always_inline]] std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
         return iopgtable::translate<F>(cfg_, geo_, *mem_, root_, iova.value);
     }
     /// The whole story of one walk (leaf level, size, permissions, raw entry, accesses).
@@ -654,26 +674,29 @@ private:
                     additive = F::make_leaf(cfg_, L, item, pos + delta + ((run - 1) << item), p) ==
                                static_cast<word>(leaf + (static_cast<word>(run - 1) << item));
                 }
-                for (std::uint64_t i = 0; i < n; ++i) {
-                    word* e = wslot(table, idx + i);
-                    if (e == nullptr) {
+                // Stored one run at a time, as far as the memory says entries are contiguous.
+                for (std::uint64_t i = 0; i < n;) {
+                    const entry_span<word> span_run = entry_run<word>(*mem_, pa_t{table + (idx + i) * sizeof(word)}, n - i, true);
+                    if (span_run.count == 0) {
                         // The plan saw every entry backed: only a memory that changed since (a
                         // stage 2 edited under a guest's table) gets here. Undo this step.
                         for (std::uint64_t j = 0; j < i; ++j)
                             if (word* w = wslot(table, idx + j)) store_entry(w, word{0});
                         return failure(errc::fault);
                     }
-                    if constexpr (L > 0) {
-                        const word old = load_entry(e);
-                        if (F::classify(cfg_, L, old) == entry_kind::table) {  // empty (plan_map checked)
-                            store_entry(e, word{0});
-                            if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos + (i << item), lg2_to_size(item));
-                            free_subtree<L - 1>(F::table_address(cfg_, L, old));
+                    for (word *e = span_run.first, *end = span_run.first + span_run.count; e != end; ++e, ++i) {
+                        if constexpr (L > 0) {
+                            const word old = load_entry(e);
+                            if (F::classify(cfg_, L, old) == entry_kind::table) {  // empty (plan_map checked)
+                                store_entry(e, word{0});
+                                if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos + (i << item), lg2_to_size(item));
+                                free_subtree<L - 1>(F::table_address(cfg_, L, old));
+                            }
                         }
+                        if (run <= 1) store_entry(e, leaf);
+                        else if (additive) store_entry(e, static_cast<word>(leaf + (static_cast<word>(i) << item)));
+                        else store_entry(e, F::make_leaf(cfg_, L, item, pos + delta + (i << item), p));
                     }
-                    if (run <= 1) store_entry(e, leaf);
-                    else if (additive) store_entry(e, static_cast<word>(leaf + (static_cast<word>(i) << item)));
-                    else store_entry(e, F::make_leaf(cfg_, L, item, pos + delta + (i << item), p));
                 }
                 step_last = pos + (span - 1);
                 done = step_last + 1;

@@ -146,37 +146,53 @@ inline result<bool> visit_level(const typename F::config& cfg, R& mem, std::uint
     }
 }
 
+/// What translate_level answers for "no translation": no output address is all ones (output
+/// addresses are below 2^oas, oas <= 52 for every format).
+inline constexpr std::uint64_t no_output = ~std::uint64_t{0};
+
+/// The walk behind `translate`, answering a plain integer: g++ returns a std::optional from a
+/// function it does not inline through the stack, a byte store and a wider reload, and that
+/// store-forwarding stall cost about a third of a 4-level walk.
 template <class F, class R, unsigned L>
-inline std::optional<pa_t> translate_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
-                                           std::uint64_t va) noexcept {
+inline std::uint64_t translate_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
+                                     std::uint64_t va) noexcept {
     using word = typename F::word;
     constexpr unsigned item = F::item_lg2(L);
     word* e = mem.template entry<word>(pa_t{table + ((va >> item) & mask) * sizeof(word)});
-    if (e == nullptr) return std::nullopt;
+    if (e == nullptr) return no_output;
     const word raw = load_entry(e);
     switch (F::classify(cfg, L, raw)) {
     case entry_kind::leaf:
-        return pa_t{F::leaf_address(cfg, L, raw) + (va & low_mask(F::leaf_lg2(cfg, L, raw)))};
+        return F::leaf_address(cfg, L, raw) + (va & low_mask(F::leaf_lg2(cfg, L, raw)));
     case entry_kind::table:
         if constexpr (L > 0)
             return translate_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1), va);
         else
-            return std::nullopt;
+            return no_output;
     case entry_kind::empty:
         break;
     }
-    return std::nullopt;
+    return no_output;
+}
+
+template <class F, class R>
+inline std::uint64_t translate_raw(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
+                                   std::uint64_t va) noexcept {
+    if (geo.ias < 64 && (va >> geo.ias) != 0) return no_output;
+    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
+        return translate_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), va);
+    });
 }
 
 } // namespace detail
 
 /// The output address `va` translates to, without the rest of `lookup`'s record.
 template <page_table_format F, table_reader R>
-std::optional<pa_t> translate(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
-    if (geo.ias < 64 && (va >> geo.ias) != 0) return std::nullopt;
-    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
-        return detail::translate_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), va);
-    });
+[[gnu::always_inline]] inline std::optional<pa_t> translate(const typename F::config& cfg, const geometry& geo, R& mem,
+                                                             pa_t root, std::uint64_t va) noexcept {
+    const std::uint64_t oa = detail::translate_raw<F>(cfg, geo, mem, root, va);
+    if (oa == detail::no_output) return std::nullopt;
+    return pa_t{oa};
 }
 
 /// Walks one input address through the table at `root`. Never fails: the status says how the
