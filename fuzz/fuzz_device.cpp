@@ -30,6 +30,9 @@ using namespace iopgtable::virtio;
 
 namespace {
 
+/// One request through the requestq. The used length is that of the element the device
+/// published for this chain (machine::raw ignores elements left by chains an input made
+/// available by hand), so it is at most the chain's writable space (virtio 1.3 2.7.8).
 std::uint32_t send(machine<>& m, const std::vector<std::uint8_t>& in, std::uint32_t wlen, std::vector<std::uint8_t>& out) {
     out.assign(wlen, 0xee);
     const std::uint32_t used = m.raw(in, wlen, out);

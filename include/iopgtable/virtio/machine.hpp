@@ -132,8 +132,19 @@ public:
     }
     /// The same with a writable part of `writable_len` bytes (at most 64 KiB) and the reply
     /// copied into `reply` (its first min(used, reply.size()) bytes).
+    ///
+    /// The answer is the one used element the device publishes for this chain during this
+    /// kick, and nothing else: used elements already waiting are taken off first (they answer
+    /// chains the driver did not add in this call: a guest that wrote the available ring behind
+    /// the driver's back makes the device use chains again, spec 2.7.6 / 2.7.13.3, and each
+    /// gets its own used element, 2.7.8), and more than one element after the kick is no
+    /// answer (0: which one is this chain's cannot be told, as `id` names only a head and
+    /// heads are reused). A used element naming a chain not in flight breaks the driver's
+    /// queue (driver_queue::get_used): from then on nothing is sent.
     std::uint32_t raw(std::span<const std::uint8_t> in, std::uint32_t writable_len, std::span<std::uint8_t> reply) {
         if (in.size() > buffer_bytes || writable_len > buffer_bytes) return 0;
+        while (requestq_->get_used()) {
+        }
         if (!guest_.write(pa_t{buffers_gpa}, in.data(), in.size())) return 0;
         std::vector<std::uint8_t> zero(writable_len, 0);
         guest_.write(pa_t{buffers_gpa + buffer_bytes}, zero.data(), writable_len);
@@ -145,7 +156,7 @@ public:
         dev_->process_requests();
         (void)dev_->take_notify(0);
         auto used = requestq_->get_used();
-        if (!used || used->id != *head) return 0;
+        if (!used || used->id != *head || requestq_->get_used()) return 0;
         const std::uint32_t n = std::min<std::uint32_t>(used->len, static_cast<std::uint32_t>(reply.size()));
         guest_.read(pa_t{buffers_gpa + buffer_bytes}, reply.data(), n);
         return used->len;
