@@ -45,9 +45,9 @@ std::uint32_t send(machine<>& m, const std::vector<std::uint8_t>& in, std::uint3
     return used;
 }
 
-/// The machine for this input: built by the first input, then reset to what `create(ms)`
-/// would build (machine::reset keeps the host memory and makes it read as zero again page by
-/// page, so an input pays for the pages the previous one wrote, not for 36 MiB of memory).
+/// The machine for this input: built by the first input, then reset to exactly what
+/// `create(ms)` would build (machine::reset keeps the host memory's allocation and clears it,
+/// so an input pays for clearing 2 MiB of RAM, not for a new machine; fuzz/README.md).
 machine<>& machine_for(const machine_settings& ms) {
     static std::unique_ptr<machine<>> m;
     if (!m) {

@@ -97,38 +97,54 @@ public:
         return m;
     }
 
-    /// Back to the state `create(s)` gives, keeping the host memory's allocation: all of host
-    /// memory (the guest's RAM and the stage-2 pool) is cleared, then stage 2, the device, both
-    /// queues and the event buffers are built as `create` builds them. A reset machine holds
-    /// the same bytes, the same tables at the same addresses and the same state as a new one,
-    /// so it answers alike. `s` may change the device settings, the driver's features, the
-    /// queue size and the event buffers; a different ram_size, host_base or stage2_pool is
-    /// refused (INVAL "host memory") and nothing changes. Otherwise `create`'s refusals, after
-    /// which the machine holds no device until a reset succeeds. Cost: clearing ram_size +
-    /// stage2_pool bytes (keep both small where resets are frequent: fuzz_device runs 2 MiB +
-    /// 256 KiB) and building stage 2 and the device; no system call, no page fault once the
-    /// memory has been touched (fuzz/README.md has the measurements that chose this over
-    /// handing pages back to the kernel).
+    /// Back to the state `create(s)` gives, keeping the host memory's allocation: the guest's
+    /// RAM is cleared and the device, both queues and the event buffers are built as `create`
+    /// builds them; stage 2 and its pool are kept when nothing could have changed them since
+    /// they were built (neither `host()` nor `stage2()` was called: the device and the guest
+    /// only read stage 2 and reach host memory only through the guest's slot), and otherwise
+    /// cleared and built again too. Either way a reset machine holds the same bytes, the same
+    /// tables at the same addresses and the same state as a new one, so it answers alike. `s`
+    /// may change the device settings, the driver's features, the queue size and the event
+    /// buffers; a different ram_size, host_base or stage2_pool is refused (INVAL "host
+    /// memory") and nothing changes. Otherwise `create`'s refusals, after which the machine
+    /// holds no device until a reset succeeds. Cost: clearing ram_size bytes (keep RAM small
+    /// where resets are frequent: fuzz_device runs 2 MiB) and building the device; no system
+    /// call, no page fault once the memory has been touched (fuzz/README.md has the
+    /// measurements that chose this over handing pages back to the kernel).
     std::optional<sharing::refusal> reset(const machine_settings& s) {
         if (s.ram_size != set_.ram_size || s.host_base != set_.host_base || s.stage2_pool != set_.stage2_pool)
             return sharing::refusal{status::inval, "host memory"};
         requestq_.reset();
         eventq_.reset();
         dev_.reset();  // before the stage 2 it walks
-        s2_.reset();
         const std::span<std::byte> all = host_.bytes();
-        std::memset(all.data(), 0, all.size());
+        if (stage2_as_built_) {
+            std::memset(all.data(), 0, s.ram_size);  // the slot: host memory from host_base on
+        } else {
+            s2_.reset();
+            std::memset(all.data(), 0, all.size());
+            host_.set_table_pool(pa_t{s.host_base + s.ram_size}, s.stage2_pool);
+        }
         set_ = s;
         shape_ = {};
         event_at_.clear();
-        host_.set_table_pool(pa_t{s.host_base + s.ram_size}, s.stage2_pool);
         return build();
     }
 
     device_type& dev() noexcept { return *dev_; }
     guest_view& guest() noexcept { return guest_; }
-    guest_ram& host() noexcept { return host_; }
-    page_table<S2, guest_ram>& stage2() noexcept { return *s2_; }
+    /// Host memory and stage 2, to change them (the next `reset` then builds stage 2 again).
+    guest_ram& host() noexcept {
+        stage2_as_built_ = false;
+        return host_;
+    }
+    page_table<S2, guest_ram>& stage2() noexcept {
+        stage2_as_built_ = false;
+        return *s2_;
+    }
+    /// The same, to look at.
+    const guest_ram& host() const noexcept { return host_; }
+    const page_table<S2, guest_ram>& stage2() const noexcept { return *s2_; }
     nested::stage_table<S2, guest_ram> stage2_table() const noexcept { return nested::stage_table<S2, guest_ram>::of(*s2_); }
 
     /// How `submit` lays a request out in descriptors: the readable and the writable part
@@ -198,13 +214,17 @@ private:
         host_.set_table_pool(pa_t{s.host_base + s.ram_size}, s.stage2_pool);
     }
 
-    /// Everything but the host memory, over a host memory that is all zero with an empty
-    /// table pool: stage 2 mapping the slot, the device, features, both queues, event buffers.
+    /// Everything but the host memory, over a guest RAM that is all zero: stage 2 mapping the
+    /// slot (unless it is there as built, over a pool that was empty and zero), the device,
+    /// features, both queues, event buffers.
     std::optional<sharing::refusal> build() {
-        auto s2 = page_table<S2, guest_ram>::create(typename S2::config{}, host_);
-        if (!s2) return sharing::refusal{status::inval, "stage 2"};
-        s2_.emplace(std::move(*s2));
-        if (!map_slot(*s2_, guest_)) return sharing::refusal{status::inval, "stage 2 slot"};
+        if (!stage2_as_built_) {
+            auto s2 = page_table<S2, guest_ram>::create(typename S2::config{}, host_);
+            if (!s2) return sharing::refusal{status::inval, "stage 2"};
+            s2_.emplace(std::move(*s2));
+            if (!map_slot(*s2_, guest_)) return sharing::refusal{status::inval, "stage 2 slot"};
+            stage2_as_built_ = true;
+        }
         auto dev = device_type::create(host_, guest_, *s2_, typename D::config{}, set_.device);
         if (!dev) return dev.why();
         dev_ = std::move(*dev);
@@ -244,6 +264,7 @@ private:
     guest_ram host_;
     guest_view guest_;
     std::optional<page_table<S2, guest_ram>> s2_;
+    bool stage2_as_built_ = false;  ///< stage 2 and its pool untouched since build() made them
     std::unique_ptr<device_type> dev_;
     std::optional<driver_queue<guest_view>> requestq_, eventq_;
     chain_shape shape_{};
