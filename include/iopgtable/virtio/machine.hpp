@@ -145,6 +145,8 @@ public:
     /// The same, to look at.
     const guest_ram& host() const noexcept { return host_; }
     const page_table<S2, guest_ram>& stage2() const noexcept { return *s2_; }
+    /// Stage 2 for walks, and for the guest's own tables built through it (which land in the
+    /// guest's slot); changing host memory outside the slot is what `host()` is for.
     nested::stage_table<S2, guest_ram> stage2_table() const noexcept { return nested::stage_table<S2, guest_ram>::of(*s2_); }
 
     /// How `submit` lays a request out in descriptors: the readable and the writable part
