@@ -1197,6 +1197,47 @@ TEST_CASE("virtio device: malformed chains are returned with used length 0 and n
     }
 }
 
+// fuzz/regressions/fuzz_device/used-beyond-writable: the guest moved avail idx ahead behind its
+// driver's back, so the device used chain 0 (an ATTACH with a 4-byte writable part) once more per
+// ring entry, each with its own used element {id 0, len 4}: right (2.7.6: every entry below avail
+// idx is a chain to use; 2.7.8: len = bytes written into that chain). The driver side of the
+// machine then sent a request with no writable part in descriptor 0 and took one of those old
+// elements as its answer: "used 4 > writable 0" was the transport's mistake, not the device's.
+TEST_CASE("virtio device: machine::raw takes only its own chain's used element, never one a hostile ring left",
+          "[virtio]") {
+    vm v;
+    REQUIRE(v.send(attach(1, 0)) == st::ok);  // chain at head 0: readable, then 4 writable bytes
+    const queue_layout q = layout_at(pa_t{arm_machine::requestq_gpa}, small().queue_size,
+                                     queue_features::from_bits(v.dev().driver_features()).event_idx);
+    auto load16 = [&](std::uint64_t gpa) {
+        le16 x;
+        REQUIRE(v.m->guest().read(pa_t{gpa}, x.bytes.data(), 2));
+        return x.get();
+    };
+    const std::uint16_t avail = load16(q.avail.value + 2), used0 = load16(q.used.value + 2);
+    REQUIRE(avail == 1);
+    REQUIRE(used0 == 1);
+    // The guest writes avail idx 3 ahead; the ring entries there are 0 (head 0).
+    const le16 ahead{static_cast<std::uint16_t>(avail + 3)};
+    REQUIRE(v.m->guest().write(pa_t{q.avail.value + 2}, ahead.bytes.data(), 2));
+    CHECK(v.dev().process_requests() == 3);
+    REQUIRE(load16(q.used.value + 2) == used0 + 3);
+    for (std::uint16_t k = used0; k < used0 + 3; ++k) {
+        vring_used_elem e;
+        REQUIRE(v.m->guest().read(pa_t{q.used.value + 4 + 8 * std::uint64_t{k}}, &e, sizeof e));
+        CHECK(e.id.get() == 0);
+        CHECK(e.len.get() == 4);  // chain 0's writable part, written with the tail
+    }
+    // A request without writable space: there is no answer to it (and the old elements are
+    // none). Before the fix this returned 4, the len of an element for the old chain 0.
+    CHECK(v.used(attach(2, 0), 0) == 0);
+    // The first old element names chain 0, which is not in flight: the driver's ring is broken
+    // (as Linux's BAD_RING) and it sends nothing more.
+    CHECK(v.used(attach(2, 0), 4) == 0);
+    CHECK(load16(q.avail.value + 2) == avail + 3);
+    CHECK_FALSE(v.dev().domain_of(0) == 2u);
+}
+
 TEST_CASE("virtio device: the same requests over any chain shape give the same answers", "[virtio]") {
     struct step {
         bytes in;

@@ -24,6 +24,7 @@
 #include <iopgtable/formats/vtd_fl.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
+#include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
 
 #include "virtio_fixture.hpp"
@@ -638,4 +639,180 @@ TEST_CASE("virtio sharing: Intel host, VT-d first-stage table sharing", "[virtio
     REQUIRE(v.send(invalidate(1, vaddr, 0x100000, 0x4000)) == st::ok);
     CHECK_FALSE(v.at(0, 0x102010));
     CHECK(v.send(map(1, 0x100000, 0x100fff, dma)) == st::inval);
+}
+
+// ---------------------------------------------------------------------------------------------
+// machine::reset: what fuzz_device runs every input on
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// A guest's session on a machine, every answer written down: MAP/UNMAP, PROBE, faults on the
+/// eventq, an LPAE table of its own attached, changed and invalidated, writes at both ends of
+/// its RAM, and the device's and memory's counters.
+std::vector<std::uint64_t> session(machine<arm_host>& m) {
+    std::vector<std::uint64_t> t;
+    auto note_reply = [&](const bytes& in, std::uint32_t writable) {
+        bytes out(writable, 0xee);
+        const std::uint32_t used = m.raw(in, writable, out);
+        t.push_back(used);
+        t.insert(t.end(), out.begin(), out.begin() + std::min<std::size_t>(used, out.size()));
+    };
+    auto note_dma = [&](std::uint32_t ep, std::uint64_t iova, std::uint64_t size, access_kind a) {
+        const dma_result r = m.dev().translate(ep, iova, size, a);
+        t.push_back(r.count);
+        t.push_back(r.covered);
+        for (unsigned i = 0; i < r.count; ++i) t.insert(t.end(), {r.ranges[i].iova, r.ranges[i].hpa, r.ranges[i].length});
+        t.push_back(r.fault ? r.fault->reason + 0x100u * r.fault->delivered : 0xffu);
+        for (const virtio::fault& f : m.take_events()) t.insert(t.end(), {f.reason, f.flags.get(), f.endpoint.get(), f.address.get()});
+    };
+    note_reply(attach(1, 0), 4);
+    note_reply(map(1, 0x100000, 0x10ffff, dma), 4);
+    note_reply(map(1, 0x200000, 0x200fff, dma + 0x20000, map_f_read), 4);
+    note_dma(0, 0x100ff0, 0x40, access_kind::write);
+    note_dma(0, 0x200000, 1, access_kind::write);  // read-only: a fault on the eventq
+    note_dma(0, 0x300000, 1, access_kind::read);   // unmapped
+    note_reply(probe_request(0, m.dev().settings().probe_size).readable, m.dev().settings().probe_size + 4);
+    note_reply(unmap(1, 0x100000, 0x10ffff), 4);
+    note_dma(0, 0x100000, 1, access_kind::read);
+
+    lpae_table g(m);
+    g.map(0x40000000, dma + 0x1000, 0x2000);
+    g.map(0x40200000, dma + 0x200000, 0x200000);
+    note_reply(attach(2, 1), 4);
+    note_reply(readable(g.request(2)), 4);
+    note_dma(1, 0x40000000, 0x3000, access_kind::read);
+    note_dma(1, 0x40300000, 1, access_kind::write);
+    g.unmap(0x40000000, 0x1000);
+    note_reply(invalidate(2, vaddr, 0x40000000, page), 4);
+    note_dma(1, 0x40000000, 1, access_kind::read);
+    note_dma(3, 0, 1, access_kind::read);  // not attached: bypass or a DOMAIN fault
+
+    const std::uint64_t ends[] = {0x1122334455667788, 0x99aabbccddeeff00};
+    REQUIRE(m.guest().write(pa_t{0}, &ends[0], 8));
+    REQUIRE(m.guest().write(pa_t{m.guest().size() - 8}, &ends[1], 8));
+    REQUIRE(m.guest().write(pa_t{0x2800ffc}, &ends[0], 8));  // across a page boundary
+    const request_stats& rs = m.dev().stats();
+    t.insert(t.end(), {rs.total(), m.dev().domain_count(), m.dev().dma_stats().faults, m.dev().dma_stats().faults_delivered,
+                       m.dev().iotlb().hits(), m.dev().iotlb().misses(), std::as_const(m).host().bytes_in_use(), m.dev().bypass()});
+    return t;
+}
+
+/// Every byte of both machines' host memories is the same (read through the const view, which
+/// leaves a machine's stage 2 counted as untouched).
+bool same_bytes(const machine<arm_host>& a, const machine<arm_host>& b) {
+    const guest_ram &x = a.host(), &y = b.host();
+    if (x.base() != y.base() || x.size() != y.size()) return false;
+    std::vector<std::uint8_t> cx(1u << 20), cy(1u << 20);
+    for (std::uint64_t at = 0; at < x.size(); at += cx.size()) {
+        const std::uint64_t n = std::min<std::uint64_t>(cx.size(), x.size() - at);
+        if (!x.read(pa_t{x.base().value + at}, cx.data(), n) || !y.read(pa_t{y.base().value + at}, cy.data(), n) ||
+            std::memcmp(cx.data(), cy.data(), n) != 0)
+            return false;
+    }
+    return true;
+}
+
+} // namespace
+
+TEST_CASE("virtio machine: a reset machine holds and answers exactly what a new one does", "[virtio]") {
+    const shared_mode mode = GENERATE(shared_mode::nested, shared_mode::folded);
+    INFO("mode " << (mode == shared_mode::folded ? "folded" : "nested"));
+    machine_settings want = settings(mode);
+    want.event_buffers = 2;
+    auto fresh = machine<arm_host>::create(want);
+    REQUIRE(fresh.ok());
+
+    // Another machine of the same host memory, set up differently, used hard and broken.
+    machine_settings other = settings(mode == shared_mode::nested ? shared_mode::folded : shared_mode::nested);
+    other.queue_size = 16;
+    other.event_buffers = 7;
+    other.device.boot_bypass = true;
+    other.device.page_size_mask = 0x10000;
+    other.driver_features = ~feature(f_event_idx);
+    auto used = machine<arm_host>::create(other);
+    REQUIRE(used.ok());
+    machine<arm_host>& u = **used;
+    (void)session(u);
+    std::vector<std::uint8_t> junk(0x3000, 0xa5);
+    REQUIRE(u.guest().write(pa_t{machine<arm_host>::requestq_gpa}, junk.data(), junk.size()));  // rings
+    REQUIRE(u.guest().write(pa_t{machine<arm_host>::dma_gpa + 0x123}, junk.data(), junk.size()));
+    const std::uint64_t host_end = u.host().base().value + u.host().size();
+    REQUIRE(u.host().write(pa_t{host_end - 3}, junk.data(), 3));  // the last bytes of the stage-2 pool
+    u.dev().process_requests();
+    REQUIRE(u.dev().needs_reset());  // avail idx jumped
+    CHECK_FALSE(same_bytes(u, **fresh));
+
+    SECTION("reset to the same settings as the new machine") {
+        REQUIRE_FALSE(u.reset(want));
+        CHECK(same_bytes(u, **fresh));  // every byte: guest RAM, rings, stage-2 tables, the pool
+        CHECK(std::as_const(u).host().bytes_in_use() == std::as_const(**fresh).host().bytes_in_use());
+        CHECK_FALSE(u.dev().needs_reset());
+        CHECK(u.dev().driver_features() == (*fresh)->dev().driver_features());
+        CHECK(u.dev().bypass() == 0);
+        const auto expected = session(**fresh);
+        CHECK(session(u) == expected);
+        CHECK(same_bytes(u, **fresh));
+        // And again, from a machine that ran the session: stage 2 is kept this time.
+        const std::uint64_t root = u.stage2_table().root.value;
+        REQUIRE_FALSE(u.reset(want));
+        auto again = machine<arm_host>::create(want);
+        REQUIRE(again.ok());
+        CHECK(same_bytes(u, **again));
+        CHECK(u.stage2_table().root.value == root);
+        CHECK(session(u) == expected);
+        // A stage 2 changed by hand is built again.
+        REQUIRE(u.stage2().unmap(ipa_t{0}, length_t{1ull << 21}).ok());
+        REQUIRE(u.stage2().map(ipa_t{0}, pa_t{u.guest().hpa_base() + 0x1000}, length_t{page}, prot::read).ok());
+        REQUIRE_FALSE(u.reset(want));
+        auto third = machine<arm_host>::create(want);
+        REQUIRE(third.ok());
+        CHECK(same_bytes(u, **third));
+        CHECK(session(u) == expected);
+    }
+    SECTION("a different host memory is refused and changes nothing") {
+        machine_settings bigger = want;
+        bigger.ram_size += 1ull << 20;
+        auto copy = machine<arm_host>::create(other);
+        REQUIRE(copy.ok());
+        (void)session(**copy);
+        REQUIRE(copy.value()->guest().write(pa_t{machine<arm_host>::requestq_gpa}, junk.data(), junk.size()));
+        REQUIRE(copy.value()->guest().write(pa_t{machine<arm_host>::dma_gpa + 0x123}, junk.data(), junk.size()));
+        REQUIRE(copy.value()->host().write(pa_t{host_end - 3}, junk.data(), 3));
+        copy.value()->dev().process_requests();
+        REQUIRE(same_bytes(u, **copy));
+        const auto why = u.reset(bigger);
+        REQUIRE(why);
+        CHECK(why->code == status::inval);
+        CHECK(why->field == "host memory");
+        CHECK(same_bytes(u, **copy));
+        CHECK(u.dev().needs_reset());
+        CHECK(u.dev().domain_count() == 2);
+    }
+}
+
+TEST_CASE("virtio machine: the smallest RAM holds the fixed layout; a reset clears what the guest wrote", "[virtio]") {
+    machine_settings s = settings(shared_mode::nested);
+    s.ram_size = machine<arm_host>::min_ram_size - page;
+    auto refused = machine<arm_host>::create(s);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.why().field == "ram_size");
+    s.ram_size = machine<arm_host>::min_ram_size;
+    s.stage2_pool = 256u << 10;
+    vm<arm_host> v(s);
+    const std::uint64_t buf = 0x180000;  // above the fixed layout, inside 2 MiB
+    REQUIRE(v.send(attach(1, 0)) == st::ok);
+    REQUIRE(v.send(map(1, 0x40000000, 0x40000fff, buf)) == st::ok);
+    CHECK(v.at(0, 0x40000010) == v.hpa(buf + 0x10));
+    CHECK(v.send(map(1, 0x40001000, 0x40001fff, machine<arm_host>::min_ram_size)) == st::ok);
+    CHECK_FALSE(v.at(0, 0x40001000));  // beyond RAM: stage 2 does not map it
+    const std::uint64_t mark = 0x5a5a5a5a5a5a5a5a;
+    REQUIRE(v.m->guest().write(pa_t{buf}, &mark, 8));
+    REQUIRE_FALSE(v.m->reset(s));
+    std::uint64_t back = 1;
+    REQUIRE(v.m->guest().read(pa_t{buf}, &back, 8));
+    CHECK(back == 0);
+    CHECK_FALSE(v.dev().domain_of(0));
+    CHECK_FALSE(v.at(0, 0x40000010));
+    CHECK(v.send(attach(1, 0)) == st::ok);
 }

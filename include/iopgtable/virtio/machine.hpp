@@ -17,8 +17,12 @@
 /// | 0x0100_0000 | the guest's page-table window (16 MiB), for page-table sharing |
 /// | 0x0200_0000 .. ram_size | free for the guest's DMA buffers |
 ///
+/// RAM holds at least the fixed part below `min_ram_size` (2 MiB: both queues, the request
+/// and event buffers); the table window and the DMA area are there when RAM reaches them.
+///
 /// Host memory: the guest slot at HPA `host_base`, then `stage2_pool` bytes for the VMM's
 /// stage-2 tables (outside the slot: the guest cannot reach them).
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -80,38 +84,69 @@ public:
     static constexpr std::uint64_t requestq_gpa = 0x100000, eventq_gpa = 0x110000, buffers_gpa = 0x120000,
                                    buffer_bytes = 0x10000, indirect_gpa = buffers_gpa + 2 * buffer_bytes,
                                    events_gpa = 0x150000, table_window_gpa = 0x1000000, table_window_size = 16ull << 20,
-                                   dma_gpa = 0x2000000;
+                                   dma_gpa = 0x2000000, min_ram_size = 0x200000;
 
     /// Builds the machine, negotiates features (what the device offers, masked by
     /// settings.driver_features) and sets up both queues. Refusals: the device's; INVAL when
-    /// RAM is too small for the layout or stage 2 cannot map it.
+    /// RAM is smaller than `min_ram_size` or stage 2 cannot map it.
     static sharing::checked<std::unique_ptr<machine>> create(machine_settings s = {}) {
-        if (s.ram_size < dma_gpa || s.host_base + s.ram_size < s.host_base) return sharing::refusal{status::inval, "ram_size"};
+        if (s.ram_size < min_ram_size || s.host_base + s.ram_size < s.host_base)
+            return sharing::refusal{status::inval, "ram_size"};
         auto m = std::unique_ptr<machine>(new machine(s));
-        typename S2::config s2cfg{};
-        auto s2 = page_table<S2, guest_ram>::create(s2cfg, m->host_);
-        if (!s2) return sharing::refusal{status::inval, "stage 2"};
-        m->s2_.emplace(std::move(*s2));
-        if (!map_slot(*m->s2_, m->guest_)) return sharing::refusal{status::inval, "stage 2 slot"};
-        auto dev = device_type::create(m->host_, m->guest_, *m->s2_, typename D::config{}, s.device);
-        if (!dev) return dev.why();
-        m->dev_ = std::move(*dev);
-        if (!m->dev_->set_driver_features(m->dev_->device_features() & s.driver_features))
-            return sharing::refusal{status::inval, "features"};
-        const queue_features qf = queue_features::from_bits(m->dev_->driver_features());
-        const queue_layout rq = layout_at(pa_t{requestq_gpa}, s.queue_size, qf.event_idx);
-        const queue_layout eq = layout_at(pa_t{eventq_gpa}, s.queue_size, qf.event_idx);
-        m->requestq_.emplace(m->guest_, rq, qf);
-        m->eventq_.emplace(m->guest_, eq, qf);
-        if (!m->dev_->set_queue(0, rq) || !m->dev_->set_queue(1, eq)) return sharing::refusal{status::inval, "queues"};
-        m->post_event_buffers(s.event_buffers);
+        if (auto why = m->build()) return *why;
         return m;
+    }
+
+    /// Back to the state `create(s)` gives, keeping the host memory's allocation: the guest's
+    /// RAM is cleared and the device, both queues and the event buffers are built as `create`
+    /// builds them; stage 2 and its pool are kept when nothing could have changed them since
+    /// they were built (neither `host()` nor `stage2()` was called: the device and the guest
+    /// only read stage 2 and reach host memory only through the guest's slot), and otherwise
+    /// cleared and built again too. Either way a reset machine holds the same bytes, the same
+    /// tables at the same addresses and the same state as a new one, so it answers alike. `s`
+    /// may change the device settings, the driver's features, the queue size and the event
+    /// buffers; a different ram_size, host_base or stage2_pool is refused (INVAL "host
+    /// memory") and nothing changes. Otherwise `create`'s refusals, after which the machine
+    /// holds no device until a reset succeeds. Cost: clearing ram_size bytes (keep RAM small
+    /// where resets are frequent: fuzz_device runs 2 MiB) and building the device; no system
+    /// call, no page fault once the memory has been touched (fuzz/README.md has the
+    /// measurements that chose this over handing pages back to the kernel).
+    std::optional<sharing::refusal> reset(const machine_settings& s) {
+        if (s.ram_size != set_.ram_size || s.host_base != set_.host_base || s.stage2_pool != set_.stage2_pool)
+            return sharing::refusal{status::inval, "host memory"};
+        requestq_.reset();
+        eventq_.reset();
+        dev_.reset();  // before the stage 2 it walks
+        const std::span<std::byte> all = host_.bytes();
+        if (stage2_as_built_) {
+            std::memset(all.data(), 0, s.ram_size);  // the slot: host memory from host_base on
+        } else {
+            s2_.reset();
+            std::memset(all.data(), 0, all.size());
+            host_.set_table_pool(pa_t{s.host_base + s.ram_size}, s.stage2_pool);
+        }
+        set_ = s;
+        shape_ = {};
+        event_at_.clear();
+        return build();
     }
 
     device_type& dev() noexcept { return *dev_; }
     guest_view& guest() noexcept { return guest_; }
-    guest_ram& host() noexcept { return host_; }
-    page_table<S2, guest_ram>& stage2() noexcept { return *s2_; }
+    /// Host memory and stage 2, to change them (the next `reset` then builds stage 2 again).
+    guest_ram& host() noexcept {
+        stage2_as_built_ = false;
+        return host_;
+    }
+    page_table<S2, guest_ram>& stage2() noexcept {
+        stage2_as_built_ = false;
+        return *s2_;
+    }
+    /// The same, to look at.
+    const guest_ram& host() const noexcept { return host_; }
+    const page_table<S2, guest_ram>& stage2() const noexcept { return *s2_; }
+    /// Stage 2 for walks, and for the guest's own tables built through it (which land in the
+    /// guest's slot); changing host memory outside the slot is what `host()` is for.
     nested::stage_table<S2, guest_ram> stage2_table() const noexcept { return nested::stage_table<S2, guest_ram>::of(*s2_); }
 
     /// How `submit` lays a request out in descriptors: the readable and the writable part
@@ -132,8 +167,19 @@ public:
     }
     /// The same with a writable part of `writable_len` bytes (at most 64 KiB) and the reply
     /// copied into `reply` (its first min(used, reply.size()) bytes).
+    ///
+    /// The answer is the one used element the device publishes for this chain during this
+    /// kick, and nothing else: used elements already waiting are taken off first (they answer
+    /// chains the driver did not add in this call: a guest that wrote the available ring behind
+    /// the driver's back makes the device use chains again, spec 2.7.6 / 2.7.13.3, and each
+    /// gets its own used element, 2.7.8), and more than one element after the kick is no
+    /// answer (0: which one is this chain's cannot be told, as `id` names only a head and
+    /// heads are reused). A used element naming a chain not in flight breaks the driver's
+    /// queue (driver_queue::get_used): from then on nothing is sent.
     std::uint32_t raw(std::span<const std::uint8_t> in, std::uint32_t writable_len, std::span<std::uint8_t> reply) {
         if (in.size() > buffer_bytes || writable_len > buffer_bytes) return 0;
+        while (requestq_->get_used()) {
+        }
         if (!guest_.write(pa_t{buffers_gpa}, in.data(), in.size())) return 0;
         std::vector<std::uint8_t> zero(writable_len, 0);
         guest_.write(pa_t{buffers_gpa + buffer_bytes}, zero.data(), writable_len);
@@ -145,7 +191,7 @@ public:
         dev_->process_requests();
         (void)dev_->take_notify(0);
         auto used = requestq_->get_used();
-        if (!used || used->id != *head) return 0;
+        if (!used || used->id != *head || requestq_->get_used()) return 0;
         const std::uint32_t n = std::min<std::uint32_t>(used->len, static_cast<std::uint32_t>(reply.size()));
         guest_.read(pa_t{buffers_gpa + buffer_bytes}, reply.data(), n);
         return used->len;
@@ -168,6 +214,32 @@ private:
     explicit machine(const machine_settings& s)
         : set_(s), host_(s.ram_size + s.stage2_pool, pa_t{s.host_base}), guest_(host_, 0, s.host_base, s.ram_size) {
         host_.set_table_pool(pa_t{s.host_base + s.ram_size}, s.stage2_pool);
+    }
+
+    /// Everything but the host memory, over a guest RAM that is all zero: stage 2 mapping the
+    /// slot (unless it is there as built, over a pool that was empty and zero), the device,
+    /// features, both queues, event buffers.
+    std::optional<sharing::refusal> build() {
+        if (!stage2_as_built_) {
+            auto s2 = page_table<S2, guest_ram>::create(typename S2::config{}, host_);
+            if (!s2) return sharing::refusal{status::inval, "stage 2"};
+            s2_.emplace(std::move(*s2));
+            if (!map_slot(*s2_, guest_)) return sharing::refusal{status::inval, "stage 2 slot"};
+            stage2_as_built_ = true;
+        }
+        auto dev = device_type::create(host_, guest_, *s2_, typename D::config{}, set_.device);
+        if (!dev) return dev.why();
+        dev_ = std::move(*dev);
+        if (!dev_->set_driver_features(dev_->device_features() & set_.driver_features))
+            return sharing::refusal{status::inval, "features"};
+        const queue_features qf = queue_features::from_bits(dev_->driver_features());
+        const queue_layout rq = layout_at(pa_t{requestq_gpa}, set_.queue_size, qf.event_idx);
+        const queue_layout eq = layout_at(pa_t{eventq_gpa}, set_.queue_size, qf.event_idx);
+        requestq_.emplace(guest_, rq, qf);
+        eventq_.emplace(guest_, eq, qf);
+        if (!dev_->set_queue(0, rq) || !dev_->set_queue(1, eq)) return sharing::refusal{status::inval, "queues"};
+        post_event_buffers(set_.event_buffers);
+        return std::nullopt;
     }
 
     void cut(std::vector<typename driver_queue<guest_view>::buffer>& bufs, std::uint64_t at, std::uint32_t len, bool writable) const {
@@ -194,6 +266,7 @@ private:
     guest_ram host_;
     guest_view guest_;
     std::optional<page_table<S2, guest_ram>> s2_;
+    bool stage2_as_built_ = false;  ///< stage 2 and its pool untouched since build() made them
     std::unique_ptr<device_type> dev_;
     std::optional<driver_queue<guest_view>> requestq_, eventq_;
     chain_shape shape_{};
