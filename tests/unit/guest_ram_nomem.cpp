@@ -119,3 +119,45 @@ TEMPLATE_LIST_TEST_CASE("out of guest-RAM table memory, a splitting unmap fails 
         CHECK(failures >= 1);
     }
 }
+
+TEST_CASE("guest_ram::clear gives back a RAM that behaves as a new one, and only when no table is in use",
+          "[guest_ram]") {
+    using F = arm_lpae_s1_4k;
+    const auto cfg = F::sample_configs().front();
+    constexpr std::uint64_t size = 64 * 4096;
+    guest_ram used(size, pa_t{0x40000000});
+    used.set_table_pool(pa_t{0x40000000 + 4096}, size - 4096);
+    guest_ram fresh(size, pa_t{0x40000000});
+    fresh.set_table_pool(pa_t{0x40000000 + 4096}, size - 4096);
+
+    // Leave bytes behind: a table that maps something, and a guest write outside the pool.
+    const std::uint64_t marker = 0x1122334455667788;
+    REQUIRE(used.write(pa_t{0x40000000}, &marker, sizeof marker));
+    std::uint64_t root_before = 0;
+    {
+        auto pt = page_table<F, guest_ram>::create(cfg, used);
+        REQUIRE(pt.ok());
+        root_before = pt->root().value;
+        REQUIRE(pt->map(iova_t{0x200000}, pa_t{0x1000}, length_t{0x3000}, prot::read).ok());
+        CHECK_FALSE(used.clear());  // tables in use: refused, nothing changed
+        std::uint64_t back = 0;
+        REQUIRE(used.read(pa_t{0x40000000}, &back, sizeof back));
+        CHECK(back == marker);
+        CHECK(pt->iova_to_phys(iova_t{0x201000})->value == 0x2000);
+    }
+    REQUIRE(used.bytes_in_use() == 0);
+    REQUIRE(used.clear());
+    CHECK(std::ranges::all_of(used.bytes(), [](std::byte b) { return b == std::byte{0}; }));
+
+    // The same operations on the cleared RAM and on a new one: same tables at the same places.
+    auto a = page_table<F, guest_ram>::create(cfg, used);
+    auto b = page_table<F, guest_ram>::create(cfg, fresh);
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a->root().value == root_before);
+    CHECK(a->root().value == b->root().value);
+    REQUIRE(a->map(iova_t{0x40000000}, pa_t{0x5000}, length_t{0x2000}, prot::read | prot::write).ok());
+    REQUIRE(b->map(iova_t{0x40000000}, pa_t{0x5000}, length_t{0x2000}, prot::read | prot::write).ok());
+    CHECK(used.bytes_in_use() == fresh.bytes_in_use());
+    CHECK(std::ranges::equal(used.bytes(), fresh.bytes()));
+}
