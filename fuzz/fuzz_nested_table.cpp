@@ -18,7 +18,18 @@
 /// - a failed map or unmap changes nothing: every address the run has touched looks up as before;
 /// - while stage 2 still maps the window as at the start (no page ever changed), every map and
 ///   unmap gives the same answer as a host-heap table given the same operations, and every
-///   touched address translates the same.
+///   touched address translates the same;
+/// - a folded shadow (nested/folding.hpp, mode (b): an arm-lpae-s1-4k table on the host heap)
+///   follows the guest's table as the protocol has it: the guest invalidates the range of every
+///   map and unmap that succeeded, the host reports every stage-2 change. After each of those
+///   sync points the shadow and the nested walk agree (same output, or both refuse) for reads
+///   and writes at the operation's edges and at four of the touched addresses in turn, and at
+///   every touched address at the end. Folding's stated precondition ends this check: once
+///   stage 2 maps two window pages onto one host page (aliased, or moved onto the same spare
+///   page), a write through one path changes what another translates and no invalidation names
+///   it. Configurations the shadow cannot hold (stage-1 input above 48 bits) skip it.
+/// Prot byte: bit 0 = writable; bit 1 = the output lies in the table window (so that nested
+/// translations reach stage-2 leaves and the changes made to them, not only stage-2 faults).
 #include <array>
 #include <cinttypes>
 #include <cstdlib>
@@ -32,6 +43,7 @@
 #include <iopgtable/formats/vtd_sl.hpp>
 #include <iopgtable/mem/guest_ram.hpp>
 #include <iopgtable/mem/host_heap.hpp>
+#include <iopgtable/nested/folding.hpp>
 #include <iopgtable/nested/stage.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/nested/translator.hpp>
@@ -80,6 +92,9 @@ public:
     using gmem_t = nested::guest_table_memory<S2, guest_ram>;
     using s1_table = page_table<S1, gmem_t>;
     using ref_table = page_table<S1, host_heap>;
+    using shadow_format = arm_lpae_s1_4k;
+    using folded = nested::folded_table<S1, S2, shadow_format, guest_ram, host_heap>;
+    using translator = nested::nested_translator<S1, S2, guest_ram>;
 
     /// `host` is host memory (all zero, no table in use): one RAM serves every input.
     nested_run(byte_reader& in, guest_ram& host) : in_(in), host_(host) {
@@ -110,12 +125,20 @@ public:
         auto r = ref_table::create(c1, heap_);
         FUZZ_CHECK(r.ok(), "no reference table");
         ref_.emplace(std::move(*r));
+        auto f = folded::create(c1, ipa_t{s1_->root().value}, *s2_, lpae_config{}, shadow_heap_);
+        if (f) fold_.emplace(std::move(*f));  // else: a stage-1 input larger than the shadow's
+        auto tr = translator::create(s1_->cfg(), ipa_t{s1_->root().value}, nested::stage_table<S2, guest_ram>::of(*s2_));
+        FUZZ_CHECK(tr.ok(), "no translator");
+        tr_.emplace(std::move(*tr));
+        const std::uint64_t pages = window_size / page_;
+        for (std::uint64_t i = 0; i < pages; ++i) window_hpa_of_.push_back(window_hpa + i * page_);
         minp_ = geo1_.pgsize_bitmap & (~geo1_.pgsize_bitmap + 1);
         // The input picks where in the input space its operations land: near 0, or anywhere.
         span_lg2_ = std::min<unsigned>(geo1_.ias, 24 + in_.u8() % 16);
 
         for (unsigned op = 0; op < max_ops && !in_.empty(); ++op) step();
         check_all_probes("at the end");
+        for (auto a : probes_) check_fold_at(a, "at the end");
     }
 
 private:
@@ -165,6 +188,42 @@ private:
         }
     }
 
+    /// The shadow against the nested walk at `a`, for a read and a write.
+    void check_fold_at(std::uint64_t a, const char* when) {
+        if (!fold_ || aliased_ || (geo1_.ias < 64 && (a >> geo1_.ias) != 0)) return;
+        for (const auto kind : {nested::access_kind::read, nested::access_kind::write}) {
+            const nested::access_request req{kind, false};
+            const auto n = tr_->translate(iova_t{a}, req);
+            const auto sh = fold_->lookup(iova_t{a});
+            const bool shadow_ok = sh.mapped && nested::permits(sh.perm, req);
+            if (trace_)
+                std::fprintf(stderr, "fold %s %#" PRIx64 ": nested %s stage %u reason %d fetch %d addr %#" PRIx64 "\n", when,
+                             a, n.ok() ? "passes" : "refuses", n.ok() ? 0 : n.error().stage,
+                             n.ok() ? 0 : int(n.error().reason), n.ok() ? 0 : int(n.error().table_fetch),
+                             n.ok() ? n->output.value : n.error().address);
+            FUZZ_CHECK(shadow_ok == n.ok() && (!n.ok() || sh.oa.value == n->output.value),
+                       "%s over %s %s: %s at %#" PRIx64 ": shadow %s %#" PRIx64 ", nested walk %s %#" PRIx64, S1::name,
+                       S2::name, when, kind == nested::access_kind::read ? "read" : "write", a,
+                       shadow_ok ? "passes to" : "refuses", sh.oa.value, n.ok() ? "passes to" : "refuses",
+                       n.ok() ? n->output.value : 0);
+        }
+    }
+    /// After a sync point: the edges of what changed and four touched addresses in turn.
+    void check_fold(std::uint64_t first, std::uint64_t last, const char* when) {
+        check_fold_at(first, when);
+        check_fold_at(last, when);
+        for (unsigned k = 0; k < 4 && !probes_.empty(); ++k) check_fold_at(probes_[next_probe_++ % probes_.size()], when);
+    }
+    /// A stage-2 change to window page `i` (now at host page `hpa`, or none): reported to the
+    /// fold; the aliasing that folding's precondition excludes stops the fold checks.
+    void window_page_changed(std::uint64_t i, std::optional<std::uint64_t> hpa) {
+        window_hpa_of_[i] = hpa.value_or(~std::uint64_t{0});
+        if (hpa)
+            for (std::uint64_t j = 0; j < window_hpa_of_.size(); ++j)
+                if (j != i && window_hpa_of_[j] == *hpa) aliased_ = true;
+        if (fold_) fold_->invalidate_stage2(ipa_t{window_ipa + i * page_}, length_t{page_});
+    }
+
     void step() {
         const std::uint8_t kind = in_.u8();
         switch (kind % 8) {
@@ -172,14 +231,20 @@ private:
         case 1:
         case 2: {  // map
             const std::uint64_t va = pick_iova(), len = pick_len();
-            const std::uint64_t pa = (in_.u32() * minp_) & low_mask(std::min(geo1_.oas, 40u));
-            const prot p = (in_.u8() & 1) ? rw : prot::read;
+            std::uint64_t pa = (in_.u32() * minp_) & low_mask(std::min(geo1_.oas, 40u));
+            const std::uint8_t pb = in_.u8();
+            const prot p = (pb & 1) ? rw : prot::read;
+            if (pb & 2) pa = window_ipa + (pa & (window_size - 1));
             probe(va);
             probe(va + len - 1);
             const auto before = looks();
             auto a = s1_->map(typename S1::input_address{va}, pa_t{pa}, length_t{len}, p);
             if (trace_) std::fprintf(stderr, "map %#" PRIx64 " %#" PRIx64 " %#" PRIx64 " -> %d\n", va, pa, len, a.ok() ? -1 : int(a.error()));
             if (!a) FUZZ_CHECK(looks() == before, "a failed map changed the table (%s over %s)", S1::name, S2::name);
+            if (a && fold_) {  // the guest's INVALIDATE of what it mapped
+                FUZZ_CHECK(fold_->invalidate(iova_t{va}, length_t{len}).ok(), "fold: invalidate after a map refused");
+                check_fold(va, va + len - 1, "after a map");
+            }
             if (intact_ && !a && a.error() == errc::nomem) {
                 intact_ = false;  // the window ran out where the heap would not
             } else if (intact_) {
@@ -204,6 +269,10 @@ private:
             if (trace_) std::fprintf(stderr, "unmap %#" PRIx64 " %#" PRIx64 " %d -> %d\n", va, len, split, a.ok() ? -1 : int(a.error()));
             // A split keeps every translation, so even a split that stops half-way looks the same.
             if (!a) FUZZ_CHECK(looks() == before, "a failed unmap changed the table (%s over %s)", S1::name, S2::name);
+            if (a && fold_ && a->value != 0) {  // the guest's INVALIDATE of what it unmapped
+                FUZZ_CHECK(fold_->invalidate(iova_t{va}, length_t{len}).ok(), "fold: invalidate after an unmap refused");
+                check_fold(va, va + len - 1, "after an unmap");
+            }
             if (intact_) {
                 auto b = ref_->unmap(typename S1::input_address{va}, length_t{len}, mode);
                 const bool mem_short = !a && a.error() == errc::nomem;
@@ -220,21 +289,28 @@ private:
             const std::uint64_t ipa = window_ipa + i * page_;
             const std::uint8_t how = in_.u8() % 5;
             (void)s2_->unmap(ipa_t{ipa}, length_t{page_});
+            std::optional<std::uint64_t> now;  // the host page behind the window page now
+            auto remap = [&](std::uint64_t hpa, prot p) {
+                if (s2_->map(ipa_t{ipa}, pa_t{hpa}, length_t{page_}, p).ok()) now = hpa;
+            };
             switch (how) {
             case 0: break;  // a hole
-            case 1: (void)s2_->map(ipa_t{ipa}, pa_t{window_hpa + i * page_}, length_t{page_}, prot::read); break;
+            case 1: remap(window_hpa + i * page_, prot::read); break;
             case 2: {  // aliased onto another window page's memory
                 const std::uint64_t j = in_.u16() % pages;
-                (void)s2_->map(ipa_t{ipa}, pa_t{window_hpa + j * page_}, length_t{page_}, rw);
+                remap(window_hpa + j * page_, rw);
                 break;
             }
             case 3: {  // moved to spare memory (possibly shared with other moved pages)
                 const std::uint64_t k = in_.u8() % (spare_size / page_ ? spare_size / page_ : 1);
-                if (spare_size >= page_) (void)s2_->map(ipa_t{ipa}, pa_t{spare_hpa + k * page_}, length_t{page_}, rw);
+                if (spare_size >= page_) remap(spare_hpa + k * page_, rw);
                 break;
             }
-            case 4: (void)s2_->map(ipa_t{ipa}, pa_t{window_hpa + i * page_}, length_t{page_}, rw); break;
+            case 4: remap(window_hpa + i * page_, rw); break;
             }
+            window_page_changed(i, now);
+            for (unsigned k = 0; k < 4 && !probes_.empty(); ++k)
+                check_fold_at(probes_[next_probe_++ % probes_.size()], "after a stage-2 change");
             if (how != 4) intact_ = false;
             if (trace_) std::fprintf(stderr, "s2 page %#" PRIx64 " mode %u\n", ipa, how);
             break;
@@ -265,6 +341,12 @@ private:
     std::optional<gmem_t> gmem_;
     std::optional<s1_table> s1_;
     std::optional<ref_table> ref_;
+    host_heap shadow_heap_;
+    std::optional<folded> fold_;
+    std::optional<translator> tr_;
+    std::vector<std::uint64_t> window_hpa_of_;  ///< host page behind each window page (~0: none)
+    bool aliased_ = false;                      ///< two window pages on one host page: fold checks off
+    std::size_t next_probe_ = 0;
     geometry geo1_{};
     std::uint64_t page_ = 0, minp_ = 0;
     unsigned span_lg2_ = 32;

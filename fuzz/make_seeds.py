@@ -191,6 +191,80 @@ HOSTILE_SEEDS = {
 }
 
 
+# ---------------------------------------------------------------- fuzz_nested_table
+# Pair index (fuzz_nested_table.cpp `pairs`: 0 = s1 4K over s2 4K, 4 = 16K/16K, 6 = 64K over
+# 4K, 9 = VT-d FL over SL), stage-2 and stage-1 configuration indices, span byte; then steps.
+WINDOW_OUT = 2  # prot byte bit 1: the output lies in the table window (stage 2 maps it)
+
+
+def nested_header(pair, c2=1, c1=0, span=0):
+    return bytes([pair, c2, c1, span])
+
+
+def nt_len(sel, arg=0):
+    """pick_len: 0 smallest page; 1 (1 + arg) pages; 3 2^(12 + arg % 14) bytes."""
+    if sel == 1 or sel == 3:
+        return bytes([sel, arg])
+    return bytes([sel])
+
+
+def nt_map(page, length, out_page, writable=True, in_window=True):
+    pb = (1 if writable else 0) | (WINDOW_OUT if in_window else 0)
+    return bytes([0]) + struct.pack("<I", page) + length + struct.pack("<I", out_page) + bytes([pb])
+
+
+def nt_unmap(page, length, split=False):
+    return bytes([3]) + struct.pack("<I", page) + length + bytes([1 if split else 0])
+
+
+def nt_stage2(window_page, how, arg=b""):
+    """how: 0 hole, 1 read-only, 2 aliased (arg: u16 page), 3 moved to spare (arg: u8), 4 back."""
+    return bytes([5]) + struct.pack("<H", window_page) + bytes([how]) + arg
+
+
+def nt_lookup(page):
+    return bytes([6]) + struct.pack("<I", page)
+
+
+NESTED_SEEDS = {
+    # A page mapped to the window, its stage-2 page made read-only, moved, given back; unmapped.
+    "s1_4k_over_4k_stage2_changes": nested_header(0)
+    + nt_map(1, nt_len(0), 5)
+    + nt_map(0x200, nt_len(3, 9), 0x200)
+    + nt_stage2(5, 1)
+    + nt_lookup(1)
+    + nt_stage2(5, 3, bytes([2]))
+    + nt_lookup(1)
+    + nt_stage2(5, 4)
+    + nt_unmap(1, nt_len(0))
+    + nt_unmap(0x200, nt_len(0), split=True)
+    + nt_lookup(0x201),
+    # 16K over 16K: a 32M block and pages, a hole under the table page, reclaim.
+    "s1_16k_over_16k_hole": nested_header(4)
+    + nt_map(0x800, nt_len(3, 13), 0)
+    + nt_map(3, nt_len(1, 3), 8)
+    + nt_stage2(0, 0)
+    + nt_map(20, nt_len(0), 9)
+    + nt_stage2(0, 4)
+    + bytes([7])
+    + nt_lookup(4),
+    # 64K stage-1 tables over 4K stage-2 pages: one stage-1 table spans sixteen stage-2 pages.
+    "s1_64k_over_4k_window_pages": nested_header(6)
+    + nt_map(2, nt_len(0), 1)
+    + nt_stage2(3, 1)
+    + nt_map(0x21, nt_len(0), 2)
+    + nt_stage2(3, 4)
+    + nt_map(0x21, nt_len(0), 2)
+    + nt_unmap(2, nt_len(0)),
+    # VT-d first stage over second stage, an alias between two window pages (fold checks stop).
+    "vtd_fl_over_sl_alias": nested_header(9, 0, 0)
+    + nt_map(1, nt_len(1, 7), 4)
+    + nt_stage2(2, 2, struct.pack("<H", 6))
+    + nt_map(0x400, nt_len(0), 12)
+    + nt_lookup(0x400),
+}
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -202,3 +276,4 @@ def write(target, seeds):
 if __name__ == "__main__":
     write("fuzz_ops", OPS_SEEDS)
     write("fuzz_hostile_table", HOSTILE_SEEDS)
+    write("fuzz_nested_table", NESTED_SEEDS)

@@ -68,7 +68,8 @@ void check_flushes(const std::vector<event>& ev, const std::vector<dump_entry>& 
     }
     const auto after = dump(pt);
     for (const auto& leaf : before) {
-        for (auto [first, last] : changed_parts<F>(pt.cfg(), translation_of<F>(pt.cfg(), leaf), after)) {
+        for (const auto& part : changed_parts<F>(pt.cfg(), translation_of<F>(pt.cfg(), leaf), after)) {
+            const auto first = part.first, last = part.second;  // not a structured binding: clang 14 cannot capture one
             const bool covered = std::any_of(ev.begin(), ev.end(), [&](const event& e) {
                 return (e.kind == event_kind::leaf_removed || e.kind == event_kind::walk_flush) && e.a <= first &&
                        last <= e.a + e.b - 1;
