@@ -218,7 +218,8 @@ def nt_unmap(page, length, split=False):
 
 
 def nt_stage2(window_page, how, arg=b""):
-    """how: 0 hole, 1 read-only, 2 aliased (arg: u16 page), 3 moved to spare (arg: u8), 4 back."""
+    """how: 0 hole, 1 read-only, 2 aliased (arg: u16 page), 3 moved to spare (arg: u8), 4 back,
+    5 back as Device memory."""
     return bytes([5]) + struct.pack("<H", window_page) + bytes([how]) + arg
 
 
@@ -245,6 +246,8 @@ NESTED_SEEDS = {
     + nt_map(3, nt_len(1, 3), 8)
     + nt_stage2(0, 0)
     + nt_map(20, nt_len(0), 9)
+    + nt_stage2(0, 5)
+    + nt_lookup(3)
     + nt_stage2(0, 4)
     + bytes([7])
     + nt_lookup(4),

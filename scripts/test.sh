@@ -168,7 +168,7 @@ stage_fuzz() {
     rc=$(cat "$logs/$name.rc" 2>/dev/null || echo missing)
     runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$logs/$name.log" | tail -n 1)
     if [[ $rc == 0 ]]; then
-      echo "fuzz: $name: ok (${runs:-?} runs in ${fuzz_seconds} s)"
+      echo "fuzz: $name: ok (${runs:-?} runs in ${fuzz_seconds} s: $(( ${runs:-0} / fuzz_seconds )) per second)"
     else
       failed=1
       echo "fuzz: $name: FAILED (exit $rc); log $logs/$name.log, last lines:"
