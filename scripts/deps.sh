@@ -2,6 +2,7 @@
 # Installs the Debian 12 packages iopgtable needs to build, test, benchmark and fuzz, and only
 # those that are missing: when every package is installed it does not touch apt (works offline).
 # Uses sudo when not root; never asks questions.
+# Usage: bash scripts/deps.sh [EXTRA-PACKAGE...]
 set -euo pipefail
 
 packages=(
@@ -11,6 +12,8 @@ packages=(
   libboost-dev            # Boost.Hana, the library's one dependency
   libbenchmark-dev        # benchmarks
 )
+# Extra packages a script needs besides these (scripts/coverage.sh: llvm-14).
+packages+=("$@")
 
 missing=()
 for package in "${packages[@]}"; do
