@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdlib>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <utility>
@@ -79,6 +81,23 @@ struct dump_entry {
     std::uint64_t raw;
     std::uint64_t entry_address;
 };
+
+/// Guest RAM of one size at one base, kept across inputs and cleared (guest_ram::clear) after
+/// each: a new buffer per input cost page faults on every table page it touched. At most
+/// `max_kept` RAMs are kept (then all are dropped and the cache starts again).
+guest_ram& ram_for(std::uint64_t size, std::uint64_t base) {
+    constexpr std::size_t max_kept = 64;
+    static std::map<std::pair<std::uint64_t, std::uint64_t>, std::unique_ptr<guest_ram>> kept;
+    auto& slot = kept[{size, base}];
+    if (!slot) {
+        if (kept.size() > max_kept) {
+            kept.clear();
+            return ram_for(size, base);
+        }
+        slot = std::make_unique<guest_ram>(size, pa_t{base});
+    }
+    return *slot;
+}
 
 /// Set of tables, as (level, input address >> span of a table at that level).
 using table_set = std::set<std::pair<unsigned, std::uint64_t>>;
@@ -141,7 +160,7 @@ private:
         case 1: base = std::uint64_t{1} << 30; break;
         case 2: base = ((std::uint64_t{1} << 32) - ram_size) & ~(align - 1); break;
         }
-        ram_.emplace(ram_size, pa_t{base});
+        ram_ = &ram_for(ram_size, base);
         auto t = table::create(cfg_, *ram_, log_.hooks());
         FUZZ_CHECK(t.ok(), "%s: create failed: %s", describe(), err_name(t.error()));
         pt_.emplace(std::move(t.value()));
@@ -655,6 +674,7 @@ private:
         FUZZ_CHECK(log_.flush_all == 1, "%s: destruction called flush_all %u times", ctx_, log_.flush_all);
         FUZZ_CHECK(ram_->bytes_in_use() == 0, "%s: %" PRIu64 " RAM bytes still in use after destruction", ctx_,
                    ram_->bytes_in_use());
+        FUZZ_CHECK(ram_->clear(), "%s: RAM could not be cleared for the next input", ctx_);
     }
 
     byte_reader& in_;
@@ -667,7 +687,7 @@ private:
     bool uniform_tables_ = true;
     unsigned window_lg2_ = 0;
     std::uint64_t window_base_ = 0;
-    std::optional<guest_ram> ram_;
+    guest_ram* ram_ = nullptr;
     hook_log log_;
     std::optional<table> pt_;
     leaf_model model_;
