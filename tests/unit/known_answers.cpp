@@ -141,7 +141,9 @@ TEST_CASE("every vector record belongs to a format in the list", "[vectors]") {
     });
     REQUIRE(!by_folder.empty());
     std::size_t records = 0;
-    for (const auto& [folder, list] : by_folder) {
+    for (const auto& entry : by_folder) {
+        const auto& folder = entry.first;  // not a structured binding: clang 14 cannot capture one
+        const auto& list = entry.second;
         for (const auto& r : list) {
             int takers = 0;
             boost::hana::for_each(all_formats, [&](auto t) {

@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: MIT
+// Behaviour that the rest of the suite and the fuzz corpora did not reach (scripts/coverage.sh
+// listed these lines): VT-d register decoding, the stage-2 FWB memory types, the nested IOTLB
+// when it is full, the names printed for enumerators, the length literals.
+#include <catch2/catch.hpp>
+
+#include <iopgtable/core/address.hpp>
+#include <iopgtable/formats/arm_lpae.hpp>
+#include <iopgtable/formats/vtd_fl.hpp>
+#include <iopgtable/formats/vtd_sl.hpp>
+#include <iopgtable/nested/iotlb.hpp>
+#include <iopgtable/nested/types.hpp>
+#include <iopgtable/nested/walk_cache.hpp>
+#include <iopgtable/virtio/virtqueue.hpp>
+#include <iopgtable/virtio/wire.hpp>
+
+using namespace iopgtable;
+using namespace iopgtable::literals;
+
+namespace {
+
+register_set regs(std::initializer_list<std::pair<std::string_view, std::uint64_t>> l) {
+    register_set r;
+    for (auto& [n, v] : l) r.add(n, v);
+    return r;
+}
+
+} // namespace
+
+TEST_CASE("VT-d second stage: config_from_registers reads AW and checks the root (VT-d 9.3, 11.4.2)", "[vtd][registers]") {
+    for (unsigned aw : {39u, 48u, 57u}) {
+        vtd_sl_config c;
+        c.aw = aw;
+        auto g = vtd_sl::make_geometry(c);
+        REQUIRE(g.ok());
+        const auto r = vtd_sl::registers(c, *g, pa_t{0x12345000});
+        CHECK(r.get("aw") == std::optional<std::uint64_t>{(aw - 30) / 9});
+        std::string_view why;
+        auto back = vtd_sl::config_from_registers(r, why);
+        REQUIRE(back.ok());
+        CHECK(back->aw == aw);
+    }
+    std::string_view why;
+    CHECK(vtd_sl::config_from_registers(regs({}), why).error() == errc::invalid);
+    CHECK(why == "aw missing");
+    for (std::uint64_t bad : {0u, 4u, 7u}) {
+        CHECK(vtd_sl::config_from_registers(regs({{"aw", bad}}), why).error() == errc::invalid);
+        CHECK(why == "AW not 1, 2 or 3 (39/48/57-bit)");
+    }
+    CHECK(vtd_sl::config_from_registers(regs({{"aw", 2}, {"root", 0x1234}}), why).error() == errc::invalid);
+    CHECK(why == "root not 4K aligned");
+    CHECK(vtd_sl::config_from_registers(regs({{"aw", 2}, {"root", std::uint64_t{1} << 52}}), why).error() == errc::range);
+    CHECK(why == "root above 52 bits");
+    CHECK(vtd_sl::config_from_registers(regs({{"aw", 1}, {"root", (std::uint64_t{1} << 52) - 0x1000}}), why).ok());
+}
+
+TEST_CASE("VT-d first stage: config_from_registers reads FLPM and checks the root (VT-d 9.6)", "[vtd][registers]") {
+    std::string_view why;
+    for (std::uint64_t flpm : {0u, 1u}) {
+        auto c = vtd_fl::config_from_registers(regs({{"flpm", flpm}, {"root", 0x7000}}), why);
+        REQUIRE(c.ok());
+        CHECK(c->levels == 4 + flpm);
+    }
+    CHECK(vtd_fl::config_from_registers(regs({{"root", 0x7000}}), why).error() == errc::invalid);
+    CHECK(why == "flpm missing");
+    CHECK(vtd_fl::config_from_registers(regs({{"flpm", 2}}), why).error() == errc::invalid);
+    CHECK(why == "FLPM reserved (not 0 or 1)");
+    CHECK(vtd_fl::config_from_registers(regs({{"flpm", 0}, {"root", 0x7008}}), why).error() == errc::invalid);
+    CHECK(why == "root not 4K aligned");
+    CHECK(vtd_fl::config_from_registers(regs({{"flpm", 0}, {"root", std::uint64_t{3} << 52}}), why).error() ==
+          errc::range);
+    CHECK(why == "root above 52 bits");
+}
+
+TEST_CASE("LPAE stage 2 with FEAT_S2FWB: MemAttr[2] clear is Device, [1:0] = 01 Non-cacheable, 1x Write-back",
+          "[arm_lpae][memory_type]") {
+    using F = arm_lpae_s2_4k;
+    lpae_config c;
+    c.ias = 40;
+    c.oas = 40;
+    c.quirks = lpae_quirk::s2fwb;
+    // A level-0 (4K) page descriptor: valid, page, AF, MemAttr in bits [5:2] (Arm ARM D8.3).
+    auto page = [](unsigned memattr) { return F::word{0x40000000u | 0b11u | (1u << 10) | (memattr << 2)}; };
+    for (unsigned m = 0; m < 16; ++m) {
+        INFO("MemAttr " << m);
+        const auto t = F::leaf_memory_type(c, 0, page(m));
+        if ((m & 0b0100) == 0) CHECK(t == memory_type::device);
+        else if ((m & 0b11) == 0b01) CHECK(t == memory_type::non_cacheable);
+        else if ((m & 0b11) == 0b00) CHECK(t == memory_type::device);  // reserved: most restrictive
+        else CHECK(t == memory_type::write_back);
+    }
+    // The encoder writes what the decoder reads back.
+    const auto mmio = F::make_leaf(c, 0, 12, 0x40000000, prot::read | prot::mmio);
+    const auto cached = F::make_leaf(c, 0, 12, 0x40000000, prot::read | prot::cache);
+    const auto plain = F::make_leaf(c, 0, 12, 0x40000000, prot::read);
+    CHECK(F::leaf_memory_type(c, 0, mmio) == memory_type::device);
+    CHECK(F::leaf_memory_type(c, 0, cached) == memory_type::write_back);
+    CHECK(F::leaf_memory_type(c, 0, plain) == memory_type::non_cacheable);
+}
+
+TEST_CASE("nested translation cache: a full cache drops an entry to make room and counts hits and misses",
+          "[nested][iotlb]") {
+    nested::translation_cache tlb(2);
+    CHECK(tlb.capacity() == 2);
+    auto entry = [](std::uint64_t iova) {
+        nested::iotlb_entry e;
+        e.context = 1;
+        e.iova_base = iova;
+        e.size_lg2 = 12;
+        e.mapping_lg2 = 12;
+        e.ipa_base = iova + 0x100000;
+        e.pa_base = iova + 0x200000;
+        e.s1.size_lg2 = e.s2.size_lg2 = 12;
+        e.s1.input_base = iova;
+        e.s2.input_base = e.ipa_base;
+        return e;
+    };
+    for (std::uint64_t a : {0x1000u, 0x2000u, 0x3000u}) tlb.insert(entry(a));
+    CHECK(tlb.size() == 2);  // one of the first two made room
+    REQUIRE(tlb.find(1, 0x3abc) != nullptr);
+    CHECK(tlb.find(1, 0x3abc)->pa_base == 0x203000);
+    const int kept = (tlb.find(1, 0x1000) != nullptr) + (tlb.find(1, 0x2000) != nullptr);
+    CHECK(kept == 1);
+    CHECK(tlb.find(2, 0x3000) == nullptr);  // another context
+    CHECK(tlb.hits() == 3);
+    CHECK(tlb.misses() == 2);
+    tlb.reset_counters();
+    CHECK(tlb.hits() == 0);
+    CHECK(tlb.misses() == 0);
+    CHECK(tlb.size() == 2);
+
+    nested::walk_cache wc(8);
+    CHECK(wc.capacity() == 8);
+    wc.reset_counters();
+    CHECK(wc.hits() == 0);
+    CHECK(wc.misses() == 0);
+}
+
+TEST_CASE("enumerator names, as tools and logs print them", "[names]") {
+    CHECK(nested::to_string(nested::access_kind::read) == "read");
+    CHECK(nested::to_string(nested::access_kind::write) == "write");
+    CHECK(nested::to_string(nested::access_kind::exec) == "exec");
+    CHECK(nested::to_string(nested::fault_reason::translation) == "translation");
+    CHECK(nested::to_string(nested::fault_reason::permission) == "permission");
+    CHECK(nested::to_string(nested::fault_reason::address_size) == "address-size");
+    CHECK(nested::to_string(nested::fault_reason::access_flag) == "access-flag");
+    CHECK(nested::to_string(nested::fault_reason::walk_abort) == "walk-abort");
+    CHECK(nested::to_string(memory_type::device) == "device");
+    CHECK(nested::to_string(memory_type::non_cacheable) == "non-cacheable");
+    CHECK(nested::to_string(memory_type::write_through) == "write-through");
+    CHECK(nested::to_string(memory_type::write_back) == "write-back");
+    CHECK(virtio::to_string(virtio::status::ioerr) == "IOERR");
+    CHECK(virtio::to_string(virtio::status::deverr) == "DEVERR");
+    CHECK(virtio::to_string(static_cast<virtio::status>(200)) == "UNKNOWN");
+    CHECK(virtio::to_string(virtio::queue_fault::none) == "none");
+    CHECK(virtio::to_string(virtio::queue_fault::bad_layout) == "bad_layout");
+    CHECK(virtio::to_string(virtio::queue_fault::avail_idx_jump) == "avail_idx_jump");
+    CHECK(virtio::to_string(virtio::queue_fault::head_out_of_range) == "head_out_of_range");
+    CHECK(virtio::to_string(virtio::queue_fault::ring_unreadable) == "ring_unreadable");
+    CHECK(virtio::to_string(virtio::chain_error::head_out_of_range) == "head_out_of_range");
+    CHECK(to_string(static_cast<errc>(100)) == "unknown");
+}
+
+TEST_CASE("length literals and length arithmetic", "[core]") {
+    CHECK(5_B == length_t{5});
+    CHECK(4_KiB == length_t{4096});
+    CHECK(2_MiB == length_t{std::uint64_t{2} << 20});
+    CHECK(1_GiB == length_t{std::uint64_t{1} << 30});
+    CHECK(3_TiB == length_t{std::uint64_t{3} << 40});
+    CHECK(2_MiB - 4_KiB == length_t{0x1ff000});
+    CHECK(is_aligned_lg2(0x200000, 21));
+    CHECK_FALSE(is_aligned_lg2(0x201000, 21));
+    prot p = prot::read | prot::write;
+    p &= prot::write;
+    CHECK(p == prot::write);
+}
