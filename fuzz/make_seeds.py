@@ -197,7 +197,10 @@ HOSTILE_SEEDS = {
 WINDOW_OUT = 2  # prot byte bit 1: the output lies in the table window (stage 2 maps it)
 
 
-def nested_header(pair, c2=1, c1=0, span=0):
+FOLD = 0x10  # span byte bit 4: keep a folded shadow and compare it with the nested walk
+
+
+def nested_header(pair, c2=1, c1=0, span=FOLD):
     return bytes([pair, c2, c1, span])
 
 
