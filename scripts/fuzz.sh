@@ -141,6 +141,7 @@ for t in "${targets[@]}"; do
 done
 echo "fuzz.sh: done in $(((SECONDS - start) / 60)) min; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 if ((found)); then
-  echo "fuzz.sh: findings were copied to fuzz/regressions/<target>/: fix them (the fuzz stage replays them)"
+  echo "fuzz.sh: a run found something or ended abnormally (its exit status is in the table);" \
+    "findings are copied to fuzz/regressions/<target>/: fix them (the fuzz stage replays them)"
   exit 1
 fi
