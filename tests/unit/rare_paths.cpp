@@ -4,7 +4,14 @@
 // when it is full, the names printed for enumerators, the length literals.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include <iopgtable/core/address.hpp>
+#include <iopgtable/engine/page_table.hpp>
+#include <iopgtable/formats/arm_v7s.hpp>
+#include <iopgtable/mem/default_memory.hpp>
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/formats/vtd_fl.hpp>
 #include <iopgtable/formats/vtd_sl.hpp>
@@ -173,4 +180,32 @@ TEST_CASE("length literals and length arithmetic", "[core]") {
     prot p = prot::read | prot::write;
     p &= prot::write;
     CHECK(p == prot::write);
+}
+
+TEST_CASE("v7s: a range unmap removes replicated leaves (64K large pages, 16M supersections) whole, once each",
+          "[arm_v7s][unmap]") {
+    struct log {
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> leaves;
+    } removed;
+    flush_hooks hooks;
+    hooks.cookie = &removed;
+    hooks.leaf_removed = [](void* c, std::uint64_t iova, std::uint64_t size) {
+        static_cast<log*>(c)->leaves.emplace_back(iova, size);
+    };
+    auto mem = make_default_memory<arm_v7s>();
+    auto pt = page_table<arm_v7s, default_memory_t<arm_v7s>>::create(v7s_config{}, *mem, hooks);
+    REQUIRE(pt.ok());
+    const prot rw = prot::read | prot::write;
+    REQUIRE(pt->map(iova_t{0x1000000}, pa_t{0x5000000}, length_t{0x1000000}, rw).ok());  // a supersection
+    REQUIRE(pt->map(iova_t{0x2010000}, pa_t{0x6010000}, length_t{0x10000}, rw).ok());    // a large page
+    REQUIRE(pt->map(iova_t{0x2020000}, pa_t{0x6020000}, length_t{0x1000}, rw).ok());     // a small page
+    // Neither end of the range is a table's edge, so the leaves are removed one by one.
+    auto r = pt->unmap(iova_t{0xff000}, length_t{0x2030000 - 0xff000});
+    REQUIRE(r.ok());
+    CHECK(r->value == 0x1000000 + 0x10000 + 0x1000);
+    std::sort(removed.leaves.begin(), removed.leaves.end());
+    using leaf = std::pair<std::uint64_t, std::uint64_t>;
+    CHECK(removed.leaves == std::vector<leaf>{{0x1000000, 0x1000000}, {0x2010000, 0x10000}, {0x2020000, 0x1000}});
+    for (std::uint64_t a : {0x1000000u, 0x1ffffffu, 0x2010000u, 0x201ffffu, 0x2020000u})
+        CHECK_FALSE(pt->iova_to_phys(iova_t{a}).has_value());
 }
