@@ -816,3 +816,35 @@ TEST_CASE("virtio machine: the smallest RAM holds the fixed layout; a reset clea
     CHECK_FALSE(v.at(0, 0x40000010));
     CHECK(v.send(attach(1, 0)) == st::ok);
 }
+
+TEST_CASE("virtio sharing: the VMM moves a guest page in stage 2; after stage2_changed no old host address",
+          "[virtio]") {
+    const shared_mode mode = GENERATE(shared_mode::nested, shared_mode::folded);
+    INFO("mode " << (mode == shared_mode::folded ? "folded" : "nested"));
+    vm v(settings(mode));
+    lpae_table g(*v.m);
+    REQUIRE(v.send(attach(1, 0)) == st::ok);
+    REQUIRE(v.send(g.request(1)) == st::ok);
+    const std::uint64_t a = 0x100000;
+    g.map(a, dma, page);
+    REQUIRE(v.send(invalidate(1, vaddr, a, page)) == st::ok);
+    REQUIRE(v.at(0, a + 0x10) == v.hpa(dma + 0x10));
+
+    // The VMM backs guest page `dma` with another host page (the guest's RAM slot at +1 MiB).
+    const std::uint64_t moved = v.hpa(dma + 0x100000);
+    REQUIRE(v.m->stage2().unmap(ipa_t{dma}, length_t{page}, unmap_mode::split).ok());
+    REQUIRE(v.m->stage2().map(ipa_t{dma}, pa_t{moved}, length_t{page}, rw).ok());
+    v.dev().stage2_changed(dma, page);
+    CHECK(v.at(0, a + 0x10) == moved + 0x10);
+    CHECK(v.at(0, a + 0x10, access_kind::write) == moved + 0x10);
+
+    // ... and takes it away: the access faults, nothing reaches either host page.
+    REQUIRE(v.m->stage2().unmap(ipa_t{dma}, length_t{page}).ok());
+    v.dev().stage2_changed(dma, page);
+    CHECK_FALSE(v.at(0, a + 0x10));
+
+    // Given back where it was: the first host page again.
+    REQUIRE(v.m->stage2().map(ipa_t{dma}, pa_t{v.hpa(dma)}, length_t{page}, rw).ok());
+    v.dev().stage2_changed(dma, page);
+    CHECK(v.at(0, a + 0x10) == v.hpa(dma + 0x10));
+}
