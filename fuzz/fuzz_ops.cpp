@@ -88,15 +88,13 @@ struct dump_entry {
 guest_ram& ram_for(std::uint64_t size, std::uint64_t base) {
     constexpr std::size_t max_kept = 64;
     static std::map<std::pair<std::uint64_t, std::uint64_t>, std::unique_ptr<guest_ram>> kept;
-    auto& slot = kept[{size, base}];
-    if (!slot) {
-        if (kept.size() > max_kept) {
-            kept.clear();
-            return ram_for(size, base);
-        }
-        slot = std::make_unique<guest_ram>(size, pa_t{base});
+    const std::pair key{size, base};
+    auto it = kept.find(key);
+    if (it == kept.end()) {
+        if (kept.size() >= max_kept) kept.clear();
+        it = kept.emplace(key, std::make_unique<guest_ram>(size, pa_t{base})).first;
     }
-    return *slot;
+    return *it->second;
 }
 
 /// Set of tables, as (level, input address >> span of a table at that level).

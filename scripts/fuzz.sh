@@ -68,7 +68,7 @@ fi
 long=$root/$build/long
 count_files() { find "$1" -type f 2>/dev/null | wc -l; }
 size_of() { find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", (s + 1023) / 1024 }'; }
-is_sha1_name() { [[ $(basename "$1") =~ ^[0-9a-f]{40}$ ]]; }
+is_sha1_name() { [[ ${1##*/} =~ ^[0-9a-f]{40}$ ]]; }
 
 # One target: fuzz for `seconds` in a scratch copy of its corpus, then merge.
 run_one() {
@@ -91,7 +91,7 @@ run_one() {
       if is_sha1_name "$f"; then rm -f "$f"; else hand+=("$(sha1sum <"$f" | cut -d' ' -f1)"); fi
     done
     for f in "$dir/merged"/*; do
-      case " ${hand[*]} " in *" $(basename "$f") "*) continue ;; esac  # a hand-made seed's copy
+      case " ${hand[*]} " in *" ${f##*/} "*) continue ;; esac  # a hand-made seed's copy
       cp "$f" "$seeds/"
     done
   else

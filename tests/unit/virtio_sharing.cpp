@@ -110,6 +110,16 @@ struct guest_table {
 };
 using lpae_table = guest_table<arm_host, arm_lpae_s1_4k>;
 
+/// A machine sharing in `mode` whose endpoint 0 is in domain 1, and domain 1 holds the guest's
+/// own LPAE table `g` (ATTACH, then ATTACH_TABLE).
+struct shared_lpae_vm : vm<> {
+    lpae_table g;
+    explicit shared_lpae_vm(shared_mode mode) : vm(settings(mode)), g(*m) {
+        REQUIRE(send(attach(1, 0)) == st::ok);
+        REQUIRE(send(g.request(1)) == st::ok);
+    }
+};
+
 /// translate() of one byte faults with MAPPING at `iova`.
 template <class V>
 void r_fault_at(V& v, std::uint64_t iova) {
@@ -328,10 +338,8 @@ TEST_CASE("virtio sharing: no stale translation after INVALIDATE; new entries pe
     const shared_mode mode = GENERATE(shared_mode::nested, shared_mode::folded);
     INFO("mode " << (mode == shared_mode::folded ? "folded" : "nested"));
     const bool folded = mode == shared_mode::folded;
-    vm v(settings(mode));
-    lpae_table g(*v.m);
-    REQUIRE(v.send(attach(1, 0)) == st::ok);
-    REQUIRE(v.send(g.request(1)) == st::ok);
+    shared_lpae_vm v(mode);
+    auto& g = v.g;
     REQUIRE((v.dev().shared(1)->mode() == mode));
     const std::uint64_t a = 0x100000, b = 0x101000, c = 0x300000;
 
@@ -407,10 +415,8 @@ TEST_CASE("virtio sharing: no stale translation after INVALIDATE; new entries pe
 TEST_CASE("virtio sharing: INVALIDATE of any address in a 2 MiB block drops the whole block", "[virtio]") {
     const shared_mode mode = GENERATE(shared_mode::nested, shared_mode::folded);
     INFO("mode " << (mode == shared_mode::folded ? "folded" : "nested"));
-    vm v(settings(mode));
-    lpae_table g(*v.m);
-    REQUIRE(v.send(attach(1, 0)) == st::ok);
-    REQUIRE(v.send(g.request(1)) == st::ok);
+    shared_lpae_vm v(mode);
+    auto& g = v.g;
     const std::uint64_t block = 0x40000000, gpa = dma + 0x200000;
     g.map(block, gpa, 0x200000);
     REQUIRE(g.pt->lookup(iova_t{block}).size_lg2 == 21);
@@ -455,10 +461,8 @@ TEST_CASE("virtio sharing: a folded shadow beyond max_table_bytes answers NOMEM,
 TEST_CASE("virtio sharing: a 2 MiB block broken into pages: no stale block translation", "[virtio]") {
     const shared_mode mode = GENERATE(shared_mode::nested, shared_mode::folded);
     INFO("mode " << (mode == shared_mode::folded ? "folded" : "nested"));
-    vm v(settings(mode));
-    lpae_table g(*v.m);
-    REQUIRE(v.send(attach(1, 0)) == st::ok);
-    REQUIRE(v.send(g.request(1)) == st::ok);
+    shared_lpae_vm v(mode);
+    auto& g = v.g;
     const std::uint64_t block = 0x40000000, old_gpa = dma + 0x200000, new_gpa = dma + 0x600000;
     g.map(block, old_gpa, 0x200000);
     REQUIRE(v.send(invalidate(1, vaddr, block, 0x200000)) == st::ok);
@@ -821,10 +825,8 @@ TEST_CASE("virtio sharing: the VMM moves a guest page in stage 2; after stage2_c
           "[virtio]") {
     const shared_mode mode = GENERATE(shared_mode::nested, shared_mode::folded);
     INFO("mode " << (mode == shared_mode::folded ? "folded" : "nested"));
-    vm v(settings(mode));
-    lpae_table g(*v.m);
-    REQUIRE(v.send(attach(1, 0)) == st::ok);
-    REQUIRE(v.send(g.request(1)) == st::ok);
+    shared_lpae_vm v(mode);
+    auto& g = v.g;
     const std::uint64_t a = 0x100000;
     g.map(a, dma, page);
     REQUIRE(v.send(invalidate(1, vaddr, a, page)) == st::ok);
