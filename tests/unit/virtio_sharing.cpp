@@ -849,4 +849,20 @@ TEST_CASE("virtio sharing: the VMM moves a guest page in stage 2; after stage2_c
     REQUIRE(v.m->stage2().map(ipa_t{dma}, pa_t{v.hpa(dma)}, length_t{page}, rw).ok());
     v.dev().stage2_changed(dma, page);
     CHECK(v.at(0, a + 0x10) == v.hpa(dma + 0x10));
+
+    // The VMM moves the page holding the guest's leaf table (its bytes copied), then the guest
+    // changes its entry there (through the new page) and invalidates: no walk may still read
+    // the old host page.
+    const std::uint64_t leaf_table = g.pt->lookup(iova_t{a}).entry_address.value & ~(page - 1);
+    const std::uint64_t old_hpa = v.hpa(leaf_table), new_hpa = v.hpa(dma + 0x200000);
+    std::vector<std::uint8_t> bytes(page);
+    REQUIRE(v.m->host().read(pa_t{old_hpa}, bytes.data(), page));
+    REQUIRE(v.m->host().write(pa_t{new_hpa}, bytes.data(), page));
+    REQUIRE(v.m->stage2().unmap(ipa_t{leaf_table}, length_t{page}, unmap_mode::split).ok());
+    REQUIRE(v.m->stage2().map(ipa_t{leaf_table}, pa_t{new_hpa}, length_t{page}, rw).ok());
+    v.dev().stage2_changed(leaf_table, page);
+    g.unmap(a, page);
+    g.map(a, dma + 0x5000, page);
+    REQUIRE(v.send(invalidate(1, vaddr, a, page)) == st::ok);
+    CHECK(v.at(0, a + 0x10) == v.hpa(dma + 0x5010));
 }
