@@ -54,6 +54,7 @@ std::string request_name(std::uint8_t type) {
     case vio::req_type::probe_table: return "PROBE_TABLE";
     case vio::req_type::attach_table: return "ATTACH_TABLE";
     case vio::req_type::invalidate: return "INVALIDATE";
+    case vio::req_type::map_sg: return "MAP_SG";
     }
     return to_hex(type);
 }

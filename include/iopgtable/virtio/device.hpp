@@ -324,6 +324,7 @@ public:
         case req_type::invalidate:
             if (!offered(f_table_sharing)) return unanswered(type);
             return simple<req_invalidate>(in, out, &device::on_invalidate);
+        case req_type::map_sg: break;  // not yet
         }
         return unanswered(type);
     }

@@ -25,6 +25,12 @@ inline constexpr unsigned f_bypass_config = 6;
 /// This project's page-table sharing (PROBE_TABLE / ATTACH_TABLE / INVALIDATE). Bit 23 is the
 /// last of the low device-specific range; drafts used 5–9 and collide with the spec.
 inline constexpr unsigned f_table_sharing = 23;
+/// This project's fast protocol (the design's relaxed operations and MAP_SG / grouped requests;
+/// registry: include/iopgtable/virtio/README.md "Fast protocol"). Device-specific bits below 23,
+/// clear of the spec's 0–6 and the drafts' 5–9.
+inline constexpr unsigned f_relaxed = 20;
+inline constexpr unsigned f_map_sg = 21;
+inline constexpr unsigned f_grouped = 22;
 inline constexpr unsigned f_version_1 = 32;
 inline constexpr unsigned f_indirect_desc = 28;
 inline constexpr unsigned f_event_idx = 29;
@@ -40,6 +46,8 @@ enum class req_type : std::uint8_t {
     probe_table = 0x40,
     attach_table = 0x41,
     invalidate = 0x42,
+    /// MAP_SG (feature MAP_SG): one virtual range, one physical address per element.
+    map_sg = 0x43,
 };
 
 enum class status : std::uint8_t {
@@ -74,6 +82,12 @@ struct req_head {
     std::uint8_t type = 0;
     std::uint8_t reserved[3]{};
 };
+/// Grouped requests (feature GROUPED): flags in the head's first le32 word, above the type byte.
+/// G: this request is part of a group; L: it is the group's last. Bits 10–31 stay reserved.
+/// Without GROUPED negotiated the device ignores the whole word above the type byte, as before.
+inline constexpr std::uint32_t req_f_group = 1u << 8;
+inline constexpr std::uint32_t req_f_last = 1u << 9;
+inline constexpr std::uint32_t req_f_mask = req_f_group | req_f_last;
 struct req_tail {
     std::uint8_t status = 0;
     std::uint8_t reserved[3]{};
@@ -94,6 +108,20 @@ struct config {
     std::uint8_t bypass = 0;
     std::uint8_t reserved[3]{};
 };
+
+/// This project's config fields after the spec's 40 bytes (offset 40), each valid when its
+/// feature is offered (zero otherwise). The spec's `config` stays the 40 bytes Linux knows.
+struct config_fast {
+    /// RELAXED: the vulnerability window, in microseconds: the longest a relaxed driver may keep
+    /// an unmap to itself after the DMA layer released the mapping. Until the driver sends the
+    /// UNMAP (or a MAP over the range), the device keeps the old translation: a device may still
+    /// DMA into pages the guest has reused. Accepting RELAXED means accepting that window.
+    le32 relaxed_window_us;
+    le32 group_max;    ///< GROUPED: the most requests one group may hold
+    le32 map_sg_max;   ///< MAP_SG: the most elements one MAP_SG may carry
+    std::uint8_t reserved[4]{};
+};
+inline constexpr std::uint32_t config_fast_offset = 40;
 
 // ---- requests of the specification (5.13.6) ----
 inline constexpr std::uint32_t attach_f_bypass = 1u << 0;
@@ -141,6 +169,18 @@ struct probe_resv_mem {
     std::uint8_t subtype = 0;
     std::uint8_t reserved[3]{};
     le64 start, end;
+};
+
+/// MAP_SG, device-readable part: the fixed 32 bytes, then le64 phys[nr_elems]; writable: the
+/// tail. Maps [virt_start + i·size, virt_start + (i+1)·size) → phys[i] for each i, all or
+/// nothing, with MAP's flags and rules for every element (relaxed rules with RELAXED).
+struct req_map_sg {
+    req_head head;
+    le32 domain;
+    le64 virt_start;
+    le64 size;  ///< bytes per element (a multiple of the granule, not 0)
+    le32 flags;
+    le32 nr_elems;
 };
 
 // ---- fault event (5.13.6.9), 24 bytes ----
@@ -223,6 +263,9 @@ static_assert(sizeof(req_attach) == 24 && sizeof(req_detach) == 24);
 static_assert(sizeof(req_map) == 40 && offsetof(req_map, flags) == 32);
 static_assert(sizeof(req_unmap) == 32);
 static_assert(sizeof(req_probe) == 72);
+static_assert(sizeof(config_fast) == 16);
+static_assert(sizeof(req_map_sg) == 32 && offsetof(req_map_sg, virt_start) == 8 && offsetof(req_map_sg, flags) == 24 &&
+              offsetof(req_map_sg, nr_elems) == 28);
 static_assert(sizeof(probe_resv_mem) == 24);
 static_assert(sizeof(fault) == 24 && offsetof(fault, address) == 16);
 static_assert(sizeof(pg_format) == 68);
