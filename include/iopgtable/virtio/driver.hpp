@@ -13,11 +13,15 @@
 /// - `driver`: one request at a time over a `request_transport`, with the used-length rules
 ///   (5.13.6.1) and counters;
 /// - `shared_table`: a guest stage-1 table shared with the device (ATTACH_TABLE), written
-///   through stage 2, with the invalidations the sharing protocol asks for.
+///   through stage 2, with the invalidations the sharing protocol asks for;
+/// - the fast protocol (README.md, "Fast protocol"): `map_sg_request`, `group_request`,
+///   `parse_config_fast`, `driver::map_sg` / `driver::send_group`, and `deferred_unmapper`,
+///   a relaxed guest's buffer of unmaps sent within the vulnerability window.
 ///
 /// Section numbers are those of the specification's `device-types/iommu/description.tex`:
 /// 5.13.6.1 driver requirements of all requests, .3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP,
 /// .7 PROBE, .8 PROBE properties (.8.1 RESV_MEM), .9 fault reporting.
+#include <algorithm>
 #include <array>
 #include <concepts>
 #include <cstddef>
@@ -174,6 +178,70 @@ inline request invalidate_request(std::uint32_t domain, std::uint32_t context, i
     return detail::make_request(r, offsetof(req_invalidate, tail), sizeof(req_tail));
 }
 
+/// MAP_SG (this project's, feature MAP_SG; README.md "Fast protocol"): maps
+/// [virt_start + i·size, virt_start + (i+1)·size) to phys[i] for each i, all or nothing, with
+/// `flags` (map_f_*). Readable: the 32 fixed bytes of req_map_sg, then phys[] as le64, so
+/// 32 + 8·phys.size() bytes; writable: the tail. Built as given (size, alignment, the device's
+/// map_sg_max are the caller's). Precondition: phys.size() < 2^32.
+inline request map_sg_request(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t size, std::uint32_t flags,
+                              std::span<const std::uint64_t> phys) {
+    req_map_sg r;
+    r.head.type = static_cast<std::uint8_t>(req_type::map_sg);
+    r.domain = domain;
+    r.virt_start = virt_start;
+    r.size = size;
+    r.flags = flags;
+    r.nr_elems = static_cast<std::uint32_t>(phys.size());
+    request out = detail::make_request(r, sizeof(req_map_sg), sizeof(req_tail));
+    out.readable.resize(sizeof(req_map_sg) + phys.size() * sizeof(le64));
+    std::uint8_t* at = out.readable.data() + sizeof(req_map_sg);
+    for (const std::uint64_t p : phys) {
+        const le64 v{p};
+        std::memcpy(at, v.bytes.data(), sizeof v);
+        at += sizeof v;
+    }
+    return out;
+}
+
+/// The request types a group may hold (README.md "Fast protocol"): ATTACH, DETACH, MAP, UNMAP,
+/// MAP_SG. The device refuses a group holding another (INVAL, nothing done).
+constexpr bool groupable(std::uint8_t type) noexcept {
+    switch (static_cast<req_type>(type)) {
+    case req_type::attach:
+    case req_type::detach:
+    case req_type::map:
+    case req_type::unmap:
+    case req_type::map_sg: return true;
+    default: return false;
+    }
+}
+
+/// One grouped chain (feature GROUPED; README.md "Fast protocol") of `parts` in order: each
+/// part's readable bytes back to back, the head's first le32 word of each with bits 8–31
+/// replaced by G (and L on the last), then ONE tail as the whole writable part. The device
+/// answers one status: OK, or the first failing part's, after undoing the whole group.
+/// Refusals (INVAL, nothing built): no part ("group: empty"); a part whose writable part is
+/// not exactly a tail, or whose readable part is shorter than a head ("group: part"), such as
+/// PROBE or PROBE_TABLE. A part of a type the device does not group (`groupable`) is built as
+/// given, so that tests can send what a buggy guest would; the device's group_max likewise.
+inline sharing::checked<request> group_request(std::span<const request> parts) {
+    if (parts.empty()) return sharing::refusal{status::inval, "group: empty"};
+    request out;
+    out.writable_len = sizeof(req_tail);
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        const request& p = parts[i];
+        if (p.writable_len != sizeof(req_tail) || p.readable.size() < sizeof(req_head))
+            return sharing::refusal{status::inval, "group: part"};
+        const std::size_t at = out.readable.size();
+        out.readable.insert(out.readable.end(), p.readable.begin(), p.readable.end());
+        const std::uint32_t flags = req_f_group | (i + 1 == parts.size() ? req_f_last : 0u);
+        out.readable[at + 1] = static_cast<std::uint8_t>(flags >> 8);
+        out.readable[at + 2] = static_cast<std::uint8_t>(flags >> 16);
+        out.readable[at + 3] = static_cast<std::uint8_t>(flags >> 24);
+    }
+    return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Features
 // ---------------------------------------------------------------------------------------------
@@ -186,9 +254,13 @@ inline request invalidate_request(std::uint32_t domain, std::uint32_t context, i
 /// - INPUT_RANGE, DOMAIN_RANGE and PROBE are accepted whenever offered (SHOULD), wanted or not:
 ///   the driver then honours the ranges and probes endpoints before attaching them;
 /// - every other bit only when offered and wanted: MAP_UNMAP (MUST NOT be negotiated by a
-///   driver that cannot send MAP and UNMAP), TABLE_SHARING, BYPASS_CONFIG, MMIO, transport bits;
+///   driver that cannot send MAP and UNMAP), TABLE_SHARING, BYPASS_CONFIG, MMIO, the fast
+///   protocol's RELAXED, MAP_SG and GROUPED (README.md "Fast protocol"), transport bits. A
+///   driver wants RELAXED only if it accepts giving up isolation for the vulnerability window
+///   (config_fast.relaxed_window_us): it must not be accepted by default;
 /// - never both BYPASS and BYPASS_CONFIG: BYPASS_CONFIG supersedes the legacy BYPASS;
-/// - MMIO (a MAP flag) is dropped without MAP_UNMAP.
+/// - MMIO (a MAP flag), RELAXED (rules of MAP and UNMAP) and MAP_SG (a kind of MAP) are
+///   dropped without MAP_UNMAP; GROUPED stays (a group may hold ATTACH and DETACH alone).
 /// Returns 0 when the device is unusable: no VERSION_1, or neither MAP_UNMAP nor table
 /// sharing accepted (the spec asks drivers to fail gracefully then).
 constexpr std::uint64_t negotiate_features(std::uint64_t offered, std::uint64_t wanted) noexcept {
@@ -197,9 +269,37 @@ constexpr std::uint64_t negotiate_features(std::uint64_t offered, std::uint64_t 
     std::uint64_t accepted = offered & wanted;
     accepted |= offered & (bit(f_version_1) | bit(f_input_range) | bit(f_domain_range) | bit(f_probe));
     if ((accepted & bit(f_bypass_config)) != 0) accepted &= ~bit(f_bypass);
-    if ((accepted & bit(f_map_unmap)) == 0) accepted &= ~bit(f_mmio);
+    if ((accepted & bit(f_map_unmap)) == 0) accepted &= ~(bit(f_mmio) | bit(f_relaxed) | bit(f_map_sg));
     if ((accepted & (bit(f_map_unmap) | bit(f_table_sharing))) == 0) return 0;
     return accepted;
+}
+
+/// The fast protocol's config fields (config_fast at config offset 40) as a driver may use
+/// them: each is the device's value when its feature was negotiated, 0 otherwise (the field
+/// then means nothing to this driver).
+struct fast_config {
+    std::uint32_t relaxed_window_us = 0;  ///< RELAXED: the vulnerability window
+    std::uint32_t group_max = 0;          ///< GROUPED: requests per group, at most
+    std::uint32_t map_sg_max = 0;         ///< MAP_SG: elements per MAP_SG, at most
+    friend bool operator==(const fast_config&, const fast_config&) = default;
+};
+
+/// Reads config_fast from `bytes`, the config space from offset 40 (config_fast_offset) as the
+/// device presented it, for the `negotiated` features (1 << f_* bits). Nothing is trusted:
+/// fewer than 16 bytes give the fields they hold (missing bytes read as 0), extra bytes and the
+/// reserved ones are ignored. A field of a feature not negotiated reads 0.
+inline fast_config parse_config_fast(std::span<const std::uint8_t> bytes, std::uint64_t negotiated) noexcept {
+    std::array<std::uint8_t, sizeof(config_fast)> raw{};
+    std::memcpy(raw.data(), bytes.data(), std::min(bytes.size(), raw.size()));
+    const auto field = [&](std::size_t at, unsigned feature) -> std::uint32_t {
+        if ((negotiated & detail::bit(feature)) == 0) return 0;
+        return detail::load<std::uint32_t>(raw, at);
+    };
+    fast_config c;
+    c.relaxed_window_us = field(offsetof(config_fast, relaxed_window_us), f_relaxed);
+    c.group_max = field(offsetof(config_fast, group_max), f_grouped);
+    c.map_sg_max = field(offsetof(config_fast, map_sg_max), f_map_sg);
+    return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,23 +463,31 @@ public:
     /// preset to IOERR (so a device that reports the full length without writing the tail
     /// fails), then the used-length and status rules of `reply::code`. Counted by type.
     reply send(const request& r) {
-        reply out;
         if (!r.readable.empty()) ++sent_[slot(r.readable[0])];
-        out.writable.assign(r.writable_len, 0);
-        const bool has_tail = r.writable_len >= sizeof(req_tail);
-        const std::size_t tail_at = has_tail ? r.writable_len - sizeof(req_tail) : 0;
-        if (has_tail) out.writable[tail_at] = static_cast<std::uint8_t>(status::ioerr);
-        out.used = t_->submit(std::span<const std::uint8_t>(r.readable), std::span<std::uint8_t>(out.writable));
-        last_used_ = out.used;
-        if (has_tail && out.used == r.writable_len) {
-            const std::uint8_t s = out.writable[tail_at];
-            out.code = s <= static_cast<std::uint8_t>(status::nomem) ? static_cast<status>(s) : status::ioerr;
-        }
-        if (out.code != status::ok) ++failed_;
-        return out;
+        return deliver(r);
+    }
+
+    /// MAP_SG (README.md "Fast protocol"): [virt_start + i·size, +size) → phys[i] for each i,
+    /// all or nothing (map_sg_request). Returns the device's status.
+    status map_sg(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t size, std::uint32_t flags,
+                  std::span<const std::uint64_t> phys) {
+        return send(map_sg_request(domain, virt_start, size, flags, phys)).code;
+    }
+
+    /// Sends `parts` as one grouped chain (group_request) and returns the one status: OK, or
+    /// the first failing part's (the device undid the whole group), IOERR as in `reply::code`.
+    /// INVAL without sending anything when group_request refuses `parts`. Each part counts
+    /// under its type in `sent`, the chain once in `groups`.
+    status send_group(std::span<const request> parts) {
+        auto g = group_request(parts);
+        if (!g) return g.why().code;
+        for (const auto& p : parts) ++sent_[slot(p.readable[0])];
+        ++groups_;
+        return deliver(*g).code;
     }
 
     /// ATTACH (5.13.6.3). Returns the device's status (IOERR as in `reply::code`).
+
     status attach(std::uint32_t domain, std::uint32_t endpoint, bool bypass = false) {
         return send(attach_request(domain, endpoint, bypass)).code;
     }
@@ -429,23 +537,293 @@ public:
 
     /// Requests of type `t` sent (by head.type; types outside req_type count under 0).
     std::uint64_t sent(req_type t) const noexcept { return sent_[slot(static_cast<std::uint8_t>(t))]; }
-    /// Requests sent whose code was not OK.
+    /// Grouped chains sent (send_group).
+    std::uint64_t groups() const noexcept { return groups_; }
+    /// Requests (or groups) sent whose code was not OK.
     std::uint64_t failures() const noexcept { return failed_; }
     /// The used length of the last request.
     std::uint32_t last_used() const noexcept { return last_used_; }
     T& transport() const noexcept { return *t_; }
 
 private:
+    /// One chain: the writable buffer, the transport, the status rules (see `send`).
+    reply deliver(const request& r) {
+        reply out;
+        out.writable.assign(r.writable_len, 0);
+        const bool has_tail = r.writable_len >= sizeof(req_tail);
+        const std::size_t tail_at = has_tail ? r.writable_len - sizeof(req_tail) : 0;
+        if (has_tail) out.writable[tail_at] = static_cast<std::uint8_t>(status::ioerr);
+        out.used = t_->submit(std::span<const std::uint8_t>(r.readable), std::span<std::uint8_t>(out.writable));
+        last_used_ = out.used;
+        if (has_tail && out.used == r.writable_len) {
+            const std::uint8_t s = out.writable[tail_at];
+            out.code = s <= static_cast<std::uint8_t>(status::nomem) ? static_cast<status>(s) : status::ioerr;
+        }
+        if (out.code != status::ok) ++failed_;
+        return out;
+    }
+
     static constexpr std::size_t slot(std::uint8_t type) noexcept {
         if (type >= 1 && type <= 5) return type;
-        if (type >= 0x40 && type <= 0x42) return std::size_t{type} - 0x40 + 6;
+        if (type >= 0x40 && type <= 0x43) return std::size_t{type} - 0x40 + 6;
         return 0;
     }
 
     T* t_;
-    std::array<std::uint64_t, 9> sent_{};
+    std::array<std::uint64_t, 10> sent_{};
+    std::uint64_t groups_ = 0;
     std::uint64_t failed_ = 0;
     std::uint32_t last_used_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Relaxed mode, guest side: deferred unmaps
+// ---------------------------------------------------------------------------------------------
+
+/// How a `deferred_unmapper` times and batches its unmaps.
+struct deferral_settings {
+    /// Unmaps per grouped chain `deferral_settings::from` allows at most, whatever the device's
+    /// group_max says (a chain of 256 UNMAPs is 7 KiB of readable bytes).
+    static constexpr std::uint32_t max_group = 256;
+
+    /// The vulnerability window in ns: the longest an unmap may wait after its release
+    /// (config_fast.relaxed_window_us · 1000). 0: nothing waits (strict mode).
+    std::uint64_t window_ns = 0;
+    /// The safety margin in ns: an unmap is due once its age reaches window_ns − margin_ns,
+    /// and `poll` sends what is due. No unmap then waits longer than the window provided the
+    /// guest calls `poll` (or `release`) at least once every margin_ns and a send takes less
+    /// than what is left of the margin. margin_ns ≥ window_ns: every unmap is due at once.
+    std::uint64_t margin_ns = 0;
+    /// Unmaps one grouped chain may carry (GROUPED negotiated: the device's group_max); 0 or 1:
+    /// one UNMAP request each.
+    std::uint32_t group_max = 0;
+    /// Deferred unmaps held at most: a release that finds this many flushes them first. Bounds
+    /// the memory and the work of one poll.
+    std::size_t max_pending = 4096;
+
+    /// The settings a relaxed guest derives from the `negotiated` features and `c`
+    /// (parse_config_fast): the window of RELAXED (0 without it: nothing deferred), a margin of
+    /// half the window (a guest polling from a timer tick of up to 5 ms keeps the device's
+    /// default 10 ms window), the device's group_max capped at max_group with GROUPED (0
+    /// without it).
+    static deferral_settings from(const fast_config& c, std::uint64_t negotiated) noexcept {
+        deferral_settings s;
+        if ((negotiated & detail::bit(f_relaxed)) != 0) {
+            s.window_ns = std::uint64_t{c.relaxed_window_us} * 1000;
+            s.margin_ns = s.window_ns / 2;
+        }
+        if ((negotiated & detail::bit(f_grouped)) != 0) s.group_max = std::min(c.group_max, max_group);
+        return s;
+    }
+};
+
+/// What a deferred_unmapper did.
+struct deferral_stats {
+    std::uint64_t deferred = 0;        ///< unmaps `release` recorded
+    std::uint64_t sent = 0;            ///< unmaps the device completed (OK)
+    std::uint64_t failed = 0;          ///< unmaps the device refused (reported, then dropped)
+    std::uint64_t requests = 0;        ///< chains that carried them: UNMAP requests and groups
+    std::uint64_t groups = 0;          ///< of which grouped chains
+    std::uint64_t group_retries = 0;   ///< groups the device refused, sent again one UNMAP each
+    std::uint64_t replaced = 0;        ///< pending unmaps dropped or trimmed by a MAP over their range
+    std::uint64_t forgotten = 0;       ///< pending unmaps dropped by `forget`
+    std::uint64_t flushes = 0;         ///< `flush` calls
+    std::uint64_t overflows = 0;       ///< releases that found max_pending unmaps and flushed them
+    std::uint64_t max_delay_ns = 0;    ///< the longest an unmap waited from release to send
+    std::uint64_t oldest_at_flush_ns = 0;  ///< the age of the oldest pending unmap at the last flush (0: none)
+};
+
+/// A relaxed guest's unmaps (feature RELAXED; README.md "Fast protocol"), deferred and sent
+/// within the vulnerability window: the DMA layer calls `release` when it is done with an IOVA
+/// range instead of sending UNMAP, and `poll` from a timer; the unmaps go out late, batched in
+/// groups when GROUPED was negotiated. Until an unmap is sent, the device still translates
+/// the old range: **a device may DMA into pages the guest has reused**. That is the isolation
+/// a relaxed guest gives up, for at most the window.
+///
+/// Timing: an unmap released at t is due at t + window_ns − margin_ns (deferral_settings);
+/// `poll(now)` and `release(now)` send every due unmap, `flush(now)` all of them. With a window
+/// of 0 (RELAXED not negotiated) `release` sends at once. Due unmaps go out in release order,
+/// in groups of up to group_max (one UNMAP when a single one is due, or without GROUPED); a
+/// group the device refuses is sent again one UNMAP at a time, so that one bad unmap (its
+/// domain gone: NOENT) does not hold back the others; refused unmaps are counted and dropped.
+///
+/// Re-mapping before the flush. In relaxed mode a MAP over a range with a deferred unmap needs
+/// no UNMAP first: the device replaces the overlapped part of the old mapping (and drops its
+/// translations). But the deferred UNMAP, sent later, would then remove the NEW mapping. So
+/// every MAP of a range that may hold deferred unmaps must go through `map` / `map_sg` here
+/// (or be reported with `remapped` once the device answered OK): the pending unmaps of that
+/// domain lose the mapped range — dropped when inside it, trimmed to what lies outside (split
+/// in two when the new range is inside), keeping their release time. An exact repeat (same
+/// range, phys and flags: the device keeps the old mapping) drops the unmap likewise: the
+/// range is in use again. A MAP the device refused changes nothing here, since the old
+/// mapping stands. Likewise `forget(domain)` (or `flush`) before a domain ID is freed and
+/// reused: a later UNMAP would hit the new domain's mappings.
+///
+/// Not thread-safe; `drv` must outlive it. Times are the caller's clock in ns; a clock going
+/// backwards reads as age 0.
+template <request_transport T>
+class deferred_unmapper {
+public:
+    struct pending_unmap {
+        std::uint32_t domain = 0;
+        std::uint64_t first = 0, last = 0;  ///< inclusive, as UNMAP's virt_start / virt_end
+        std::uint64_t released_ns = 0;
+        friend bool operator==(const pending_unmap&, const pending_unmap&) = default;
+    };
+
+    deferred_unmapper(driver<T>& drv, deferral_settings s) noexcept : drv_(&drv), set_(s) {}
+
+    /// Records the unmap of [first, last] (inclusive) of `domain` released at `now_ns`, after
+    /// sending what is due (as `poll`); with max_pending unmaps already held, flushes them
+    /// first; with nothing to wait for (window_ns ≤ margin_ns) sends it at once. Returns OK,
+    /// or the first status other than OK of what it sent.
+    status release(std::uint32_t domain, std::uint64_t first, std::uint64_t last, std::uint64_t now_ns) {
+        ++stats_.deferred;
+        status s = poll(now_ns);
+        if (set_.max_pending == 0 || pending_.size() >= set_.max_pending) {
+            ++stats_.overflows;
+            keep_first(s, send_all(now_ns));
+        }
+        pending_.push_back({domain, first, last, now_ns});
+        if (budget() == 0) keep_first(s, send_all(now_ns));
+        return s;
+    }
+
+    /// Sends every unmap whose age at `now_ns` reached window_ns − margin_ns. Returns OK, or
+    /// the first status other than OK.
+    status poll(std::uint64_t now_ns) {
+        std::vector<pending_unmap> due, keep;
+        for (const auto& p : pending_) (age(p, now_ns) >= budget() ? due : keep).push_back(p);
+        if (due.empty()) return status::ok;
+        pending_ = std::move(keep);
+        return send(due, now_ns);
+    }
+
+    /// Sends every pending unmap now (before a DETACH, on memory pressure, on demand).
+    status flush(std::uint64_t now_ns) {
+        ++stats_.flushes;
+        std::uint64_t oldest = 0;
+        for (const auto& p : pending_) oldest = std::max(oldest, age(p, now_ns));
+        stats_.oldest_at_flush_ns = oldest;
+        return send_all(now_ns);
+    }
+
+    /// The device mapped [first, last] of `domain` (a MAP or MAP_SG it answered OK): pending
+    /// unmaps of that domain lose that range (see the class comment). first > last: nothing.
+    void remapped(std::uint32_t domain, std::uint64_t first, std::uint64_t last) {
+        if (first > last) return;
+        std::vector<pending_unmap> out;
+        out.reserve(pending_.size() + 1);
+        for (const auto& p : pending_) {
+            if (p.domain != domain || p.last < first || p.first > last) {
+                out.push_back(p);
+                continue;
+            }
+            ++stats_.replaced;
+            if (p.first < first) out.push_back({p.domain, p.first, first - 1, p.released_ns});
+            if (p.last > last) out.push_back({p.domain, last + 1, p.last, p.released_ns});
+        }
+        pending_ = std::move(out);
+    }
+
+    /// MAP through the driver, then `remapped` when the device answered OK.
+    status map(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t virt_end, std::uint64_t phys_start,
+               std::uint32_t flags) {
+        const status s = drv_->map(domain, virt_start, virt_end, phys_start, flags);
+        if (s == status::ok) remapped(domain, virt_start, virt_end);
+        return s;
+    }
+
+    /// MAP_SG through the driver, then `remapped` of [virt_start, virt_start + n·size − 1]
+    /// when the device answered OK.
+    status map_sg(std::uint32_t domain, std::uint64_t virt_start, std::uint64_t size, std::uint32_t flags,
+                  std::span<const std::uint64_t> phys) {
+        const status s = drv_->map_sg(domain, virt_start, size, flags, phys);
+        if (s == status::ok && size != 0 && !phys.empty()) {
+            const std::uint64_t n = phys.size(), room = ~std::uint64_t{0} - virt_start;
+            // Beyond 2^64 only when virt_start + n·size is exactly 2^64 (the device refuses more).
+            remapped(domain, virt_start, size <= room / n ? virt_start + (size * n - 1) : ~std::uint64_t{0});
+        }
+        return s;
+    }
+
+    /// Drops the pending unmaps of `domain` unsent: its mappings are gone (the domain was freed
+    /// with its last endpoint's DETACH), and its ID may come back with new mappings.
+    void forget(std::uint32_t domain) {
+        const auto before = pending_.size();
+        std::erase_if(pending_, [&](const pending_unmap& p) { return p.domain == domain; });
+        stats_.forgotten += before - pending_.size();
+    }
+
+    /// When `poll` will next have something to send (the earliest due time), or nothing.
+    std::optional<std::uint64_t> next_due() const noexcept {
+        std::optional<std::uint64_t> t;
+        for (const auto& p : pending_) {
+            const std::uint64_t due = p.released_ns > ~std::uint64_t{0} - budget() ? ~std::uint64_t{0} : p.released_ns + budget();
+            if (!t || due < *t) t = due;
+        }
+        return t;
+    }
+
+    /// The unmaps waiting, in release order.
+    std::span<const pending_unmap> pending() const noexcept { return pending_; }
+    const deferral_stats& stats() const noexcept { return stats_; }
+    const deferral_settings& settings() const noexcept { return set_; }
+
+private:
+    std::uint64_t budget() const noexcept { return set_.window_ns > set_.margin_ns ? set_.window_ns - set_.margin_ns : 0; }
+    static std::uint64_t age(const pending_unmap& p, std::uint64_t now_ns) noexcept {
+        return now_ns >= p.released_ns ? now_ns - p.released_ns : 0;
+    }
+    static void keep_first(status& into, status s) noexcept {
+        if (into == status::ok) into = s;
+    }
+
+    status send_all(std::uint64_t now_ns) {
+        std::vector<pending_unmap> all = std::move(pending_);
+        pending_.clear();
+        return send(all, now_ns);
+    }
+
+    /// Sends `batch` in order: groups of up to group_max, or one UNMAP each.
+    status send(const std::vector<pending_unmap>& batch, std::uint64_t now_ns) {
+        status first = status::ok;
+        for (const auto& p : batch) stats_.max_delay_ns = std::max(stats_.max_delay_ns, age(p, now_ns));
+        const std::size_t per = set_.group_max >= 2 ? set_.group_max : 1;
+        for (std::size_t at = 0; at < batch.size(); at += per) {
+            const std::size_t n = std::min(per, batch.size() - at);
+            const std::span<const pending_unmap> chunk(batch.data() + at, n);
+            if (n == 1) {
+                keep_first(first, send_one(chunk[0]));
+                continue;
+            }
+            std::vector<request> parts;
+            parts.reserve(n);
+            for (const auto& p : chunk) parts.push_back(unmap_request(p.domain, p.first, p.last));
+            ++stats_.requests;
+            ++stats_.groups;
+            const status s = drv_->send_group(parts);
+            if (s == status::ok) {
+                stats_.sent += n;
+                continue;
+            }
+            ++stats_.group_retries;  // the device undid the group: one at a time
+            for (const auto& p : chunk) keep_first(first, send_one(p));
+        }
+        return first;
+    }
+    status send_one(const pending_unmap& p) {
+        ++stats_.requests;
+        const status s = drv_->unmap(p.domain, p.first, p.last);
+        if (s == status::ok) ++stats_.sent;
+        else ++stats_.failed;
+        return s;
+    }
+
+    driver<T>* drv_;
+    deferral_settings set_;
+    std::vector<pending_unmap> pending_;
+    deferral_stats stats_;
 };
 
 // ---------------------------------------------------------------------------------------------
