@@ -5,6 +5,8 @@
 /// through stage 2; `translate` is a device's DMA (virtio.md).
 #include "virtio_mode.hpp"
 
+#include <array>
+#include <cstddef>
 #include <cstdio>
 #include <functional>
 #include <iostream>
@@ -114,7 +116,8 @@ struct feature_name {
 constexpr feature_name feature_names[] = {
     {"input_range", vio::f_input_range},     {"domain_range", vio::f_domain_range}, {"map_unmap", vio::f_map_unmap},
     {"bypass", vio::f_bypass},               {"probe", vio::f_probe},               {"mmio", vio::f_mmio},
-    {"bypass_config", vio::f_bypass_config}, {"table_sharing", vio::f_table_sharing},
+    {"bypass_config", vio::f_bypass_config}, {"relaxed", vio::f_relaxed},                {"map_sg", vio::f_map_sg},
+    {"grouped", vio::f_grouped},             {"table_sharing", vio::f_table_sharing},
     {"indirect_desc", vio::f_indirect_desc}, {"event_idx", vio::f_event_idx},       {"version_1", vio::f_version_1},
 };
 
@@ -368,6 +371,22 @@ std::string format_line(std::size_t index, const vio::pg_format& f) {
     return line + " flags " + (flags.empty() ? std::string("none") : flags) + " pgsizes " + to_hex(c->pgsize_bitmap);
 }
 
+/// The deferred unmapper's way to the device: the requestq, each chain's answer kept as a
+/// `sent N unmap(s): STATUS used K` line for the script's output.
+template <class Machine>
+struct deferred_transport {
+    Machine* m = nullptr;
+    std::vector<std::string> lines;
+    std::uint32_t submit(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        const std::uint32_t used = m->submit(in, out);
+        const bool grouped = in.size() >= 2 && (in[1] & (vio::req_f_group >> 8)) != 0;
+        const std::size_t n = grouped ? in.size() / offsetof(vio::req_unmap, tail) : 1;
+        lines.push_back("sent " + std::to_string(n) + (n == 1 ? " unmap" : " unmaps") + (grouped ? " in a group" : "") +
+                        ": " + reply_line(used, out));
+        return used;
+    }
+};
+
 /// Runs the script in one machine.
 template <class Host>
 class virtio_session {
@@ -379,29 +398,75 @@ public:
     using guest_table = iopgtable::page_table<S1, table_memory>;
 
     explicit virtio_session(machine_type& m)
-        : m_(m), gmem_(m.stage2_table(), iopgtable::ipa_t{machine_type::table_window_gpa}, machine_type::table_window_size) {}
+        : m_(m), gmem_(m.stage2_table(), iopgtable::ipa_t{machine_type::table_window_gpa}, machine_type::table_window_size),
+          deferred_tr_{&m, {}}, deferred_drv_(deferred_tr_), deferred_(deferred_drv_, deferral_for(m.dev())) {}
+
+    /// Whether the script ended between `group` and `end`.
+    bool inside_group() const noexcept { return group_.has_value(); }
 
     std::optional<std::string> operator()(const operation& op, std::span<const std::string_view> args) {
         const std::string_view name = op.name;
         arg_reader a{args, std::nullopt};
+        if (group_ && !in_group_allowed(name))
+            return std::string(name) + " cannot be part of a group (attach, detach, map, unmap, map_sg, invalidate; end)";
         if (name == "attach" || name == "detach") {
             const std::uint32_t dom = a.hex32(0, "DOMAIN"), ep = a.hex32(1, "EP");
             if (args.size() == 3 && args[2] != "bypass")
                 return "attach's third word must be 'bypass', got '" + std::string(args[2]) + "'";
             if (a.why) return a.why;
-            send(name == "attach" ? vio::attach_request(dom, ep, args.size() == 3) : vio::detach_request(dom, ep));
+            issue(name == "attach" ? vio::attach_request(dom, ep, args.size() == 3) : vio::detach_request(dom, ep));
         } else if (name == "map") {
             const std::uint32_t dom = a.hex32(0, "DOMAIN");
             const std::uint64_t first = a.hex(1), last = a.hex(2), phys = a.hex(3);
             if (a.why) return a.why;
             auto flags = parse_map_flags(args[4]);
             if (!flags) return "FLAGS must be letters r, w, m or a 32-bit hex number, got '" + std::string(args[4]) + "'";
-            send(vio::map_request(dom, first, last, phys, *flags));
+            issue(vio::map_request(dom, first, last, phys, *flags), mapped_range{dom, first, last});
+        } else if (name == "map_sg") {
+            const std::uint32_t dom = a.hex32(0, "DOMAIN");
+            const std::uint64_t start = a.hex(1), size = a.hex(2);
+            std::vector<std::uint64_t> phys;
+            for (std::size_t i = 4; i < args.size(); ++i) phys.push_back(a.hex(i));
+            if (a.why) return a.why;
+            auto flags = parse_map_flags(args[3]);
+            if (!flags) return "FLAGS must be letters r, w, m or a 32-bit hex number, got '" + std::string(args[3]) + "'";
+            // The range the device maps when it answers OK (it refuses one beyond 2^64).
+            const std::uint64_t n = phys.size(), room = ~std::uint64_t{0} - start;
+            const std::uint64_t last = size == 0 ? start : size <= room / n ? start + (size * n - 1) : ~std::uint64_t{0};
+            issue(vio::map_sg_request(dom, start, size, *flags, phys), mapped_range{dom, start, last});
         } else if (name == "unmap") {
             const std::uint32_t dom = a.hex32(0, "DOMAIN");
             const std::uint64_t first = a.hex(1), last = a.hex(2);
             if (a.why) return a.why;
-            send(vio::unmap_request(dom, first, last));
+            issue(vio::unmap_request(dom, first, last));
+        } else if (name == "group") {
+            if (group_) return std::string("group inside a group");
+            group_.emplace();
+            group_maps_.clear();
+        } else if (name == "end") {
+            if (!group_) return std::string("end without group");
+            if (group_->empty()) return std::string("a group needs at least one request");
+            auto chain = vio::group_request(*group_);
+            group_.reset();
+            if (!chain) return "group: " + std::string(chain.why().field);
+            if (send_status(*chain) == vio::status::ok)
+                for (const auto& r : group_maps_) deferred_.remapped(r.domain, r.first, r.last);
+        } else if (name == "unmap_deferred") {
+            const std::uint32_t dom = a.hex32(0, "DOMAIN");
+            const std::uint64_t first = a.hex(1), last = a.hex(2);
+            if (a.why) return a.why;
+            (void)deferred_.release(dom, first, last, now_ns_);
+            deferred_report();
+        } else if (name == "advance") {
+            const std::uint64_t us = a.hex(0);
+            if (a.why) return a.why;
+            if (us > 0xffffffffu) return "MICROSECONDS must be at most 0xffffffff, got '" + std::string(args[0]) + "'";
+            now_ns_ += us * 1000;
+            (void)deferred_.poll(now_ns_);
+            deferred_report();
+        } else if (name == "flush") {
+            (void)deferred_.flush(now_ns_);
+            deferred_report();
         } else if (name == "probe") {
             const std::uint32_t ep = a.hex32(0, "EP");
             const std::uint64_t props = args.size() == 2 ? a.hex(1) : m_.dev().config_space().probe_size.get();
@@ -436,7 +501,7 @@ public:
             if (a.why) return a.why;
             const auto k = vaddr ? vio::invalidate_kind::vaddr
                                  : kind == "single" ? vio::invalidate_kind::single : vio::invalidate_kind::table;
-            send(vio::invalidate_request(as, context, k, addr, size));
+            issue(vio::invalidate_request(as, context, k, addr, size));
         } else if (name == "raw") {
             auto in = parse_bytes(args[0], machine_type::buffer_bytes);
             if (!in) return "READABLE_HEX must be '-' or an even number of hex digits, at most 0x10000 bytes, got '" +
@@ -493,6 +558,52 @@ public:
     }
 
 private:
+    /// A range a MAP or MAP_SG maps when the device answers OK: pending deferred unmaps lose it.
+    struct mapped_range {
+        std::uint32_t domain;
+        std::uint64_t first, last;
+    };
+
+    static bool in_group_allowed(std::string_view name) noexcept {
+        return name == "attach" || name == "detach" || name == "map" || name == "unmap" || name == "map_sg" ||
+               name == "invalidate" || name == "end";
+    }
+
+    /// The deferred unmapper's settings from what the device presents: config_fast at offset 40
+    /// and the negotiated features (deferral_settings::from).
+    static vio::deferral_settings deferral_for(const typename machine_type::device_type& dev) {
+        std::array<std::uint8_t, sizeof(vio::config_fast)> raw{};
+        dev.read_config(vio::config_fast_offset, raw);
+        return vio::deferral_settings::from(vio::parse_config_fast(raw, dev.driver_features()), dev.driver_features());
+    }
+
+    /// Inside a group: keeps `r` for the group's chain. Otherwise sends it (`send`); a MAP or
+    /// MAP_SG the device answered OK takes its range out of the pending deferred unmaps.
+    void issue(vio::request r, std::optional<mapped_range> maps = std::nullopt) {
+        if (group_) {
+            group_->push_back(std::move(r));
+            if (maps) group_maps_.push_back(*maps);
+            return;
+        }
+        if (send_status(r) == vio::status::ok && maps) deferred_.remapped(maps->domain, maps->first, maps->last);
+    }
+
+    /// `send`, then the status as the driver reads it (anything but a full answer: IOERR).
+    vio::status send_status(const vio::request& r) {
+        std::uint32_t used = 0;
+        const auto out = send(r, &used);
+        if (used != r.writable_len || used < sizeof(vio::req_tail)) return vio::status::ioerr;
+        const std::uint8_t s = out[used - sizeof(vio::req_tail)];
+        return s <= static_cast<std::uint8_t>(vio::status::nomem) ? static_cast<vio::status>(s) : vio::status::ioerr;
+    }
+
+    /// The lines of the chains the deferred unmapper sent, then `pending N`.
+    void deferred_report() {
+        for (const auto& line : deferred_tr_.lines) emit(line);
+        deferred_tr_.lines.clear();
+        emit("pending " + std::to_string(deferred_.pending().size()));
+    }
+
     /// Sends one request through the requestq and prints its status and used length; returns
     /// the device-writable part as the device left it, and the used length in `used`.
     std::vector<std::uint8_t> send(const vio::request& r, std::uint32_t* used = nullptr) {
@@ -638,6 +749,14 @@ private:
     machine_type& m_;
     table_memory gmem_;
     std::map<std::uint32_t, guest_table> tables_;  // after gmem_: destroyed before it
+    // The guest's deferred unmaps (relaxed mode) on a fake clock the script advances.
+    deferred_transport<machine_type> deferred_tr_;
+    vio::driver<deferred_transport<machine_type>> deferred_drv_;
+    vio::deferred_unmapper<deferred_transport<machine_type>> deferred_;
+    std::uint64_t now_ns_ = 0;
+    // Between `group` and `end`: the requests of the group, and the ranges its MAPs map.
+    std::optional<std::vector<vio::request>> group_;
+    std::vector<mapped_range> group_maps_;
 };
 
 template <class Host>
@@ -645,7 +764,13 @@ int run(const settings& s) {
     auto m = vio::machine<Host>::create(s.machine);
     if (!m) return fail("the device refuses these settings: " + std::string(m.why().field));
     virtio_session<Host> session(**m);
-    return run_script(std::cin, virtio_operations, std::ref(session));
+    const int status = run_script(std::cin, virtio_operations, std::ref(session));
+    if (status == 0 && session.inside_group()) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "iopt: virtio: the script ends inside a group (no end): its requests were not sent\n");
+        return 1;
+    }
+    return status;
 }
 
 } // namespace

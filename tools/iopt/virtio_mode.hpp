@@ -23,7 +23,7 @@ struct fault;
 namespace iopt {
 
 /// The operations of `iopt virtio`, in help order.
-inline constexpr std::array<operation, 19> virtio_operations{{
+inline constexpr std::array<operation, 25> virtio_operations{{
     {"attach", "DOMAIN EP [bypass]", 1u << 2 | 1u << 3, "STATUS used N"},
     {"detach", "DOMAIN EP", 1u << 2, "STATUS used N"},
     {"map", "DOMAIN VSTART VEND PSTART FLAGS", 1u << 5, "STATUS used N"},
@@ -44,6 +44,13 @@ inline constexpr std::array<operation, 19> virtio_operations{{
     {"gattach", "AS", 1u << 1, "STATUS used N"},
     {"gwrite", "GPA VALUE", 1u << 2, "ok | fault"},
     {"stats", "", 1u << 0, "request TYPE STATUS COUNT ..., translations, faults, iotlb ... END"},
+    // The fast protocol (virtio.md, "Fast protocol").
+    {"map_sg", "DOMAIN VSTART SIZE FLAGS PHYS [PHYS...]", ~((1u << 5) - 1), "STATUS used N"},
+    {"group", "", 1u << 0, "(nothing; the requests up to end are one grouped chain)"},
+    {"end", "", 1u << 0, "STATUS used N"},
+    {"unmap_deferred", "DOMAIN VSTART VEND", 1u << 3, "sent ... lines, pending N"},
+    {"advance", "MICROSECONDS", 1u << 1, "sent ... lines, pending N"},
+    {"flush", "", 1u << 0, "sent ... lines, pending N"},
 }};
 
 /// Runs `iopt virtio` with the words after `virtio`; reads the script from stdin. Returns the
