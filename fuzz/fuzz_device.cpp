@@ -11,8 +11,12 @@
 /// (libFuzzer's timeout), a used length never above the writable space, a request answered
 /// with a tail carrying a known status, translations only for endpoints in a domain or in
 /// bypass, output ranges inside the slot's host memory, and the device still answering a
-/// well-formed request at the end.
+/// well-formed request at the end. The fast protocol (knob 0x10 offers RELAXED, MAP_SG and
+/// GROUPED; 0x20 keeps the driver strict): MAP_SG and groups of well-formed members with fuzzed
+/// fields and flags, and a failed MAP_SG or group changes no domain, mapping or endpoint.
+#include <array>
 #include <cstddef>
+#include <optional>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -61,6 +65,44 @@ machine<>& machine_for(const machine_settings& ms) {
     return *m;
 }
 
+/// What a refused MAP_SG or group must leave as it was: each endpoint's domain and every
+/// domain's mappings.
+struct device_state {
+    std::array<std::optional<std::uint32_t>, 3> endpoint{};
+    std::array<std::vector<mapping>, 8> maps{};
+    std::array<bool, 8> has{};
+    bool operator==(const device_state&) const = default;
+};
+device_state state_of(machine<>& m) {
+    device_state s;
+    for (std::uint32_t ep = 0; ep < 3; ++ep) s.endpoint[ep] = m.dev().domain_of(ep);
+    for (std::uint32_t d = 0; d < 8; ++d)
+        if (const auto* t = m.dev().mappings(d)) {
+            s.has[d] = true;
+            for (const auto& [first, mp] : t->mappings()) s.maps[d].push_back(mp);
+        }
+    return s;
+}
+
+/// MAP_SG with fuzzed fields (the element count in the head may lie).
+std::vector<std::uint8_t> map_sg_bytes(fuzz::byte_reader& in) {
+    req_map_sg r;
+    r.head.type = static_cast<std::uint8_t>(req_type::map_sg);
+    r.domain = in.u8() & 7;
+    r.virt_start = std::uint64_t{in.u16()} << 12;
+    r.size = std::uint64_t{(in.u8() & 15u) + 1} << 12;
+    r.flags = in.u8() & 7u;
+    const unsigned n = in.u8() % 9;
+    r.nr_elems = (in.u8() & 0x80) ? n + 1 : n;
+    std::vector<std::uint8_t> v(sizeof r + n * 8);
+    std::memcpy(v.data(), static_cast<const void*>(&r), sizeof r);
+    for (unsigned i = 0; i < n; ++i) {
+        const std::uint64_t phys = (std::uint64_t{in.u16()} << 12) & (2 * ram_size - 1);
+        std::memcpy(v.data() + sizeof r + i * 8, &phys, 8);
+    }
+    return v;
+}
+
 void check_tail(const std::vector<std::uint8_t>& out, std::uint32_t used) {
     if (used == 0) return;
     FUZZ_CHECK(used >= 4, "used %u: no room for a tail", used);
@@ -89,6 +131,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ms.device.iotlb_entries = 64;
     ms.device.endpoints = 3;
     if (knobs & 8) ms.driver_features = ~feature(f_indirect_desc);
+    if (knobs & 0x10) ms.device.features |= feature(f_relaxed) | feature(f_map_sg) | feature(f_grouped);
+    if (knobs & 0x20) ms.driver_features &= ~feature(f_relaxed);
+    ms.device.group_max = 4;
+    ms.device.map_sg_max = 8;
     machine<>& m = machine_for(ms);
     std::vector<std::uint8_t> out;
 
@@ -105,7 +151,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             break;
         }
         case 1: {  // a well-formed request with fuzzed fields
-            const std::uint8_t kind = in.u8() % 6;
+            const std::uint8_t kind = in.u8() % 8;
             std::uint32_t wlen = 4;
             std::vector<std::uint8_t> req;
             if (kind == 0) {
@@ -134,6 +180,47 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 if (!r) break;
                 r->address_space = in.u8() & 7;
                 req = attach_table_request(*r).readable;
+            } else if (kind == 6) {
+                const device_state before = state_of(m);
+                const std::uint32_t used = send(m, map_sg_bytes(in), wlen, out);
+                check_tail(out, used);
+                if (used == 4 && out[0] != 0 && out[0] != static_cast<std::uint8_t>(status::deverr))
+                    FUZZ_CHECK(state_of(m) == before, "a refused MAP_SG changed the device");
+                break;
+            } else if (kind == 7) {
+                // A group of well-formed members (ATTACH, DETACH, MAP, UNMAP, MAP_SG), G on each
+                // and L on the last unless the input says otherwise.
+                const unsigned n = (in.u8() % 6) + 1;
+                const std::uint8_t head_bits = in.u8();
+                for (unsigned i = 0; i < n; ++i) {
+                    std::vector<std::uint8_t> part;
+                    const std::uint8_t k = in.u8() % 5;
+                    const std::uint32_t dom = in.u8() & 7;
+                    if (k == 0) {
+                        part = attach_request(dom, in.u8() & 3, false).readable;
+                    } else if (k == 1) {
+                        part = detach_request(dom, in.u8() & 3).readable;
+                    } else if (k == 2) {
+                        const std::uint64_t start = std::uint64_t{in.u16()} << 12;
+                        const std::uint64_t phys = (std::uint64_t{in.u16()} << 12) & (2 * ram_size - 1);
+                        const std::uint64_t last = start + (std::uint64_t{in.u8()} << 12) + 0xfff;
+                        part = map_request(dom, start, last, phys, in.u8() & 7u).readable;
+                    } else if (k == 3) {
+                        const std::uint64_t start = std::uint64_t{in.u16()} << 12;
+                        part = unmap_request(dom, start, start + (std::uint64_t{in.u8()} << 12) + 0xfff).readable;
+                    } else {
+                        part = map_sg_bytes(in);  // its own domain byte follows
+                    }
+                    part[1] = static_cast<std::uint8_t>((req_f_group >> 8) | (i + 1 == n ? req_f_last >> 8 : 0));
+                    if (head_bits & 0x80) part[1] ^= static_cast<std::uint8_t>(head_bits & 7);  // break the framing
+                    req.insert(req.end(), part.begin(), part.end());
+                }
+                const device_state before = state_of(m);
+                const std::uint32_t used = send(m, req, wlen, out);
+                check_tail(out, used);
+                if (used == 4 && out[0] != 0 && out[0] != static_cast<std::uint8_t>(status::deverr))
+                    FUZZ_CHECK(state_of(m) == before, "a refused group changed the device");
+                break;
             } else {
                 const std::uint32_t dom = in.u8() & 7;
                 const auto kind_bits = static_cast<invalidate_kind>(in.u8() % 4);  // 3: an unknown kind

@@ -2,7 +2,7 @@
 #pragma once
 /// @file page_table.hpp
 /// The generic engine: one page table of format F in table memory M, with map, map_pages,
-/// unmap, iova_to_phys, lookup, visit and reclaim written once for every format.
+/// unmap, replace, iova_to_phys, lookup, visit and reclaim written once for every format.
 ///
 /// Every operation is compiled once per level with constant geometry (the level is a template
 /// parameter; the run-time top level picks the entry point). map and unmap run in two phases:
@@ -40,6 +40,12 @@ enum class unmap_mode : std::uint8_t {
     /// (Arm without FEAT_BBM level 2) may see a TLB conflict while it happens. Quiesce DMA to
     /// the leaf first, or avoid splitting.
     split,
+};
+
+/// What `page_table::replace` did.
+struct replace_outcome {
+    std::uint64_t removed = 0;  ///< bytes of old translation inside the range that went
+    bool changed = false;       ///< false: the range already translated exactly so; nothing written
 };
 
 template <page_table_format F, table_memory M>
@@ -154,6 +160,65 @@ public:
         const bytes_or_error o = unmap_range(iova.value, size, mode);
         if (o.error != bytes_or_error::none) return failure(static_cast<errc>(o.error));
         return length_t{o.bytes};
+    }
+
+    /// Maps [iova, iova + size) → [pa, pa + size) with `p`, replacing whatever is mapped there
+    /// (virtio-iommu's relaxed MAP). Leaves that straddle either end of the range are split (the
+    /// parts outside keep their translation, see unmap_mode::split for what a split means to
+    /// hardware), leaves inside are removed (leaf_removed for each), then the range is mapped as
+    /// `map` would. `removed` counts the bytes of the leaves removed.
+    ///
+    /// All or nothing: after any error the table translates every address exactly as before
+    /// (a split that succeeded may stay: the same translation in smaller leaves). When every
+    /// byte of the range already translates to pa + offset through leaves whose permissions
+    /// decode as those `map` would write (`F::leaf_prot`), nothing is written, no hook runs and
+    /// `changed` is false; such leaves may extend beyond the range or be of other sizes than
+    /// `map` would choose.
+    ///
+    /// Errors: those of `map` in its order (invalid, range, nomem, fault), never exists; nomem
+    /// also when a split needs a table. A table memory that changes under the operation (a
+    /// stage 2 edited during it, which the concurrency contract rules out) can make the map's
+    /// stores fail after its plan passed: the range is then left unmapped.
+    result<replace_outcome> replace(input_address iova, pa_t pa, length_t size, prot p) {
+        const std::uint64_t va = iova.value;
+        if (auto c = check_map_args(va, pa.value, size.value, p, geo_.pgsize_bitmap); !c) return failure(c.error());
+        const std::uint64_t last = va + (size.value - 1);
+        const std::uint64_t delta = pa.value - va;
+
+        const auto seen = match_range(va, last, delta, p);
+        if (!seen) return failure(seen.error());
+        if (*seen == range_match::exact) return replace_outcome{0, false};
+        if (*seen == range_match::empty) {
+            if (auto r = map_range(va, pa.value, size.value, p, geo_.pgsize_bitmap); !r) return failure(r.error());
+            return replace_outcome{0, true};
+        }
+
+        // Both ends become leaf edges (translations unchanged), so that every leaf in the
+        // range lies inside it; then the plan checks every store the clearing makes.
+        if (auto r = split_ends(va, last); !r) return failure(r.error());
+        if (auto r = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); }); !r)
+            return failure(r.error());
+        // The undo log is sized before the first store, so that clearing cannot fail half-way.
+        std::size_t entries = 0;
+        if (auto r = visit(iova, input_address{last}, [&](const leaf_entry<F>&) {
+                ++entries;
+                return true;
+            }); !r)
+            return failure(r.error());
+        std::vector<cleared_entry> cleared;
+        cleared.reserve(entries);
+        const std::uint64_t removed = at_top(
+            [&]<unsigned L>(level_c<L>) { return clear_leaves<L>(root_.value, top_mask(), va, last, cleared); });
+
+        bool stored = false;
+        if (auto r = map_cleared(va, last, delta, p, stored); !r) {
+            // The map failed before its first store: every table the clearing stored to is
+            // still linked (nothing was freed), so writing the old words back cannot fail.
+            if (!stored)
+                for (auto it = cleared.rbegin(); it != cleared.rend(); ++it) store_entry(it->entry, it->raw);
+            return failure(r.error());
+        }
+        return replace_outcome{removed, true};
     }
 
 private:
@@ -387,6 +452,23 @@ private:
     }
 
     // ---------------------------------------------------------------- map
+
+    /// The argument checks of map, in its error order: invalid (size 0, prot, alignment to the
+    /// smallest of `sizes`), then range (beyond IAS or OAS, or wrapping). Changes nothing.
+    /// map_range writes the same checks inline: calling this from it changed map's code (clang
+    /// saved two more registers on every map). The replace tests compare the two on bad input.
+    result<void> check_map_args(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p,
+                                std::uint64_t sizes) const {
+        if (size == 0 || !prot_valid(p)) return failure(errc::invalid);
+        if (auto c = F::check_prot(cfg_, p); !c) return c;
+        const std::uint64_t minp = sizes & (~sizes + 1);
+        if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
+        const std::uint64_t last = va + size - 1;
+        const std::uint64_t pa_last = pa + size - 1;
+        if (last < va || pa_last < pa || !in_ias(last)) return failure(errc::range);
+        if (geo_.oas < 64 && (pa_last >> geo_.oas) != 0) return failure(errc::range);
+        return success();
+    }
 
     result<void> map_range(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p, std::uint64_t sizes) {
         if (size == 0 || !prot_valid(p)) return failure(errc::invalid);
@@ -935,6 +1017,105 @@ private:
             }
         }
         return empty;
+    }
+
+    // ---------------------------------------------------------------- replace
+
+    /// What a range holds, as replace sees it.
+    enum class range_match : std::uint8_t {
+        empty,    ///< no leaf in the range
+        exact,    ///< every byte translates as the replacement would (output and permissions)
+        differs,  ///< anything else
+    };
+
+    /// Reads the leaves in [va, last] (nothing written). Errors: fault (a bad table address).
+    result<range_match> match_range(std::uint64_t va, std::uint64_t last, std::uint64_t delta, prot p) const {
+        bool any = false, exact = true, covered = false;
+        std::uint64_t next = va;  // first byte not yet known to translate as wanted
+        auto r = visit(input_address{va}, input_address{last}, [&](const leaf_entry<F>& e) {
+            any = true;
+            const std::uint64_t from = std::max(e.iova, va);
+            const std::uint64_t to = std::min(e.iova + low_mask(F::item_lg2(e.level)), last);
+            const std::uint64_t oa = F::leaf_address(cfg_, e.level, e.raw);
+            exact = from == next && oa + (from & low_mask(e.size_lg2)) == from + delta &&
+                    F::leaf_prot(cfg_, e.level, e.raw) ==
+                        F::leaf_prot(cfg_, e.level, F::make_leaf(cfg_, e.level, e.size_lg2, oa, p));
+            covered = to == last;
+            next = to + 1;
+            return exact;  // the first difference decides
+        });
+        if (!r) return failure(r.error());
+        if (!any) return range_match::empty;
+        return exact && covered ? range_match::exact : range_match::differs;
+    }
+
+    /// One entry replace cleared, to write back if the map fails.
+    struct cleared_entry {
+        word* entry;
+        word raw;
+    };
+
+    /// Clears every leaf in [va, last] (every copy of a replicated leaf), freeing no table;
+    /// logs each entry's old word into `cleared` and calls leaf_removed for each leaf. Returns
+    /// the bytes of the leaves removed. Preconditions: no leaf straddles va or last + 1, and
+    /// plan_unmap passed; `cleared` has room for every entry (no allocation here).
+    template <unsigned L>
+    std::uint64_t clear_leaves(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
+                               std::vector<cleared_entry>& cleared) {
+        constexpr unsigned item = F::item_lg2(L);
+        std::uint64_t bytes = 0;
+        std::uint64_t pos = va;
+        for (;;) {
+            const std::uint64_t idx = (pos >> item) & mask;
+            std::uint64_t step_last = std::min(last, pos | low_mask(item));
+            const word* e = slot(table, idx);
+            const word raw = e ? load_entry(e) : word{0};
+            switch (e ? F::classify(cfg_, L, raw) : entry_kind::empty) {
+            case entry_kind::empty:
+                break;
+            case entry_kind::leaf: {
+                const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
+                const std::uint64_t base = pos & ~low_mask(lg2);
+                const std::uint64_t first_idx = idx - ((pos - base) >> item);
+                for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i) {
+                    if (word* c = wslot(table, first_idx + i)) {
+                        cleared.push_back({c, load_entry(c)});
+                        store_entry(c, word{0});
+                    }
+                }
+                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(lg2));
+                bytes += lg2_to_size(lg2);
+                step_last = base + low_mask(lg2);
+                break;
+            }
+            case entry_kind::table:
+                if constexpr (L > 0)
+                    bytes += clear_leaves<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), pos,
+                                                 step_last, cleared);
+                break;
+            }
+            if (step_last >= last) return bytes;
+            pos = step_last + 1;
+        }
+    }
+
+    /// map's general path over a range replace cleared, from the top. `stored` turns true
+    /// when the plan passed and the tables are allocated: a failure after that (the memory
+    /// changed under the operation) has stored and undone entries and may have freed tables.
+    result<void> map_cleared(std::uint64_t va, std::uint64_t last, std::uint64_t delta, prot p, bool& stored) {
+        return at_top([&]<unsigned L>(level_c<L>) -> result<void> {
+            const std::uint64_t sizes = geo_.pgsize_bitmap;
+            need_counts need{};
+            if (auto plan = plan_map<L>(root_.value, top_mask(), va, last, delta, sizes, need); !plan) return plan;
+            table_pool pool;
+            if (auto r = fill_pool(need, pool); !r) return r;
+            stored = true;
+            std::uint64_t done = va;  // first address not yet mapped
+            auto applied = apply_map<L>(root_.value, top_mask(), va, last, delta, sizes, p, pool, done);
+            drain_pool(pool);
+            if (!applied && done > va) apply_unmap<L>(root_.value, top_mask(), va, done - 1);
+            return applied;
+        });
     }
 
     // ---------------------------------------------------------------- split

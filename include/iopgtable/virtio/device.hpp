@@ -3,7 +3,8 @@
 /// @file device.hpp
 /// A minimal virtio-iommu device (virtio 1.3, 5.13 "IOMMU Device"), header-only, for a VMM to
 /// embed: the requests of the specification (ATTACH, DETACH, MAP, UNMAP, PROBE), this
-/// project's page-table sharing (PROBE_TABLE, ATTACH_TABLE, INVALIDATE; formats/README.md),
+/// project's page-table sharing (PROBE_TABLE, ATTACH_TABLE, INVALIDATE; formats/README.md) and
+/// fast protocol (relaxed MAP/UNMAP, MAP_SG, grouped requests; README.md "Fast protocol"),
 /// the config space, fault events on the eventq, and the VMM's DMA path `translate`.
 ///
 /// The simulated machine (see guest_memory.hpp): host memory is a `guest_ram` standing for
@@ -90,6 +91,23 @@ struct device_settings {
     shared_mode sharing = shared_mode::nested;
     std::size_t iotlb_entries = 4096;
     std::uint32_t max_writable = 1u << 16;  ///< device-writable bytes of one chain the device uses
+    // The fast protocol (features RELAXED / MAP_SG / GROUPED, offered only when added to
+    // `features`): config_fast's values.
+    std::uint32_t relaxed_window_us = 10000;  ///< the vulnerability window a relaxed driver may keep unmaps
+    std::uint32_t group_max = 64;             ///< requests in one group
+    std::uint32_t map_sg_max = 1024;          ///< elements in one MAP_SG
+};
+
+/// The fast protocol's counters.
+struct fast_stats {
+    std::uint64_t groups = 0;            ///< groups run (framing accepted)
+    std::uint64_t groups_failed = 0;     ///< of which one request failed and the group was rolled back
+    std::uint64_t rollbacks = 0;         ///< changes undone (group members, MAP_SG elements)
+    std::uint64_t rollback_failures = 0; ///< undos the table refused (host out of memory): DEVERR
+    std::uint64_t map_sg = 0;            ///< MAP_SG requests answered OK
+    std::uint64_t map_sg_elems = 0;      ///< their elements
+    std::uint64_t relaxed_exact = 0;     ///< relaxed MAPs that repeated a mapping (nothing done)
+    std::uint64_t relaxed_replaced = 0;  ///< relaxed MAPs / UNMAPs that removed old translation
 };
 
 /// A request's counters: by type (index = type byte) and status; `unanswered` got used length 0.
@@ -222,9 +240,23 @@ public:
         if (offered(f_bypass_config)) c.bypass = bypass_;
         return c;
     }
-    /// Config reads at any offset and width; bytes beyond the 40 read as zero.
+    /// This project's config fields at offset 40 (each zero unless its feature is offered).
+    virtio::config_fast config_fast_space() const noexcept {
+        virtio::config_fast c;
+        if (offered(f_relaxed)) c.relaxed_window_us = set_.relaxed_window_us;
+        if (offered(f_grouped)) c.group_max = set_.group_max;
+        if (offered(f_map_sg)) c.map_sg_max = set_.map_sg_max;
+        return c;
+    }
+    /// Config reads at any offset and width: the spec's 40 bytes, then config_fast (16 bytes);
+    /// bytes beyond read as zero.
     void read_config(std::uint32_t offset, std::span<std::uint8_t> out) const noexcept {
-        const virtio::config c = config_space();
+        static_assert(config_fast_offset == sizeof(virtio::config));
+        struct {
+            virtio::config spec;
+            virtio::config_fast fast;
+        } c{config_space(), config_fast_space()};
+        static_assert(sizeof c == sizeof(virtio::config) + sizeof(virtio::config_fast));
         const auto* b = reinterpret_cast<const std::uint8_t*>(&c);
         for (std::size_t i = 0; i < out.size(); ++i) {
             const std::uint64_t at = std::uint64_t{offset} + i;
@@ -308,9 +340,21 @@ public:
     /// A request of a feature offered but not negotiated is answered UNSUPP, "unsupported
     /// request" (MAP and UNMAP: "only available when VIRTIO_IOMMU_F_MAP_UNMAP has been
     /// negotiated", 5.13.6.5; PROBE and PROBE_TABLE / ATTACH_TABLE / INVALIDATE alike).
+    ///
+    /// GROUPED negotiated: a head with G set starts a group (`on_group`); for the requests
+    /// answered by a tail alone, L without G or a head bit 10–31 set is INVAL. Not negotiated:
+    /// the head's bytes above the type are ignored, as before.
     std::uint32_t handle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         if (in.size() < sizeof(req_head)) return unanswered(in.empty() ? 0 : in[0]);
         const std::uint8_t type = in[0];
+        if (negotiated(f_grouped)) {
+            const std::uint32_t word = load_le32(in, 0);
+            if ((word & req_f_group) != 0) return on_group(in, out);
+            if ((word & ~std::uint32_t{0xff}) != 0 && tail_only(type)) {
+                if (out.size() < sizeof(req_tail)) return unanswered(type);
+                return answer(out, 0, type, status::inval);
+            }
+        }
         switch (static_cast<req_type>(type)) {
         case req_type::attach: return simple<req_attach>(in, out, &device::on_attach);
         case req_type::detach: return simple<req_detach>(in, out, &device::on_detach);
@@ -324,7 +368,9 @@ public:
         case req_type::invalidate:
             if (!offered(f_table_sharing)) return unanswered(type);
             return simple<req_invalidate>(in, out, &device::on_invalidate);
-        case req_type::map_sg: break;  // not yet
+        case req_type::map_sg:
+            if (!offered(f_map_sg)) return unanswered(type);
+            return on_map_sg_request(in, out);
         }
         return unanswered(type);
     }
@@ -396,6 +442,10 @@ public:
     // ------------------------------------------------------------------ inspection
 
     const request_stats& stats() const noexcept { return stats_; }
+    const virtio::fast_stats& fast_stats() const noexcept { return fstats_; }
+    /// IOTLB invalidations the device performed: one per request (UNMAP, a MAP that replaced
+    /// translation, INVALIDATE, a rollback) that dropped translations, however many entries.
+    std::uint64_t iotlb_invalidations() const noexcept { return invalidations_; }
     const translate_stats& dma_stats() const noexcept { return tstats_; }
     const device_iotlb& iotlb() const noexcept { return iotlb_; }
     const device_settings& settings() const noexcept { return set_; }
@@ -497,7 +547,11 @@ private:
         const auto id = static_cast<std::uint32_t>(endpoints_[ep]);
         endpoints_[ep] = no_domain;
         auto it = domains_.find(id);
-        if (it != domains_.end() && --it->second->endpoints == 0) domains_.erase(it);  // its tag dies with it
+        if (it != domains_.end() && --it->second->endpoints == 0) {
+            // Inside a group the domain is kept until the group commits (a rollback brings it back).
+            if (journal_ != nullptr) journal_->graveyard.push_back(domains_.extract(it));  // room reserved
+            else domains_.erase(it);  // its tag dies with it
+        }
     }
     /// domain_range holds when DOMAIN_RANGE is offered, as input_range does with INPUT_RANGE:
     /// the spec ties both fields to the device offering the feature (5.13.6: "If the
@@ -524,6 +578,8 @@ private:
     /// domain goes when it was the last) and joins this one (created if new).
     status on_attach(const req_attach& r) {
         const std::uint32_t flags = r.flags, dom = r.domain, ep = r.endpoint;
+        // In a group: the endpoint table and the domain this request may create, to undo it.
+        if (journal_ != nullptr && !record_endpoints(!domains_.contains(dom), dom)) return status::nomem;
         const std::uint32_t known = negotiated(f_bypass_config) ? attach_f_bypass : 0;
         if (!zeros(r.reserved) || (flags & ~known) != 0) return status::inval;
         if (!domain_in_range(dom)) return status::range;
@@ -562,6 +618,7 @@ private:
     /// Reserved bytes are ignored (spec). The domain goes with its last endpoint.
     status on_detach(const req_detach& r) {
         const std::uint32_t dom = r.domain, ep = r.endpoint;
+        if (journal_ != nullptr && !record_endpoints(false, dom)) return status::nomem;
         if (ep >= endpoints_.size()) return status::noent;
         if (find_domain(dom) == nullptr || endpoints_[ep] != dom) return status::inval;
         leave(ep);
@@ -574,6 +631,10 @@ private:
     /// RANGE; unknown domain NOENT; bypass or shared-table domain INVAL; overlapping a reserved
     /// region the driver can know (PROBE negotiated: `presented_regions`) or a mapping INVAL;
     /// caps NOMEM; beyond the table's input or output size RANGE.
+    /// RELAXED negotiated: overlapping mappings are no refusal; map_table::map_relaxed replaces
+    /// their overlapped parts (the IOTLB drops the range when translation went) and an exact
+    /// repeat changes nothing. In a group or MAP_SG the change is journaled first (NOMEM if
+    /// that cannot be).
     status on_map(const req_map& r) {
         if (!negotiated(f_map_unmap)) return status::unsupp;
         const std::uint32_t flags = r.flags;
@@ -590,14 +651,27 @@ private:
         if (d->bypass || !d->maps) return status::inval;
         for (const auto& res : presented_regions())
             if (first <= res.last && res.start <= last) return status::inval;
-        return d->maps->map(first, last, phys, flags);
+        if (journal_ != nullptr && !record_space(*d, first, last)) return status::nomem;
+        if (!negotiated(f_relaxed)) return d->maps->map(first, last, phys, flags);
         // A new mapping needs no IOTLB invalidation: faults are never cached.
+        relaxed_outcome o;
+        const status s = d->maps->map_relaxed(first, last, phys, flags, o);
+        if (s != status::ok) return s;
+        if (o.exact) ++fstats_.relaxed_exact;
+        if (o.removed != 0) {
+            ++fstats_.relaxed_replaced;
+            ++invalidations_;
+            iotlb_.invalidate(d->tag, first, last);
+        }
+        return s;
     }
 
     /// UNMAP: MAP_UNMAP not negotiated UNSUPP; reserved INVAL (nothing unmapped); virt_end <
     /// virt_start INVAL; unknown domain NOENT; bypass or shared-table domain INVAL; a mapping
     /// crossing either end RANGE with nothing removed. Removes the mappings inside, then drops
-    /// their translations from the IOTLB before answering.
+    /// their translations from the IOTLB before answering. RELAXED negotiated: no RANGE;
+    /// map_table::unmap_relaxed trims or splits the mappings crossing an end (NOMEM: the mapping
+    /// cap, or a block split that needs a table).
     status on_unmap(const req_unmap& r) {
         if (!negotiated(f_map_unmap)) return status::unsupp;
         if (!zeros(r.reserved)) return status::inval;
@@ -606,10 +680,266 @@ private:
         domain* d = find_domain(r.domain);
         if (d == nullptr) return status::noent;
         if (d->bypass || !d->maps) return status::inval;
+        if (journal_ != nullptr && !record_space(*d, first, last)) return status::nomem;
+        if (negotiated(f_relaxed)) {
+            relaxed_outcome o;
+            const status s = d->maps->unmap_relaxed(first, last, o);
+            if (s == status::ok && o.removed != 0) {
+                ++fstats_.relaxed_replaced;
+                ++invalidations_;
+                iotlb_.invalidate(d->tag, first, last);
+            }
+            return s;
+        }
         removed_.clear();
         const status s = d->maps->unmap(first, last, &removed_);
         for (const auto& m : removed_) iotlb_.invalidate(d->tag, m.first, m.last);
+        if (!removed_.empty()) ++invalidations_;
         return s;
+    }
+
+    // ---- the fast protocol (README "Fast protocol")
+
+    /// MAP_SG framing: readable part shorter than the fixed 32 bytes or no room for the tail:
+    /// unanswered; MAP_SG offered but not negotiated UNSUPP; then `on_map_sg`.
+    std::uint32_t on_map_sg_request(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        constexpr std::uint8_t type = static_cast<std::uint8_t>(req_type::map_sg);
+        if (in.size() < sizeof(req_map_sg) || out.size() < sizeof(req_tail)) return unanswered(type);
+        return answer(out, 0, type, on_map_sg(in));
+    }
+
+    /// MAP_SG: not negotiated UNSUPP; MAP_UNMAP not negotiated UNSUPP; nr_elems 0 or above
+    /// map_sg_max INVAL; a readable part other than 32 + 8·nr_elems bytes INVAL; size 0 INVAL;
+    /// nr_elems · size wrapping the address space RANGE; then element by element MAP's
+    /// refusals (relaxed rules with RELAXED). All or nothing: a refused element undoes the
+    /// elements before it and the request answers its status.
+    status on_map_sg(std::span<const std::uint8_t> in) {
+        if (!negotiated(f_map_sg) || !negotiated(f_map_unmap)) return status::unsupp;
+        req_map_sg r;
+        std::memcpy(static_cast<void*>(&r), in.data(), sizeof r);
+        const std::uint32_t n = r.nr_elems;
+        const std::uint64_t size = r.size, start = r.virt_start;
+        if (n == 0 || n > set_.map_sg_max) return status::inval;
+        if (in.size() != sizeof(req_map_sg) + std::size_t{n} * 8) return status::inval;
+        if (size == 0) return status::inval;
+        if (size > ~std::uint64_t{0} / n || start + (size * n - 1) < start) return status::range;
+        // Inside a group the group's journal records the elements; alone, a journal of our own.
+        std::optional<journal> own;
+        if (journal_ == nullptr) {
+            try {
+                own.emplace();
+                own->steps.reserve(n);
+            } catch (...) {
+                return status::nomem;
+            }
+            journal_ = &*own;
+        }
+        const std::size_t mark = journal_->steps.size();
+        status s = status::ok;
+        for (std::uint32_t i = 0; i < n && s == status::ok; ++i) {
+            req_map m;
+            m.head.type = static_cast<std::uint8_t>(req_type::map);
+            m.domain = r.domain;
+            m.virt_start = start + std::uint64_t{i} * size;
+            m.virt_end = start + std::uint64_t{i} * size + (size - 1);
+            m.phys_start = load_le64(in, sizeof(req_map_sg) + std::size_t{i} * 8);
+            m.flags = r.flags;
+            s = on_map(m);
+        }
+        if (s != status::ok) rollback(mark);
+        if (own) journal_ = nullptr;
+        if (s == status::ok) {
+            ++fstats_.map_sg;
+            fstats_.map_sg_elems += n;
+        }
+        return s;
+    }
+
+    /// Whether a request of `type` is answered by a tail alone (the requests a group may hold,
+    /// ATTACH_TABLE and INVALIDATE).
+    static bool tail_only(std::uint8_t type) noexcept {
+        switch (static_cast<req_type>(type)) {
+        case req_type::attach:
+        case req_type::detach:
+        case req_type::map:
+        case req_type::unmap:
+        case req_type::map_sg: return true;
+        case req_type::attach_table:
+        case req_type::invalidate: return false;  // their refusals when not offered come first
+        default: return false;
+        }
+    }
+    /// The readable length of a group member at `at` (its head already read), or 0 when it
+    /// may not be in a group or does not fit.
+    std::size_t member_length(std::span<const std::uint8_t> in, std::size_t at, std::uint8_t type) const noexcept {
+        std::size_t len = 0;
+        switch (static_cast<req_type>(type)) {
+        case req_type::attach: len = offsetof(req_attach, tail); break;
+        case req_type::detach: len = offsetof(req_detach, tail); break;
+        case req_type::map: len = offsetof(req_map, tail); break;
+        case req_type::unmap: len = offsetof(req_unmap, tail); break;
+        case req_type::map_sg:
+            if (in.size() - at < sizeof(req_map_sg)) return 0;
+            len = sizeof(req_map_sg) + std::size_t{load_le32(in, at + offsetof(req_map_sg, nr_elems))} * 8;
+            break;
+        default: return 0;
+        }
+        return in.size() - at < len ? 0 : len;
+    }
+
+    /// A group: requests back to back in the readable part, each with G, the last with L; one
+    /// tail in the writable part. Framing (checked before anything runs; INVAL, nothing done):
+    /// a member without G or with a head bit 10–31, a type a group may not hold (only ATTACH,
+    /// DETACH, MAP, UNMAP, MAP_SG), a member that does not fit, no L, bytes after L, more than
+    /// group_max members. No room for the tail: unanswered. Then the members run in order;
+    /// the first that fails stops the group, everything the members before it did is undone,
+    /// and the tail carries its status (OK when all succeeded).
+    std::uint32_t on_group(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        const std::uint8_t first_type = in[0];
+        if (out.size() < sizeof(req_tail)) return unanswered(first_type);
+        struct member {
+            std::size_t at, len;
+            std::uint8_t type;
+        };
+        std::vector<member> members;
+        std::size_t at = 0;
+        bool last = false;
+        while (!last) {
+            if (in.size() - at < sizeof(req_head)) return answer(out, 0, first_type, status::inval);
+            const std::uint32_t word = load_le32(in, at);
+            const auto type = static_cast<std::uint8_t>(word & 0xff);
+            if ((word & req_f_group) == 0 || (word & ~(std::uint32_t{0xff} | req_f_mask)) != 0)
+                return answer(out, 0, first_type, status::inval);
+            const std::size_t len = member_length(in, at, type);
+            if (len == 0 || members.size() >= set_.group_max) return answer(out, 0, first_type, status::inval);
+            try {
+                members.push_back({at, len, type});
+            } catch (...) {
+                return answer(out, 0, first_type, status::nomem);
+            }
+            at += len;
+            last = (word & req_f_last) != 0;
+            if (!last && at == in.size()) return answer(out, 0, first_type, status::inval);
+        }
+        if (at != in.size()) return answer(out, 0, first_type, status::inval);
+        journal j;
+        try {
+            j.steps.reserve(members.size());
+            j.graveyard.reserve(members.size());
+        } catch (...) {
+            return answer(out, 0, first_type, status::nomem);
+        }
+        ++fstats_.groups;
+        journal_ = &j;
+        status s = status::ok;
+        for (const member& m : members) {
+            s = run_member(in.subspan(m.at, m.len), m.type);
+            ++stats_.by_type_status[m.type][static_cast<std::uint8_t>(s)];
+            if (s != status::ok) break;
+        }
+        if (s != status::ok) {
+            ++fstats_.groups_failed;
+            rollback(0);
+        }
+        journal_ = nullptr;  // commit: the graveyard's domains go now
+        if (fstats_.rollback_failures != rollback_failures_seen_) {
+            rollback_failures_seen_ = fstats_.rollback_failures;
+            s = status::deverr;
+        }
+        out[0] = static_cast<std::uint8_t>(s);
+        out[1] = out[2] = out[3] = 0;
+        return sizeof(req_tail);
+    }
+    status run_member(std::span<const std::uint8_t> in, std::uint8_t type) {
+        switch (static_cast<req_type>(type)) {
+        case req_type::attach: return decode<req_attach>(in, &device::on_attach);
+        case req_type::detach: return decode<req_detach>(in, &device::on_detach);
+        case req_type::map: return decode<req_map>(in, &device::on_map);
+        case req_type::unmap: return decode<req_unmap>(in, &device::on_unmap);
+        case req_type::map_sg: return offered(f_map_sg) ? on_map_sg(in) : status::unsupp;
+        default: return status::inval;
+        }
+    }
+    template <class Req>
+    status decode(std::span<const std::uint8_t> in, status (device::*fn)(const Req&)) {
+        Req req;
+        std::memcpy(static_cast<void*>(&req), in.data(), offsetof(Req, tail));
+        return (this->*fn)(req);
+    }
+
+    /// What undoes the changes of a group or a MAP_SG: per change, either a domain's mappings
+    /// around the range as they were, or the endpoint table as it was (ATTACH / DETACH) with
+    /// the domains the change created or freed. Freed domains wait in the graveyard.
+    struct journal {
+        struct step {
+            domain* space = nullptr;  ///< a MAP/UNMAP change of this domain's mappings
+            typename map_table<D>::snapshot snap;
+            std::vector<std::uint64_t> endpoints;  ///< an ATTACH / DETACH: the endpoint table before
+            std::size_t graveyard_from = 0;
+            bool created = false;
+            std::uint32_t domain_id = 0;
+        };
+        std::vector<step> steps;
+        /// Map nodes, so that bringing a domain back allocates nothing.
+        std::vector<typename std::map<std::uint32_t, std::unique_ptr<domain>>::node_type> graveyard;
+    };
+    /// Records how to undo a change of `d`'s mappings in [first, last]; false: out of memory.
+    bool record_space(domain& d, std::uint64_t first, std::uint64_t last) noexcept {
+        try {
+            typename journal::step st;
+            st.space = &d;
+            st.snap = d.maps->take(first, last);
+            journal_->steps.push_back(std::move(st));
+            return true;
+        } catch (...) {
+            return false;
+        }
+    }
+    /// Records how to undo an ATTACH / DETACH; false: out of memory.
+    bool record_endpoints(bool created, std::uint32_t id) noexcept {
+        try {
+            typename journal::step st;
+            st.endpoints = endpoints_;
+            st.graveyard_from = journal_->graveyard.size();
+            st.created = created;
+            st.domain_id = id;
+            journal_->steps.push_back(std::move(st));
+            return true;
+        } catch (...) {
+            return false;
+        }
+    }
+    /// Undoes the journal's steps from the last down to `mark`.
+    void rollback(std::size_t mark) noexcept {
+        auto& steps = journal_->steps;
+        while (steps.size() > mark) {
+            auto& st = steps.back();
+            ++fstats_.rollbacks;
+            if (st.space != nullptr) {
+                if (!st.space->maps->restore(st.snap)) ++fstats_.rollback_failures;
+                ++invalidations_;
+                iotlb_.invalidate(st.space->tag, st.snap.lo, st.snap.hi);
+            } else {
+                if (st.created) domains_.erase(st.domain_id);
+                auto& g = journal_->graveyard;
+                while (g.size() > st.graveyard_from) {
+                    domains_.insert(std::move(g.back()));
+                    g.pop_back();
+                }
+                endpoints_ = std::move(st.endpoints);
+                for (auto& [id, d] : domains_) d->endpoints = 0;
+                for (auto e : endpoints_)
+                    if (e != no_domain) ++domains_.at(static_cast<std::uint32_t>(e))->endpoints;
+            }
+            steps.pop_back();
+        }
+    }
+    static std::uint32_t load_le32(std::span<const std::uint8_t> b, std::size_t at) noexcept {
+        return std::uint32_t{b[at]} | std::uint32_t{b[at + 1]} << 8 | std::uint32_t{b[at + 2]} << 16 |
+               std::uint32_t{b[at + 3]} << 24;
+    }
+    static std::uint64_t load_le64(std::span<const std::uint8_t> b, std::size_t at) noexcept {
+        return std::uint64_t{load_le32(b, at)} | std::uint64_t{load_le32(b, at + 4)} << 32;
     }
 
     /// PROBE (5.13.6.7, properties 5.13.6.8): not offered → unanswered; the readable part must be the 72 bytes;
@@ -799,6 +1129,10 @@ private:
     std::uint8_t bypass_;
     std::optional<device_queue<guest_view>> requestq_, eventq_;
     std::vector<mapping> removed_;
+    journal* journal_ = nullptr;  ///< set while a group or MAP_SG runs
+    std::uint64_t invalidations_ = 0;
+    std::uint64_t rollback_failures_seen_ = 0;
+    virtio::fast_stats fstats_;
     request_stats stats_;
     translate_stats tstats_;
 };

@@ -10,6 +10,12 @@
 ///
 /// Every operation checks first and changes second: a refused request leaves the table and
 /// the list as they were. Table memory is a host_heap capped per domain (NOMEM beyond).
+///
+/// Relaxed mode (feature RELAXED, include/iopgtable/virtio/README.md "Fast protocol"):
+/// `map_relaxed` replaces the overlapped parts of older mappings (they are trimmed or split;
+/// an exact repeat changes nothing) through the engine's all-or-nothing `replace`, and
+/// `unmap_relaxed` may split mappings and carve holes. `take` / `restore` let the device undo
+/// a change (MAP_SG elements, grouped requests).
 #include <cstdint>
 #include <iterator>
 #include <map>
@@ -27,6 +33,14 @@ namespace iopgtable::virtio {
 struct mapping {
     std::uint64_t first = 0, last = 0, phys = 0;
     std::uint32_t flags = 0;
+    friend bool operator==(const mapping&, const mapping&) = default;
+};
+
+/// What a relaxed change did: `removed` bytes of old translation went from the table (the
+/// IOTLB must forget the range), `exact` the MAP repeated an existing mapping (nothing done).
+struct relaxed_outcome {
+    std::uint64_t removed = 0;
+    bool exact = false;
 };
 
 /// What a mapping's MAP flags become in the table: READ/WRITE as they are, MMIO as device
@@ -101,6 +115,112 @@ public:
         return status::ok;
     }
 
+    /// Relaxed MAP [first, last] → phys: (1) nothing there: as `map`; (2) overlapping older
+    /// mappings: their overlapped parts go (a mapping crossing an end keeps its outside part, as
+    /// a mapping of its own), then the range is mapped; (3) the same range, phys and flags as an
+    /// existing mapping: nothing changes (`exact`). All or nothing. Refusals: the mapping cap
+    /// (counting the pieces a split leaves) NOMEM, the whole 64-bit space RANGE, then the
+    /// table's (RANGE, NOMEM: a split or the new range needs tables).
+    virtio::status map_relaxed(std::uint64_t first, std::uint64_t last, std::uint64_t phys, std::uint32_t flags,
+                               relaxed_outcome& out) {
+        out = {};
+        if (auto it = maps_.find(first); it != maps_.end() && it->second == mapping{first, last, phys, flags}) {
+            out.exact = true;
+            return status::ok;
+        }
+        const std::uint64_t len = last - first + 1;
+        if (len == 0) return status::range;
+        const auto [b, e, n] = overlap_run(first, last);
+        std::map<std::uint64_t, mapping> fresh;
+        try {
+            add_pieces(b, e, n, first, last, fresh);
+            fresh.emplace(first, mapping{first, last, phys, flags});
+        } catch (...) {
+            return status::nomem;
+        }
+        if (maps_.size() - n + fresh.size() > max_mappings_) return status::nomem;
+        const prot p = map_flags_to_prot(flags);
+        if (p != prot::none) {
+            auto r = table_->replace(typename D::input_address{first}, pa_t{phys}, length_t{len}, p);
+            if (!r) return sharing::to_status(r.error());
+            out.removed = r->removed;
+        } else if (n != 0) {
+            auto s = clear_run(b, e, first, last, out.removed);
+            if (s != status::ok) return s;
+        }
+        maps_.erase(b, e);
+        maps_.merge(fresh);
+        return status::ok;
+    }
+
+    /// Relaxed UNMAP [first, last]: every mapping part inside goes; a mapping crossing an end
+    /// keeps its outside part (one containing the range becomes two). All or nothing.
+    /// Refusals: the mapping cap NOMEM, the table's (NOMEM: splitting a block needs a table).
+    virtio::status unmap_relaxed(std::uint64_t first, std::uint64_t last, relaxed_outcome& out) {
+        out = {};
+        const auto [b, e, n] = overlap_run(first, last);
+        if (n == 0) return status::ok;
+        std::map<std::uint64_t, mapping> fresh;
+        try {
+            add_pieces(b, e, n, first, last, fresh);
+        } catch (...) {
+            return status::nomem;
+        }
+        if (maps_.size() - n + fresh.size() > max_mappings_) return status::nomem;
+        if (auto s = clear_run(b, e, first, last, out.removed); s != status::ok) return s;
+        maps_.erase(b, e);
+        maps_.merge(fresh);
+        return status::ok;
+    }
+
+    /// What a change of [first, last] may touch: the mappings intersecting it, whole, and the
+    /// span [lo, hi] they and the range cover.
+    struct snapshot {
+        std::uint64_t lo = 0, hi = 0;
+        std::vector<mapping> maps;
+    };
+    snapshot take(std::uint64_t first, std::uint64_t last) const {
+        snapshot s{first, last, {}};
+        const auto [b, e, n] = overlap_run(first, last);
+        s.maps.reserve(n);
+        for (auto it = b; it != e; ++it) {
+            s.maps.push_back(it->second);
+            s.lo = std::min(s.lo, it->second.first);
+            s.hi = std::max(s.hi, it->second.last);
+        }
+        return s;
+    }
+    /// Puts [s.lo, s.hi] back as it was when `s` was taken, after any number of changes inside
+    /// [first, last] of `take` (undone in reverse order, so no mapping then crosses lo or hi).
+    /// Needs no more table memory than the changes since freed; false when the table refused
+    /// anyway (the space is then what could be restored).
+    bool restore(const snapshot& s) {
+        bool ok = true;
+        auto [b, e, n] = overlap_run(s.lo, s.hi);
+        for (auto it = b; it != e; ++it)
+            if (it->second.first < s.lo || it->second.last > s.hi) return false;
+        for (auto it = b; it != e;) {
+            const mapping& m = it->second;
+            if (map_flags_to_prot(m.flags) != prot::none)
+                ok &= static_cast<bool>(table_->unmap(typename D::input_address{m.first}, length_t{m.last - m.first + 1}));
+            it = maps_.erase(it);
+        }
+        for (const mapping& m : s.maps) {
+            const prot p = map_flags_to_prot(m.flags);
+            if (p != prot::none &&
+                !table_->map(typename D::input_address{m.first}, pa_t{m.phys}, length_t{m.last - m.first + 1}, p)) {
+                ok = false;
+                continue;
+            }
+            try {
+                maps_.emplace(m.first, m);
+            } catch (...) {
+                ok = false;
+            }
+        }
+        return ok;
+    }
+
     /// Whether any mapping intersects [first, last].
     bool overlaps(std::uint64_t first, std::uint64_t last) const noexcept {
         auto it = maps_.upper_bound(last);
@@ -115,6 +235,51 @@ public:
     std::uint64_t table_bytes() const noexcept { return heap_.bytes_in_use(); }
 
 private:
+    using iterator = typename std::map<std::uint64_t, mapping>::iterator;
+    using const_iterator = typename std::map<std::uint64_t, mapping>::const_iterator;
+    struct run {
+        iterator begin, end;
+        std::size_t count;
+    };
+    struct const_run {
+        const_iterator begin, end;
+        std::size_t count;
+    };
+    /// The mappings intersecting [first, last], in order.
+    run overlap_run(std::uint64_t first, std::uint64_t last) {
+        auto it = maps_.upper_bound(first);
+        if (it != maps_.begin() && std::prev(it)->second.last >= first) it = std::prev(it);
+        auto e = it;
+        std::size_t n = 0;
+        for (; e != maps_.end() && e->second.first <= last; ++e) ++n;
+        return {it, e, n};
+    }
+    const_run overlap_run(std::uint64_t first, std::uint64_t last) const {
+        auto r = const_cast<map_table*>(this)->overlap_run(first, last);
+        return {r.begin, r.end, r.count};
+    }
+    /// The outside parts of the run's first and last mappings, as mappings of their own.
+    static void add_pieces(iterator b, iterator e, std::size_t n, std::uint64_t first, std::uint64_t last,
+                           std::map<std::uint64_t, mapping>& into) {
+        if (n == 0) return;
+        const mapping& l = b->second;
+        if (l.first < first) into.emplace(l.first, mapping{l.first, first - 1, l.phys, l.flags});
+        const mapping& r = std::prev(e)->second;
+        if (r.last > last) into.emplace(last + 1, mapping{last + 1, r.last, r.phys + (last + 1 - r.first), r.flags});
+    }
+    /// Unmaps the table under the run's part of [first, last] (one all-or-nothing unmap that
+    /// splits leaves crossing the ends).
+    virtio::status clear_run(iterator b, iterator e, std::uint64_t first, std::uint64_t last, std::uint64_t& removed) {
+        bool any = false;
+        for (auto it = b; it != e; ++it) any |= map_flags_to_prot(it->second.flags) != prot::none;
+        if (!any) return status::ok;
+        const std::uint64_t lo = std::max(first, b->second.first), hi = std::min(last, std::prev(e)->second.last);
+        auto r = table_->unmap(typename D::input_address{lo}, length_t{hi - lo + 1}, unmap_mode::split);
+        if (!r) return sharing::to_status(r.error());
+        removed = r->value;
+        return status::ok;
+    }
+
     map_table(std::uint64_t table_bytes, std::uint64_t max_mappings) : heap_(table_bytes), max_mappings_(max_mappings) {}
 
     host_heap heap_;
