@@ -6,17 +6,20 @@
 // relaxed device (no UNMAP sent late may remove a newer mapping); and all of it end to end
 // through the requestq of a simulated VM whose device offers the three features.
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include <catch2/catch.hpp>
 #include <iopgtable/virtio/driver.hpp>
+#include <iopgtable/virtio/machine.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 
@@ -628,4 +631,197 @@ TEST_CASE("fast: property: no late UNMAP removes a newer mapping", "[driver][fas
         RC_ASSERT(u.flush(now) == status::ok);
         RC_ASSERT(t.pages == held);
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: the guest's driver through the requestq of a simulated VM (machine.hpp) whose
+// device offers the fast protocol.
+
+namespace {
+
+using fast_machine = machine<arm_host>;
+constexpr std::uint64_t host_base = 0x80000000, dma = fast_machine::dma_gpa;
+constexpr std::uint32_t rw = map_f_read | map_f_write;
+
+std::unique_ptr<fast_machine> make_fast(std::uint64_t offer, std::uint32_t group_max = 64, std::uint32_t map_sg_max = 1024) {
+    machine_settings s;
+    s.device.features |= offer;
+    s.device.group_max = group_max;
+    s.device.map_sg_max = map_sg_max;
+    auto m = fast_machine::create(s);
+    REQUIRE(m.ok());
+    return std::move(*m);
+}
+constexpr std::uint64_t all_fast = fbit(f_relaxed) | fbit(f_map_sg) | fbit(f_grouped);
+
+/// The host-physical address endpoint 0's read of `iova` reaches, or nothing (a fault).
+std::optional<std::uint64_t> hpa(fast_machine& m, std::uint64_t iova) {
+    const dma_result r = m.dev().translate(0, iova, 1, nested::access_kind::read);
+    (void)m.take_events();
+    if (!r.ok() || r.count != 1) return std::nullopt;
+    return r.ranges[0].hpa;
+}
+
+} // namespace
+
+TEST_CASE("fast e2e: the guest reads config_fast and negotiates the three features", "[driver][fast][e2e]") {
+    auto m = make_fast(all_fast);
+    CHECK((m->dev().driver_features() & all_fast) == all_fast);
+    std::array<std::uint8_t, sizeof(config_fast)> raw{};
+    m->dev().read_config(config_fast_offset, raw);
+    const fast_config c = parse_config_fast(raw, m->dev().driver_features());
+    CHECK(c == fast_config{10000, 64, 1024});
+    const auto s = deferral_settings::from(c, m->dev().driver_features());
+    CHECK(s.window_ns == 10 * ms);
+    CHECK(s.margin_ns == 5 * ms);
+    CHECK(s.group_max == 64);
+    // Not offered: the fields read as zero and mean nothing.
+    auto plain = make_fast(0);
+    plain->dev().read_config(config_fast_offset, raw);
+    CHECK(parse_config_fast(raw, ~std::uint64_t{0}) == fast_config{});
+}
+
+TEST_CASE("fast e2e: relaxed MAP replaces, an exact repeat changes nothing", "[driver][fast][e2e][relaxed]") {
+    auto m = make_fast(all_fast);
+    driver<fast_machine> d(*m);
+    REQUIRE(d.attach(1, 0) == status::ok);
+    REQUIRE(d.map(1, 0x100000, 0x103fff, dma, rw) == status::ok);  // (1) nothing there
+    CHECK(hpa(*m, 0x102000) == host_base + dma + 0x2000);         // cached in the IOTLB now
+    const auto inv = m->dev().iotlb_invalidations();
+    // (2) over the upper half, no UNMAP first: the old translation is dropped.
+    REQUIRE(d.map(1, 0x102000, 0x105fff, dma + 0x100000, rw) == status::ok);
+    CHECK(hpa(*m, 0x100000) == host_base + dma);
+    CHECK(hpa(*m, 0x102000) == host_base + dma + 0x100000);
+    CHECK(hpa(*m, 0x105000) == host_base + dma + 0x103000);
+    CHECK(m->dev().iotlb_invalidations() > inv);
+    CHECK(m->dev().fast_stats().relaxed_replaced == 1);
+    // (3) exactly the same: OK, nothing invalidated.
+    const auto inv2 = m->dev().iotlb_invalidations();
+    CHECK(d.map(1, 0x102000, 0x105fff, dma + 0x100000, rw) == status::ok);
+    CHECK(m->dev().iotlb_invalidations() == inv2);
+    CHECK(m->dev().fast_stats().relaxed_exact == 1);
+    // Relaxed UNMAP carves a hole in the middle of a mapping.
+    CHECK(d.unmap(1, 0x103000, 0x103fff) == status::ok);
+    CHECK_FALSE(hpa(*m, 0x103000));
+    CHECK(hpa(*m, 0x104000) == host_base + dma + 0x102000);
+}
+
+TEST_CASE("fast e2e: MAP_SG maps each element, all or nothing", "[driver][fast][e2e][map_sg]") {
+    auto m = make_fast(fbit(f_map_sg), 64, 4);  // strict MAP rules, at most 4 elements
+    driver<fast_machine> d(*m);
+    REQUIRE(d.attach(1, 0) == status::ok);
+    const std::uint64_t phys[] = {dma + 0x5000, dma, dma + 0x9000};
+    CHECK(d.map_sg(1, 0x200000, 0x1000, rw, phys) == status::ok);
+    for (std::uint64_t i = 0; i < 3; ++i) CHECK(hpa(*m, 0x200000 + i * 0x1000) == host_base + phys[i]);
+    CHECK(m->dev().fast_stats().map_sg == 1);
+
+    // The third element overlaps a mapping (strict mode): INVAL and none of the others.
+    REQUIRE(d.map(1, 0x302000, 0x302fff, dma, rw) == status::ok);
+    CHECK(d.map_sg(1, 0x300000, 0x1000, rw, phys) == status::inval);
+    CHECK_FALSE(hpa(*m, 0x300000));
+    CHECK_FALSE(hpa(*m, 0x301000));
+    CHECK(hpa(*m, 0x302000) == host_base + dma);
+    // Bounds: no element, more than map_sg_max.
+    CHECK(d.map_sg(1, 0x400000, 0x1000, rw, {}) == status::inval);
+    const std::uint64_t five[] = {dma, dma, dma, dma, dma};
+    CHECK(d.map_sg(1, 0x400000, 0x1000, rw, five) == status::inval);
+    CHECK_FALSE(hpa(*m, 0x400000));
+    // A readable part longer than 32 + 8·nr_elems: INVAL.
+    request longer = map_sg_request(1, 0x400000, 0x1000, rw, phys);
+    longer.readable.resize(longer.readable.size() + 8);
+    CHECK(d.send(longer).code == status::inval);
+}
+
+TEST_CASE("fast e2e: a group is one status, all or nothing", "[driver][fast][e2e][group]") {
+    auto m = make_fast(all_fast, 4);
+    driver<fast_machine> d(*m);
+    const std::uint64_t phys[] = {dma + 0x3000, dma + 0x1000};
+    SECTION("a group that succeeds") {
+        const std::vector<request> parts = {attach_request(1, 0), map_request(1, 0x100000, 0x100fff, dma, rw),
+                                            map_sg_request(1, 0x200000, 0x1000, rw, phys)};
+        CHECK(d.send_group(parts) == status::ok);
+        CHECK(hpa(*m, 0x100000) == host_base + dma);
+        CHECK(hpa(*m, 0x201000) == host_base + dma + 0x1000);
+        CHECK(m->dev().fast_stats().groups == 1);
+    }
+    SECTION("failing in its middle: the first failure's status, no trace") {
+        REQUIRE(d.attach(1, 0) == status::ok);
+        const std::vector<request> parts = {map_request(1, 0x100000, 0x100fff, dma, rw),
+                                            map_request(7, 0x100000, 0x100fff, dma, rw),  // no domain 7: NOENT
+                                            map_request(1, 0x101000, 0x101fff, dma, rw)};
+        CHECK(d.send_group(parts) == status::noent);
+        CHECK_FALSE(hpa(*m, 0x100000));
+        CHECK_FALSE(hpa(*m, 0x101000));
+        CHECK(m->dev().fast_stats().groups_failed == 1);
+        CHECK(m->dev().fast_stats().rollbacks >= 1);
+    }
+    SECTION("more than group_max: INVAL, nothing done") {
+        std::vector<request> parts = {attach_request(1, 0)};
+        for (std::uint64_t i = 0; i < 4; ++i) parts.push_back(map_request(1, i << 12, (i << 12) + 0xfff, dma, rw));
+        CHECK(d.send_group(parts) == status::inval);
+        CHECK_FALSE(hpa(*m, 0));
+        CHECK(d.map(1, 0, 0xfff, dma, rw) == status::noent);  // the ATTACH did not happen either
+    }
+    SECTION("a type a group may not hold: INVAL, nothing done") {
+        const std::vector<request> parts = {attach_request(1, 0), invalidate_request(1, 0, invalidate_kind::single)};
+        CHECK(d.send_group(parts) == status::inval);
+        CHECK(d.map(1, 0, 0xfff, dma, rw) == status::noent);
+    }
+}
+
+TEST_CASE("fast e2e: without GROUPED the G and L bits are ignored", "[driver][fast][e2e][group]") {
+    auto m = make_fast(fbit(f_relaxed) | fbit(f_map_sg));
+    driver<fast_machine> d(*m);
+    // One ATTACH with G|L: an ordinary ATTACH.
+    auto one = group_request(std::vector<request>{attach_request(1, 0)});
+    REQUIRE(one.ok());
+    CHECK(d.send(*one).code == status::ok);
+    // Two requests: one request whose readable part is too long: INVAL, nothing done.
+    auto two = group_request(std::vector<request>{map_request(1, 0, 0xfff, dma, rw), map_request(1, 0x1000, 0x1fff, dma, rw)});
+    REQUIRE(two.ok());
+    CHECK(d.send(*two).code == status::inval);
+    CHECK_FALSE(hpa(*m, 0));
+}
+
+TEST_CASE("fast e2e: deferred unmaps in relaxed mode, and why a re-MAP must go through the unmapper",
+          "[driver][fast][e2e][relaxed]") {
+    auto m = make_fast(all_fast);
+    driver<fast_machine> d(*m);
+    std::array<std::uint8_t, sizeof(config_fast)> raw{};
+    m->dev().read_config(config_fast_offset, raw);
+    const auto settings = deferral_settings::from(parse_config_fast(raw, m->dev().driver_features()), m->dev().driver_features());
+    deferred_unmapper<fast_machine> u(d, settings);
+    REQUIRE(d.attach(1, 0) == status::ok);
+    for (std::uint64_t i = 0; i < 4; ++i) REQUIRE(u.map(1, i << 12, (i << 12) + 0xfff, dma + (i << 12), rw) == status::ok);
+
+    // Released at t = 0: not sent, and the device still translates: the vulnerability window.
+    for (std::uint64_t i = 0; i < 3; ++i) REQUIRE(u.release(1, i << 12, (i << 12) + 0xfff, 0) == status::ok);
+    CHECK(d.sent(req_type::unmap) == 0);
+    CHECK(hpa(*m, 0x1000) == host_base + dma + 0x1000);
+    // Page 1 reused at once with another buffer: the MAP replaces it, no UNMAP needed.
+    REQUIRE(u.map(1, 0x1000, 0x1fff, dma + 0x40000, rw) == status::ok);
+    CHECK(hpa(*m, 0x1000) == host_base + dma + 0x40000);
+    // At 5 ms the other two are due: one group of two UNMAPs; page 1 keeps its new mapping.
+    CHECK(u.poll(5 * ms - 1) == status::ok);
+    CHECK(d.groups() == 0);
+    CHECK(u.poll(5 * ms) == status::ok);
+    CHECK(d.groups() == 1);
+    CHECK(d.sent(req_type::unmap) == 2);
+    CHECK_FALSE(hpa(*m, 0));
+    CHECK_FALSE(hpa(*m, 0x2000));
+    CHECK(hpa(*m, 0x1000) == host_base + dma + 0x40000);
+    CHECK(hpa(*m, 0x3000) == host_base + dma + 0x3000);
+    CHECK(u.stats().sent == 2);
+    CHECK(u.stats().replaced == 1);
+    CHECK(u.stats().max_delay_ns == 5 * ms);
+    CHECK(m->dev().fast_stats().groups == 1);
+
+    // The hazard the rule prevents: a MAP sent around the unmapper, then the late UNMAP
+    // removes the NEW mapping.
+    REQUIRE(u.release(1, 0x3000, 0x3fff, 6 * ms) == status::ok);
+    REQUIRE(d.map(1, 0x3000, 0x3fff, dma + 0x50000, rw) == status::ok);  // not through u
+    CHECK(hpa(*m, 0x3000) == host_base + dma + 0x50000);
+    CHECK(u.flush(7 * ms) == status::ok);
+    CHECK_FALSE(hpa(*m, 0x3000));  // gone: what `map` / `remapped` exist for
+    CHECK(u.stats().oldest_at_flush_ns == 1 * ms);
 }

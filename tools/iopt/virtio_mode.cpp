@@ -743,6 +743,29 @@ private:
         emit("faults_dropped " + std::to_string(t.faults_dropped));
         emit("iotlb_hits " + std::to_string(dev.iotlb().hits()));
         emit("iotlb_misses " + std::to_string(dev.iotlb().misses()));
+        if (dev.offered(vio::f_relaxed) || dev.offered(vio::f_map_sg) || dev.offered(vio::f_grouped)) {
+            const auto& f = dev.fast_stats();
+            emit("invalidations " + std::to_string(dev.iotlb_invalidations()));
+            emit("groups " + std::to_string(f.groups));
+            emit("groups_failed " + std::to_string(f.groups_failed));
+            emit("rollbacks " + std::to_string(f.rollbacks));
+            emit("rollback_failures " + std::to_string(f.rollback_failures));
+            emit("map_sg " + std::to_string(f.map_sg));
+            emit("map_sg_elems " + std::to_string(f.map_sg_elems));
+            emit("relaxed_exact " + std::to_string(f.relaxed_exact));
+            emit("relaxed_replaced " + std::to_string(f.relaxed_replaced));
+            const vio::deferral_stats& d = deferred_.stats();
+            emit("deferred " + std::to_string(d.deferred));
+            emit("deferred_sent " + std::to_string(d.sent));
+            emit("deferred_failed " + std::to_string(d.failed));
+            emit("deferred_requests " + std::to_string(d.requests));
+            emit("deferred_groups " + std::to_string(d.groups));
+            emit("deferred_replaced " + std::to_string(d.replaced));
+            emit("deferred_flushes " + std::to_string(d.flushes));
+            emit("deferred_max_delay_us " + std::to_string(d.max_delay_ns / 1000));
+            emit("deferred_oldest_at_flush_us " + std::to_string(d.oldest_at_flush_ns / 1000));
+            emit("deferred_pending " + std::to_string(deferred_.pending().size()));
+        }
         emit("END");
     }
 
