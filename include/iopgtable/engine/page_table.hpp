@@ -185,6 +185,18 @@ public:
         const std::uint64_t last = va + (size.value - 1);
         const std::uint64_t delta = pa.value - va;
 
+        // One page of a size that is a single entry somewhere, into tables that exist, over
+        // nothing or over one leaf of that same size: one walk (a relaxed MAP of a recycled
+        // 4K buffer). The old leaf goes before the new one is written (break-before-make).
+        const std::uint64_t sz = size.value;
+        if ((sz & (sz - 1)) == 0 && (sz & geo_.pgsize_bitmap) != 0 && ((va | pa.value) & (sz - 1)) == 0) {
+            const unsigned lg2 = static_cast<unsigned>(std::countr_zero(sz));
+            replace_outcome out;
+            const auto fast = at_top(
+                [&]<unsigned L>(level_c<L>) { return replace_one<L>(root_.value, top_mask(), va, pa.value, lg2, p, out); });
+            if (fast) return out;
+        }
+
         const auto seen = match_range(va, last, delta, p);
         if (!seen) return failure(seen.error());
         if (*seen == range_match::exact) return replace_outcome{0, false};
@@ -1020,6 +1032,55 @@ private:
     }
 
     // ---------------------------------------------------------------- replace
+
+    /// replace's one-walk case (see there): true and `out` set when decided, false (nothing
+    /// written) when the general path must do it: a missing table, a table or a leaf of
+    /// another size (replicated included) in the slot, an entry the memory does not give.
+    template <unsigned L>
+    bool replace_one(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t pa, unsigned lg2, prot p,
+                     replace_outcome& out) {
+        constexpr unsigned item = F::item_lg2(L);
+        const std::uint64_t idx = (va >> item) & mask;
+        if (lg2 == item) {
+            if constexpr ((F::leaf_sizes(L) & lg2_to_size(item)) != 0) {
+                word* e = wslot(table, idx);
+                if (e == nullptr) return false;
+                const word raw = load_entry(e);
+                switch (F::classify(cfg_, L, raw)) {
+                case entry_kind::empty:
+                    store_entry(e, F::make_leaf(cfg_, L, item, pa, p));
+                    out = {0, true};
+                    return true;
+                case entry_kind::leaf: {
+                    if (F::leaf_lg2(cfg_, L, raw) != item) return false;
+                    const word fresh = F::make_leaf(cfg_, L, item, pa, p);
+                    if (F::leaf_address(cfg_, L, raw) == pa && F::leaf_prot(cfg_, L, raw) == F::leaf_prot(cfg_, L, fresh)) {
+                        out = {0, false};
+                        return true;
+                    }
+                    store_entry(e, word{0});
+                    if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, va, lg2_to_size(item));
+                    store_entry(e, fresh);
+                    out = {lg2_to_size(item), true};
+                    return true;
+                }
+                case entry_kind::table:
+                    return false;
+                }
+            }
+            return false;
+        }
+        if constexpr (L > 0) {
+            if (lg2 < item) {
+                const word* e = slot(table, idx);
+                if (e == nullptr) return false;
+                const word raw = load_entry(e);
+                if (F::classify(cfg_, L, raw) != entry_kind::table) return false;
+                return replace_one<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), va, pa, lg2, p, out);
+            }
+        }
+        return false;
+    }
 
     /// What a range holds, as replace sees it.
     enum class range_match : std::uint8_t {

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+/// @file dma_bench.cpp
+/// DMA workloads driven end to end through the virtio-iommu device's requestq (the simulated VM
+/// of virtio/machine.hpp): the guest builds each request in guest memory and sends it as a
+/// descriptor chain, the device answers, and the device's DMA path translates every page the
+/// workload touches through its IOTLB. Named `dma/<shape>/<mode>`; bench/README.md ("DMA
+/// workloads: the fast protocol") has the figures.
+///
+/// Shapes:
+/// - `net`: network-like. Each packet is one 4K buffer: mapped at the next IOVA of a ring of 256
+///   slots, translated once (one DMA), done with. Buffers come from a 16 MiB pool in an order
+///   that gives a slot a different buffer each time round.
+/// - `net_recycled`: the same with recycled buffers (Linux's page_pool): a slot gets the same
+///   buffer each time round, so a relaxed MAP repeats the mapping exactly.
+/// - `storage/N`: storage-like. Each I/O is a scatter list of N 4K pages (N = 16, 64, 256: 64K,
+///   256K, 1M) at scattered buffers, mapped at one IOVA range, every page translated, done with.
+///
+/// Modes (what the guest sends per packet / I/O):
+/// - `strict`: MAP per page, UNMAP when done (one per packet; one for the I/O's range).
+/// - `relaxed` (RELAXED): MAP per page and no UNMAP: the next MAP of the IOVA replaces the old
+///   mapping. A relaxed driver keeps its unmaps for up to the vulnerability window (10 ms by
+///   default) and drops those a new MAP of the same IOVA superseded; a ring slot comes round
+///   again within microseconds here, so none is ever sent.
+/// - `map_sg` (MAP_SG): 16 packets (net) or the whole I/O in one MAP_SG; UNMAP of the range.
+/// - `grouped` (GROUPED): the MAPs of 16 packets (net) or of the I/O as one group; the UNMAPs
+///   of the 16 packets as one group (net) or one UNMAP (storage).
+/// - `relaxed_map_sg` (RELAXED + MAP_SG): MAP_SG with relaxed rules, no UNMAP.
+///
+/// Counters per DMA page: `requests` (descriptor chains sent), `descriptors` (each chain here
+/// is two: the readable part and the tail), `invalidations` (IOTLB invalidations the device
+/// performed), `ns_per_page` (all of it: requests and translations).
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <iopgtable/virtio/driver.hpp>
+#include <iopgtable/virtio/machine.hpp>
+
+#include "format_benches.hpp"
+
+namespace iopgtable::bench {
+namespace {
+
+using namespace iopgtable::virtio;
+
+constexpr std::uint64_t page = 0x1000;
+constexpr std::uint64_t pool = machine<arm_host>::dma_gpa;  // 16 MiB of buffers
+constexpr std::uint64_t pool_pages = 4096;
+constexpr std::uint32_t rw = map_f_read | map_f_write;
+constexpr std::uint64_t iova_base = 0x40000000;
+
+enum class mode { strict, relaxed, map_sg, grouped, relaxed_map_sg };
+
+struct dma_vm {
+    std::unique_ptr<machine<arm_host>> m;
+    std::uint8_t reply[4]{};
+    std::uint64_t chains = 0;
+
+    explicit dma_vm(mode md) {
+        machine_settings s;
+        s.device.iotlb_entries = 4096;
+        s.device.group_max = 256;
+        s.device.features |= feature(f_map_sg) | feature(f_grouped);
+        if (md == mode::relaxed || md == mode::relaxed_map_sg) s.device.features |= feature(f_relaxed);
+        auto mc = machine<arm_host>::create(s);
+        if (!mc) return;
+        m = std::move(*mc);
+    }
+    bool send(const std::vector<std::uint8_t>& in) {
+        ++chains;
+        return m->submit(in, std::span<std::uint8_t>(reply, 4)) == 4 && reply[0] == 0;
+    }
+    /// Translates [iova, iova + len) for a device write, as many calls as it takes.
+    bool dma(std::uint64_t iova, std::uint64_t len) {
+        auto& dev = m->dev();
+        while (len != 0) {
+            const dma_result r = dev.translate(0, iova, len, nested::access_kind::write);
+            if (!r.ok() || r.covered == 0) return false;
+            benchmark::DoNotOptimize(r);
+            iova += r.covered;
+            len -= r.covered;
+        }
+        return true;
+    }
+};
+
+std::vector<std::uint8_t> map_req(std::uint64_t iova, std::uint64_t gpa) {
+    return map_request(1, iova, iova + page - 1, gpa, rw).readable;
+}
+/// A MAP_SG of consecutive pages from iova, one buffer each (built as a guest would).
+std::vector<std::uint8_t> map_sg_req(std::uint64_t iova, const std::uint64_t* bufs, std::size_t n) {
+    req_map_sg r;
+    r.head.type = static_cast<std::uint8_t>(req_type::map_sg);
+    r.domain = 1;
+    r.virt_start = iova;
+    r.size = page;
+    r.flags = rw;
+    r.nr_elems = static_cast<std::uint32_t>(n);
+    std::vector<std::uint8_t> v(sizeof r + n * 8);
+    std::memcpy(v.data(), static_cast<const void*>(&r), sizeof r);
+    for (std::size_t i = 0; i < n; ++i) {
+        le64 p;
+        p = bufs[i];
+        std::memcpy(v.data() + sizeof r + i * 8, &p, 8);
+    }
+    return v;
+}
+/// Requests as one group: G on each, L on the last.
+std::vector<std::uint8_t> group_of(const std::vector<std::vector<std::uint8_t>>& parts) {
+    std::vector<std::uint8_t> v;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        const std::size_t at = v.size();
+        v.insert(v.end(), parts[i].begin(), parts[i].end());
+        v[at + 1] = static_cast<std::uint8_t>((req_f_group >> 8) | (i + 1 == parts.size() ? req_f_last >> 8 : 0));
+    }
+    return v;
+}
+
+/// Buffer for the k-th page the workload maps: scattered over the pool, and a ring slot gets a
+/// different one each time round.
+std::uint64_t buffer(std::uint64_t k) noexcept { return pool + ((k * 2654435761u) % pool_pages) * page; }
+
+void report(benchmark::State& st, const dma_vm& v, std::uint64_t pages, std::uint64_t inv0) {
+    if (pages == 0) return;
+    const double p = static_cast<double>(pages);
+    st.counters["requests"] = static_cast<double>(v.chains) / p;
+    st.counters["descriptors"] = 2.0 * static_cast<double>(v.chains) / p;
+    st.counters["invalidations"] = static_cast<double>(v.m->dev().iotlb_invalidations() - inv0) / p;
+}
+
+/// 16 packets per timed batch round (the MAP_SG / group size), 256 per batch.
+void net(benchmark::State& st, mode md, bool recycled) {
+    dma_vm v(md);
+    if (!v.m || !v.send(attach_request(1, 0).readable)) return fail(st, "setup");
+    constexpr unsigned ring = 256, burst = 16, per_batch = 256;
+    std::uint64_t k = 0;
+    bool good = true;
+    auto run_batch = [&] {
+        for (unsigned b = 0; b < per_batch / burst; ++b) {
+            const std::uint64_t slot0 = k % ring;  // a burst never wraps (ring % burst == 0)
+            const std::uint64_t iova0 = iova_base + slot0 * page;
+            std::uint64_t bufs[burst];
+            for (unsigned i = 0; i < burst; ++i) bufs[i] = buffer(recycled ? slot0 + i : k + i);
+            switch (md) {
+            case mode::strict:
+                for (unsigned i = 0; i < burst; ++i) {
+                    good &= v.send(map_req(iova0 + i * page, bufs[i]));
+                    good &= v.dma(iova0 + i * page, page);
+                    good &= v.send(unmap_request(1, iova0 + i * page, iova0 + i * page + page - 1).readable);
+                }
+                break;
+            case mode::relaxed:
+                for (unsigned i = 0; i < burst; ++i) {
+                    good &= v.send(map_req(iova0 + i * page, bufs[i]));
+                    good &= v.dma(iova0 + i * page, page);
+                }
+                break;
+            case mode::map_sg:
+            case mode::relaxed_map_sg:
+                good &= v.send(map_sg_req(iova0, bufs, burst));
+                for (unsigned i = 0; i < burst; ++i) good &= v.dma(iova0 + i * page, page);
+                if (md == mode::map_sg) good &= v.send(unmap_request(1, iova0, iova0 + burst * page - 1).readable);
+                break;
+            case mode::grouped: {
+                std::vector<std::vector<std::uint8_t>> maps, unmaps;
+                for (unsigned i = 0; i < burst; ++i) {
+                    maps.push_back(map_req(iova0 + i * page, bufs[i]));
+                    unmaps.push_back(unmap_request(1, iova0 + i * page, iova0 + i * page + page - 1).readable);
+                }
+                good &= v.send(group_of(maps));
+                for (unsigned i = 0; i < burst; ++i) good &= v.dma(iova0 + i * page, page);
+                good &= v.send(group_of(unmaps));
+                break;
+            }
+            }
+            k += burst;
+        }
+    };
+    run_batch();  // tables in place, the ring populated (relaxed modes)
+    const std::uint64_t inv0 = v.m->dev().iotlb_invalidations();
+    v.chains = 0;
+    std::uint64_t pages = 0;
+    {
+        batch_timer timer(st, recycled ? "recycled 4K buffers over a 256-slot IOVA ring, one DMA each"
+                                       : "4K packets over a 256-slot IOVA ring, one DMA each");
+        for (auto _ : st) {
+            timer.timed(per_batch, per_batch, run_batch);
+            pages += per_batch;
+            if (!good) break;
+        }
+    }
+    if (!good) return fail(st, "a request or a DMA failed");
+    report(st, v, pages, inv0);
+}
+
+void storage(benchmark::State& st, mode md, unsigned n) {
+    dma_vm v(md);
+    if (!v.m || !v.send(attach_request(1, 0).readable)) return fail(st, "setup");
+    std::uint64_t k = 0, io = 0;
+    bool good = true;
+    std::vector<std::uint64_t> bufs(n);
+    auto one_io = [&] {
+        const std::uint64_t iova0 = iova_base + (io++ % 8) * (std::uint64_t{n} * page);  // 8 I/Os in flight, ranges reused
+        for (unsigned i = 0; i < n; ++i) bufs[i] = buffer(k + i);
+        k += n;
+        switch (md) {
+        case mode::strict:
+        case mode::relaxed:
+            for (unsigned i = 0; i < n; ++i) good &= v.send(map_req(iova0 + i * page, bufs[i]));
+            break;
+        case mode::map_sg:
+        case mode::relaxed_map_sg: good &= v.send(map_sg_req(iova0, bufs.data(), n)); break;
+        case mode::grouped: {
+            std::vector<std::vector<std::uint8_t>> maps;
+            for (unsigned i = 0; i < n; ++i) maps.push_back(map_req(iova0 + i * page, bufs[i]));
+            good &= v.send(group_of(maps));
+            break;
+        }
+        }
+        good &= v.dma(iova0, std::uint64_t{n} * page);
+        if (md != mode::relaxed && md != mode::relaxed_map_sg)
+            good &= v.send(unmap_request(1, iova0, iova0 + std::uint64_t{n} * page - 1).readable);
+    };
+    for (unsigned i = 0; i < 8; ++i) one_io();
+    const std::uint64_t inv0 = v.m->dev().iotlb_invalidations();
+    v.chains = 0;
+    std::uint64_t pages = 0;
+    {
+        batch_timer timer(st, std::to_string(n * 4) + "K scatter lists of 4K pages, every page DMA'd");
+        for (auto _ : st) {
+            timer.timed(4, 4 * n, [&] {
+                for (int i = 0; i < 4; ++i) one_io();
+            });
+            pages += 4 * n;
+            if (!good) break;
+        }
+    }
+    if (!good) return fail(st, "a request or a DMA failed");
+    report(st, v, pages, inv0);
+}
+
+const char* name(mode m) {
+    switch (m) {
+    case mode::strict: return "strict";
+    case mode::relaxed: return "relaxed";
+    case mode::map_sg: return "map_sg";
+    case mode::grouped: return "grouped";
+    case mode::relaxed_map_sg: return "relaxed_map_sg";
+    }
+    return "?";
+}
+
+const bool registered = [] {
+    for (mode md : {mode::strict, mode::relaxed, mode::map_sg, mode::grouped, mode::relaxed_map_sg}) {
+        for (bool recycled : {false, true})
+            benchmark::RegisterBenchmark((std::string(recycled ? "dma/net_recycled/" : "dma/net/") + name(md)).c_str(),
+                                         [md, recycled](benchmark::State& st) { net(st, md, recycled); })
+                ->UseManualTime();
+        for (unsigned n : {16u, 64u, 256u})
+            benchmark::RegisterBenchmark((std::string("dma/storage") + std::to_string(n * 4) + "k/" + name(md)).c_str(),
+                                         [md, n](benchmark::State& st) { storage(st, md, n); })
+                ->UseManualTime();
+    }
+    return true;
+}();
+
+} // namespace
+} // namespace iopgtable::bench
