@@ -27,6 +27,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -672,6 +674,11 @@ public:
     };
 
     deferred_unmapper(driver<T>& drv, deferral_settings s) noexcept : drv_(&drv), set_(s) {}
+    // The index holds iterators into the list: moving keeps them valid, copying would not.
+    deferred_unmapper(const deferred_unmapper&) = delete;
+    deferred_unmapper& operator=(const deferred_unmapper&) = delete;
+    deferred_unmapper(deferred_unmapper&&) noexcept = default;
+    deferred_unmapper& operator=(deferred_unmapper&&) noexcept = default;
 
     /// Records the unmap of [first, last] (inclusive) of `domain` released at `now_ns`, after
     /// sending what is due (as `poll`); with max_pending unmaps already held, flushes them
@@ -684,18 +691,24 @@ public:
             ++stats_.overflows;
             keep_first(s, send_all(now_ns));
         }
-        pending_.push_back({domain, first, last, now_ns});
+        if (!pending_.empty() && now_ns < pending_.back().p.released_ns) unordered_ = true;  // the clock went back
+        add(pending_.end(), {domain, first, last, now_ns});
         if (budget() == 0) keep_first(s, send_all(now_ns));
         return s;
     }
 
     /// Sends every unmap whose age at `now_ns` reached window_ns − margin_ns. Returns OK, or
     /// the first status other than OK.
+    /// Unmaps are held in release order and a piece left by `remapped` keeps its place, so the
+    /// due ones are a prefix: one look at the oldest when nothing is due.
     status poll(std::uint64_t now_ns) {
-        std::vector<pending_unmap> due, keep;
-        for (const auto& p : pending_) (age(p, now_ns) >= budget() ? due : keep).push_back(p);
-        if (due.empty()) return status::ok;
-        pending_ = std::move(keep);
+        if (unordered_) return poll_all(now_ns);
+        if (pending_.empty() || age(pending_.front().p, now_ns) < budget()) return status::ok;
+        std::vector<pending_unmap> due;
+        while (!pending_.empty() && age(pending_.front().p, now_ns) >= budget()) {
+            due.push_back(pending_.front().p);
+            drop(pending_.begin());
+        }
         return send(due, now_ns);
     }
 
@@ -703,27 +716,31 @@ public:
     status flush(std::uint64_t now_ns) {
         ++stats_.flushes;
         std::uint64_t oldest = 0;
-        for (const auto& p : pending_) oldest = std::max(oldest, age(p, now_ns));
+        for (const auto& n : pending_) oldest = std::max(oldest, age(n.p, now_ns));
         stats_.oldest_at_flush_ns = oldest;
         return send_all(now_ns);
     }
 
     /// The device mapped [first, last] of `domain` (a MAP or MAP_SG it answered OK): pending
     /// unmaps of that domain lose that range (see the class comment). first > last: nothing.
+    /// Only unmaps starting at most the longest pending range before `first` can intersect:
+    /// the index is searched from there, so a MAP costs a lookup, not a pass over every unmap.
     void remapped(std::uint32_t domain, std::uint64_t first, std::uint64_t last) {
-        if (first > last) return;
-        std::vector<pending_unmap> out;
-        out.reserve(pending_.size() + 1);
-        for (const auto& p : pending_) {
-            if (p.domain != domain || p.last < first || p.first > last) {
-                out.push_back(p);
-                continue;
-            }
+        if (first > last || pending_.empty()) return;
+        const std::uint64_t from = first >= longest_ ? first - (longest_ - 1) : 0;
+        std::vector<typename node_list::iterator> hit;
+        for (auto it = index_.lower_bound({domain, from}); it != index_.end() && it->first.first == domain &&
+                                                            it->first.second <= last;
+             ++it)
+            if (it->second->p.last >= first) hit.push_back(it->second);
+        for (auto n : hit) {
             ++stats_.replaced;
-            if (p.first < first) out.push_back({p.domain, p.first, first - 1, p.released_ns});
-            if (p.last > last) out.push_back({p.domain, last + 1, p.last, p.released_ns});
+            const pending_unmap p = n->p;
+            const auto next = std::next(n);
+            drop(n);
+            if (p.first < first) add(next, {p.domain, p.first, first - 1, p.released_ns});
+            if (p.last > last) add(next, {p.domain, last + 1, p.last, p.released_ns});
         }
-        pending_ = std::move(out);
     }
 
     /// MAP through the driver, then `remapped` when the device answered OK.
@@ -751,22 +768,32 @@ public:
     /// with its last endpoint's DETACH), and its ID may come back with new mappings.
     void forget(std::uint32_t domain) {
         const auto before = pending_.size();
-        std::erase_if(pending_, [&](const pending_unmap& p) { return p.domain == domain; });
+        while (true) {
+            auto it = index_.lower_bound({domain, 0});
+            if (it == index_.end() || it->first.first != domain) break;
+            drop(it->second);
+        }
         stats_.forgotten += before - pending_.size();
     }
 
     /// When `poll` will next have something to send (the earliest due time), or nothing.
     std::optional<std::uint64_t> next_due() const noexcept {
         std::optional<std::uint64_t> t;
-        for (const auto& p : pending_) {
-            const std::uint64_t due = p.released_ns > ~std::uint64_t{0} - budget() ? ~std::uint64_t{0} : p.released_ns + budget();
+        for (const auto& n : pending_) {
+            const std::uint64_t due =
+                n.p.released_ns > ~std::uint64_t{0} - budget() ? ~std::uint64_t{0} : n.p.released_ns + budget();
             if (!t || due < *t) t = due;
         }
         return t;
     }
 
-    /// The unmaps waiting, in release order.
-    std::span<const pending_unmap> pending() const noexcept { return pending_; }
+    /// The unmaps waiting, in release order (a copy).
+    std::vector<pending_unmap> pending() const {
+        std::vector<pending_unmap> v;
+        v.reserve(pending_.size());
+        for (const auto& n : pending_) v.push_back(n.p);
+        return v;
+    }
     const deferral_stats& stats() const noexcept { return stats_; }
     const deferral_settings& settings() const noexcept { return set_; }
 
@@ -779,10 +806,52 @@ private:
         if (into == status::ok) into = s;
     }
 
+    /// poll after the clock went back: release order is not time order, so every unmap is looked at.
+    status poll_all(std::uint64_t now_ns) {
+        std::vector<pending_unmap> due;
+        for (auto it = pending_.begin(); it != pending_.end();) {
+            auto next = std::next(it);
+            if (age(it->p, now_ns) >= budget()) {
+                due.push_back(it->p);
+                drop(it);
+            }
+            it = next;
+        }
+        if (due.empty()) return status::ok;
+        return send(due, now_ns);
+    }
+
     status send_all(std::uint64_t now_ns) {
-        std::vector<pending_unmap> all = std::move(pending_);
+        std::vector<pending_unmap> all = pending();
         pending_.clear();
+        index_.clear();
+        longest_ = 0;
+        unordered_ = false;
         return send(all, now_ns);
+    }
+
+    // The pending unmaps: a list in release order, indexed by (domain, first).
+    struct node;
+    using node_list = std::list<node>;
+    using key = std::pair<std::uint32_t, std::uint64_t>;
+    using index_type = std::multimap<key, typename node_list::iterator>;
+    struct node {
+        pending_unmap p;
+        typename index_type::iterator at;
+    };
+    void add(typename node_list::iterator before, const pending_unmap& p) {
+        auto n = pending_.insert(before, node{p, {}});
+        n->at = index_.emplace(key{p.domain, p.first}, n);
+        const std::uint64_t len = p.last - p.first + 1;
+        longest_ = len == 0 ? ~std::uint64_t{0} : std::max(longest_, len);  // 0: the whole space
+    }
+    void drop(typename node_list::iterator n) {
+        index_.erase(n->at);
+        pending_.erase(n);
+        if (pending_.empty()) {
+            longest_ = 0;
+            unordered_ = false;
+        }
     }
 
     /// Sends `batch` in order: groups of up to group_max, or one UNMAP each.
@@ -822,7 +891,10 @@ private:
 
     driver<T>* drv_;
     deferral_settings set_;
-    std::vector<pending_unmap> pending_;
+    node_list pending_;
+    index_type index_;
+    std::uint64_t longest_ = 0;  ///< the longest range pending since the list was last empty
+    bool unordered_ = false;     ///< a release stamped earlier than the one before it (since last empty)
     deferral_stats stats_;
 };
 

@@ -131,6 +131,20 @@ public:
         const std::uint64_t len = last - first + 1;
         if (len == 0) return status::range;
         const auto [b, e, n] = overlap_run(first, last);
+        if (n == 1 && b->second.first == first && b->second.last == last) {
+            // The same range, another phys or flags (a recycled IOVA): replaced in place.
+            const prot p = map_flags_to_prot(flags);
+            if (p != prot::none) {
+                auto r = table_->replace(typename D::input_address{first}, pa_t{phys}, length_t{len}, p);
+                if (!r) return sharing::to_status(r.error());
+                out.removed = r->removed;
+            } else if (auto s = clear_run(b, e, first, last, out.removed); s != status::ok) {
+                return s;
+            }
+            b->second.phys = phys;
+            b->second.flags = flags;
+            return status::ok;
+        }
         std::map<std::uint64_t, mapping> fresh;
         try {
             add_pieces(b, e, n, first, last, fresh);
