@@ -9,6 +9,7 @@
 ///
 /// Error precedence (as documented for map/unmap): invalid (size 0, prot, alignment) before
 /// range (beyond IAS/OAS, wrap) before exists / partial.
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstdint>
@@ -97,6 +98,34 @@ public:
         return length_t{bytes};
     }
 
+    /// What page_table::replace reports, from the contract: `changed` false when every byte of
+    /// the range already translates to pa + offset with permissions that decode (F::leaf_prot)
+    /// as those map would write; else the ends are split as unmap_mode::split does, the
+    /// leaves inside go (`removed`: their bytes) and the range is mapped as map does.
+    struct replace_expectation {
+        std::uint64_t removed = 0;
+        bool changed = false;
+    };
+    template <class F>
+    result<replace_expectation> replace(const typename F::config& cfg, std::uint64_t va, std::uint64_t pa,
+                                        std::uint64_t size, prot p) {
+        const std::uint64_t minp = smallest_page(geo_);
+        if (size == 0 || !prot_valid(p) || !F::check_prot(cfg, p).ok()) return failure(errc::invalid);
+        if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
+        const std::uint64_t last = va + size - 1, pa_last = pa + size - 1;
+        if (last < va || pa_last < pa || !in_ias(last) || !in_oas(pa_last)) return failure(errc::range);
+        if (translates_as<F>(cfg, va, last, pa - va, p)) return replace_expectation{0, false};
+        split_at(va);
+        if (last + 1 != 0 && in_ias(last + 1)) split_at(last + 1);
+        std::uint64_t removed = 0;
+        for (std::uint64_t k : overlapping(va, last)) {
+            removed += leaves_[k].size();
+            leaves_.erase(k);
+        }
+        if (auto r = map(va, pa, size, p); !r) FAIL("map after clearing the range: " << to_string(r.error()));
+        return replace_expectation{removed, true};
+    }
+
     /// The leaf holding `va`, or null.
     const model_leaf* leaf_at(std::uint64_t va) const {
         auto it = leaves_.upper_bound(va);
@@ -141,6 +170,26 @@ private:
         if (it != leaves_.begin() && std::prev(it)->second.last() >= va) --it;
         for (; it != leaves_.end() && it->first <= last; ++it) keys.push_back(it->first);
         return keys;
+    }
+
+    /// True when leaves with no hole between them cover [va, last], each translating x to
+    /// x + delta, with permissions that decode as `p` would at the leaf's level and size.
+    template <class F>
+    bool translates_as(const typename F::config& cfg, std::uint64_t va, std::uint64_t last, std::uint64_t delta,
+                       prot p) const {
+        std::uint64_t next = va;
+        for (std::uint64_t k : overlapping(va, last)) {
+            const model_leaf& l = leaves_.at(k);
+            const std::uint64_t from = std::max(l.iova, va);
+            if (from != next || l.pa + (from - l.iova) != from + delta) return false;
+            const auto level = leaf_level<F>(geo_, l.size_lg2);
+            if (!level) FAIL("no level holds leaves of 2^" << l.size_lg2 << " bytes");
+            auto decoded = [&](prot q) { return F::leaf_prot(cfg, *level, F::make_leaf(cfg, *level, l.size_lg2, l.pa, q)); };
+            if (decoded(l.perm) != decoded(p)) return false;
+            if (l.last() >= last) return true;
+            next = l.last() + 1;
+        }
+        return false;
     }
 
     /// Makes `b` a leaf edge.
