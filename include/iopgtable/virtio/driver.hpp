@@ -292,7 +292,7 @@ struct fast_config {
 /// reserved ones are ignored. A field of a feature not negotiated reads 0.
 inline fast_config parse_config_fast(std::span<const std::uint8_t> bytes, std::uint64_t negotiated) noexcept {
     std::array<std::uint8_t, sizeof(config_fast)> raw{};
-    std::memcpy(raw.data(), bytes.data(), std::min(bytes.size(), raw.size()));
+    if (!bytes.empty()) std::memcpy(raw.data(), bytes.data(), std::min(bytes.size(), raw.size()));
     const auto field = [&](std::size_t at, unsigned feature) -> std::uint32_t {
         if ((negotiated & detail::bit(feature)) == 0) return 0;
         return detail::load<std::uint32_t>(raw, at);
