@@ -196,6 +196,8 @@ public:
     }
     batch_timer(const batch_timer&) = delete;
     batch_timer& operator=(const batch_timer&) = delete;
+    /// ns per call of the fastest batch so far (0 before the first).
+    double min_ns_per_call() const noexcept { return best_call_ns_; }
 
 private:
     benchmark::State& st_;

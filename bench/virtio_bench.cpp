@@ -7,13 +7,14 @@
 ///
 /// | op | one call is |
 /// |---|---|
-/// | map_unmap_4k | a MAP request of one 4K page and the UNMAP request removing it |
-/// | map_4k | a MAP request of one 4K page (its UNMAP untimed) |
+/// | map_unmap_4k | a MAP request of one 4K page and the UNMAP request removing it (`ratio`: to the bare engine's map + unmap) |
+/// | map_4k | a MAP request of one 4K page (its UNMAP untimed; `ratio`: to the bare engine's map) |
 /// | guest_entry_invalidate_4k | page-table sharing: the guest writes a 4K entry in its own table (through stage 2) and, after removing it, sends INVALIDATE — the sharing equivalent of map_unmap_4k: new entries need no request |
 /// | translate_hit | translate() of a 4K read, IOTLB hit |
 /// | translate_miss_map | translate() missing the IOTLB, MAP/UNMAP domain (walk of the domain table, then stage 2) |
 /// | translate_miss_nested | the same for a shared table walked nested over stage 2 |
 /// | translate_miss_folded | the same for a shared table through its folded shadow |
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -24,6 +25,7 @@
 #include <benchmark/benchmark.h>
 
 #include <iopgtable/formats/arm_lpae.hpp>
+#include <iopgtable/mem/host_heap.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
@@ -87,31 +89,62 @@ constexpr std::uint64_t page = 0x1000;
 constexpr std::uint64_t window = machine<arm_host>::dma_gpa;  // GPAs the guest maps
 constexpr unsigned batch = 64;
 
+/// The requests against their reference, timed in the same iterations: the bare engine doing
+/// the same table work (`map` + `unmap`, or `map`, of the same 4K pages) on a table of the
+/// MAP domains' format and memory (`page_table<Host::domain_format, host_heap>`, map_table.hpp)
+/// with the prot a READ|WRITE MAP gets. Counters `ref_min_ns_per_call` (the reference's fastest
+/// batch) and `ratio` (min_ns_per_call / ref_min_ns_per_call).
 template <class Host>
 void map_unmap(benchmark::State& st, bool with_unmap) {
+    using D = typename Host::domain_format;
+    using va = typename D::input_address;
     vm<Host> v;
     if (!v.m || !v.attach(1, 0)) return fail(st, "setup");
+    host_heap heap;
+    auto bare = page_table<D, host_heap>::create(typename D::config{}, heap);
+    if (!bare) return fail(st, "reference table");
+    const prot p = map_flags_to_prot(map_f_read | map_f_write);
     std::vector<std::vector<std::uint8_t>> maps, unmaps;
     for (unsigned i = 0; i < batch; ++i) {
         maps.push_back(v.map_req(1, 0x100000 + i * page, window + i * page, page));
         unmaps.push_back(v.unmap_req(1, 0x100000 + i * page, page));
     }
     batch_timer timer(st, with_unmap ? "MAP + UNMAP of 4K, through the requestq" : "MAP of 4K, through the requestq");
+    double ref_min = 0;
+    auto reference = [&](auto&& fn) {
+        const auto t0 = clock::now();
+        fn();
+        const double ns = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / batch;
+        if (ref_min == 0 || ns < ref_min) ref_min = ns;
+    };
     bool good = true;
     for (auto _ : st) {
         if (with_unmap) {
             timer.timed(batch, batch, [&] {
                 for (unsigned i = 0; i < batch; ++i) good &= v.send(maps[i]) == status::ok && v.send(unmaps[i]) == status::ok;
             });
+            reference([&] {
+                for (unsigned i = 0; i < batch; ++i) {
+                    good &= bare->map(va{0x100000 + i * page}, pa_t{window + i * page}, length_t{page}, p).ok();
+                    good &= bare->unmap(va{0x100000 + i * page}, length_t{page}).ok();
+                }
+            });
         } else {
             timer.timed(batch, batch, [&] {
                 for (unsigned i = 0; i < batch; ++i) good &= v.send(maps[i]) == status::ok;
             });
             for (unsigned i = 0; i < batch; ++i) good &= v.send(unmaps[i]) == status::ok;
+            reference([&] {
+                for (unsigned i = 0; i < batch; ++i)
+                    good &= bare->map(va{0x100000 + i * page}, pa_t{window + i * page}, length_t{page}, p).ok();
+            });
+            for (unsigned i = 0; i < batch; ++i) good &= bare->unmap(va{0x100000 + i * page}, length_t{page}).ok();
         }
         if (!good) break;
     }
-    if (!good) fail(st, "a request failed");
+    if (!good) return fail(st, "a request or a reference op failed");
+    st.counters["ref_min_ns_per_call"] = ref_min;
+    if (ref_min > 0) st.counters["ratio"] = timer.min_ns_per_call() / ref_min;
 }
 
 template <class Host>

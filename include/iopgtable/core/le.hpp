@@ -4,8 +4,11 @@
 /// Little-endian integers stored as bytes: alignment 1, no padding, the same layout on every
 /// host. Wire structures are built from these (never from packed C structs or host integers).
 #include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace iopgtable {
 
@@ -16,12 +19,27 @@ struct le {
 
     constexpr le() noexcept = default;
     constexpr le(T v) noexcept { set(v); }  // NOLINT: implicit from the value on purpose
+    /// On a little-endian host outside constant evaluation, one memcpy (a single load or
+    /// store: GCC at -O2 does not fold the byte loop); otherwise byte by byte.
     constexpr T get() const noexcept {
+        if constexpr (std::endian::native == std::endian::little) {
+            if (!std::is_constant_evaluated()) {
+                T v;
+                std::memcpy(&v, bytes.data(), sizeof(T));
+                return v;
+            }
+        }
         std::uint64_t v = 0;
         for (std::size_t i = 0; i < sizeof(T); ++i) v |= std::uint64_t{bytes[i]} << (8 * i);
         return static_cast<T>(v);
     }
     constexpr void set(T v) noexcept {
+        if constexpr (std::endian::native == std::endian::little) {
+            if (!std::is_constant_evaluated()) {
+                std::memcpy(bytes.data(), &v, sizeof(T));
+                return;
+            }
+        }
         for (std::size_t i = 0; i < sizeof(T); ++i) bytes[i] = static_cast<std::uint8_t>(std::uint64_t(v) >> (8 * i));
     }
     constexpr operator T() const noexcept { return get(); }  // NOLINT

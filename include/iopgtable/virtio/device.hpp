@@ -304,26 +304,31 @@ public:
     /// Pops every available requestq chain, answers it and publishes it used. A malformed
     /// chain is returned with used length 0. Returns the chains handled; `take_notify(0)`
     /// then says whether the driver is owed an interrupt.
+    ///
+    /// The chain and the reply live in buffers the device keeps (`chain_`, `reply_`), so a
+    /// request allocates nothing once they have grown to the largest chain seen.
     std::size_t process_requests() {
         if (!requestq_) return 0;
         std::size_t n = 0;
-        std::vector<std::uint8_t> out;
-        while (auto p = requestq_->pop()) {
+        auto& p = chain_;
+        while (requestq_->pop(p)) {
             ++n;
-            if (p->error != chain_error::none) {
+            if (p.error != chain_error::none) {
                 ++stats_.malformed_chains;
-                requestq_->push_used(p->c.head, 0);
+                requestq_->push_used(p.c.head, 0);
                 continue;
             }
-            const auto w = static_cast<std::size_t>(std::min<std::uint64_t>(p->c.writable_len, set_.max_writable));
-            out.assign(w, 0);
-            const std::uint32_t used = handle(p->c.readable, out);
-            if (used != 0 && !requestq_->write(p->c, 0, std::span<const std::uint8_t>(out.data(), used))) {
-                requestq_->push_used(p->c.head, 0);
+            const auto w = static_cast<std::size_t>(std::min<std::uint64_t>(p.c.writable_len, set_.max_writable));
+            reply_.assign(w, 0);
+            const std::uint32_t used = handle(p.c.readable, reply_);
+            if (used != 0 && !requestq_->write(p.c, 0, std::span<const std::uint8_t>(reply_.data(), used))) {
+                requestq_->push_used(p.c.head, 0);
                 continue;
             }
-            requestq_->push_used(p->c.head, used);
+            requestq_->push_used(p.c.head, used);
         }
+        // A huge chain (up to the queue's readable cap) does not pin its buffer.
+        if (p.c.readable.capacity() > kept_chain_bytes) p.c.readable = {};
         return n;
     }
     /// Whether queue `index` owes the driver an interrupt for what was used since the last call.
@@ -469,6 +474,7 @@ public:
 
 private:
     static constexpr std::uint64_t no_domain = ~std::uint64_t{0};
+    static constexpr std::size_t kept_chain_bytes = 1u << 16;  ///< readable buffer kept between kicks
     static constexpr std::uint64_t identity_tag = 1;
 
     struct domain {
@@ -1129,6 +1135,8 @@ private:
     std::uint8_t bypass_;
     std::optional<device_queue<guest_view>> requestq_, eventq_;
     std::vector<mapping> removed_;
+    typename device_queue<guest_view>::popped chain_;  ///< the requestq chain being answered (buffers reused)
+    std::vector<std::uint8_t> reply_;                  ///< its reply (reused)
     journal* journal_ = nullptr;  ///< set while a group or MAP_SG runs
     std::uint64_t invalidations_ = 0;
     std::uint64_t rollback_failures_seen_ = 0;

@@ -22,6 +22,7 @@
 ///
 /// Host memory: the guest slot at HPA `host_base`, then `stage2_pool` bytes for the VMM's
 /// stage-2 tables (outside the slot: the guest cannot reach them).
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -181,12 +182,12 @@ public:
         while (requestq_->get_used()) {
         }
         if (!guest_.write(pa_t{buffers_gpa}, in.data(), in.size())) return 0;
-        std::vector<std::uint8_t> zero(writable_len, 0);
+        static constexpr std::array<std::uint8_t, buffer_bytes> zero{};
         guest_.write(pa_t{buffers_gpa + buffer_bytes}, zero.data(), writable_len);
-        std::vector<typename driver_queue<guest_view>::buffer> bufs;
-        cut(bufs, buffers_gpa, static_cast<std::uint32_t>(in.size()), false);
-        cut(bufs, buffers_gpa + buffer_bytes, writable_len, true);
-        auto head = requestq_->add(bufs, shape_.indirect, pa_t{indirect_gpa});
+        bufs_.clear();  // reused: no allocation per request
+        cut(bufs_, buffers_gpa, static_cast<std::uint32_t>(in.size()), false);
+        cut(bufs_, buffers_gpa + buffer_bytes, writable_len, true);
+        auto head = requestq_->add(bufs_, shape_.indirect, pa_t{indirect_gpa});
         if (!head) return 0;
         dev_->process_requests();
         (void)dev_->take_notify(0);
@@ -270,6 +271,7 @@ private:
     std::unique_ptr<device_type> dev_;
     std::optional<driver_queue<guest_view>> requestq_, eventq_;
     chain_shape shape_{};
+    std::vector<typename driver_queue<guest_view>::buffer> bufs_;  ///< `raw`'s descriptors (reused)
     std::vector<std::uint64_t> event_at_;  ///< GPA of the event buffer behind each head
 };
 

@@ -85,6 +85,14 @@ public:
             auto r = table_->map(typename D::input_address{first}, pa_t{phys}, length_t{len}, p);
             if (!r) return r.error() == errc::exists ? status::inval : sharing::to_status(r.error());
         }
+        if (!spare_.empty()) {  // a node UNMAP freed: no allocation
+            auto node = std::move(spare_.back());
+            spare_.pop_back();
+            node.key() = first;
+            node.mapped() = mapping{first, last, phys, flags};
+            maps_.insert(std::move(node));
+            return status::ok;
+        }
         try {
             maps_.emplace(first, mapping{first, last, phys, flags});
         } catch (...) {
@@ -110,7 +118,7 @@ public:
                 (void)table_->unmap(typename D::input_address{m.first}, length_t{m.last - m.first + 1});
             }
             if (removed) removed->push_back(m);
-            it = maps_.erase(it);
+            it = release(it);
         }
         return status::ok;
     }
@@ -294,11 +302,25 @@ private:
         return status::ok;
     }
 
-    map_table(std::uint64_t table_bytes, std::uint64_t max_mappings) : heap_(table_bytes), max_mappings_(max_mappings) {}
+    /// Erases `it`, keeping its node for the next `map` while there is room in `spare_`.
+    iterator release(iterator it) noexcept {
+        if (spare_.size() == spare_.capacity()) return maps_.erase(it);
+        auto next = std::next(it);
+        spare_.push_back(maps_.extract(it));  // within capacity: does not allocate
+        return next;
+    }
+
+    map_table(std::uint64_t table_bytes, std::uint64_t max_mappings) : heap_(table_bytes), max_mappings_(max_mappings) {
+        spare_.reserve(spare_nodes);
+    }
+
+    /// Map nodes kept for reuse: a strict MAP/UNMAP churn then allocates no node.
+    static constexpr std::size_t spare_nodes = 16;
 
     host_heap heap_;
     std::optional<table_type> table_;
     std::map<std::uint64_t, mapping> maps_;  ///< by first address; disjoint
+    std::vector<typename std::map<std::uint64_t, mapping>::node_type> spare_;  ///< freed nodes, at most spare_nodes
     std::uint64_t max_mappings_;
 };
 

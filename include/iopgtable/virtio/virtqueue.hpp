@@ -24,7 +24,10 @@
 /// `contains(pa_t, len)`, `read(pa_t, void*, len)` and `write(pa_t, const void*, len)`
 /// (`virtio::guest_view`, `guest_ram`); the numbers in pa_t are guest-physical addresses. All
 /// guest data is untrusted: each access is bounds-checked by M, each descriptor range is
-/// checked (with overflow) before use, every loop is bounded by the queue size.
+/// checked (with overflow) before use, every loop is bounded by the queue size. The three
+/// ring parts are checked once, when a queue is built, where M hands out host runs
+/// (`entries<std::uint8_t>`, as guest_ram and guest_view do): their fields are then copied
+/// through host pointers at offsets inside the part (detail::ring_part).
 ///
 /// Ordering: fields are copied with M's read/write. The barriers the spec asks for are
 /// `std::atomic_thread_fence`s at the documented points (acquire after reading an idx,
@@ -38,6 +41,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <span>
@@ -46,6 +50,7 @@
 
 #include "../core/address.hpp"
 #include "../core/le.hpp"
+#include "../mem/memory.hpp"
 #include "wire.hpp"
 
 namespace iopgtable::virtio {
@@ -166,6 +171,49 @@ constexpr bool disjoint(std::uint64_t a, std::uint64_t a_len, std::uint64_t b, s
     return a + a_len <= b || b + b_len <= a;
 }
 
+/// One part of a queue (descriptor table, available ring, used ring): `bytes` from `at`.
+/// When the memory hands out host runs (`entries<std::uint8_t>`, mem/memory.hpp) and the
+/// whole part is one run, the part is bounds-checked once, here, and its fields are then
+/// copied through the host pointer; otherwise every access goes through M's checked
+/// read/write. Callers pass offsets inside the part (ring slots are masked by the queue size,
+/// descriptor indexes checked against it), so neither way reaches outside it.
+template <class M>
+class ring_part {
+public:
+    ring_part() = default;
+    ring_part(M& mem, std::uint64_t at, std::uint64_t bytes) noexcept : at_(at) {
+        if constexpr (has_entry_runs<M, std::uint8_t>) {
+            const entry_span<std::uint8_t> run = mem.template entries<std::uint8_t>(pa_t{at}, bytes, true);
+            if (run.count == bytes) host_ = run.first;
+        }
+    }
+    /// Precondition: [off, off + len) inside the part.
+    bool read(const M& mem, std::uint64_t off, void* out, std::size_t len) const noexcept {
+        if (host_ == nullptr) return mem.read(pa_t{at_ + off}, out, len);
+        std::memcpy(out, host_ + off, len);
+        return true;
+    }
+    bool write(M& mem, std::uint64_t off, const void* in, std::size_t len) const noexcept {
+        if (host_ == nullptr) return mem.write(pa_t{at_ + off}, in, len);
+        std::memcpy(host_ + off, in, len);
+        return true;
+    }
+    bool load16(const M& mem, std::uint64_t off, std::uint16_t& out) const noexcept {
+        le16 v;
+        if (!read(mem, off, v.bytes.data(), 2)) return false;
+        out = v.get();
+        return true;
+    }
+    bool store16(M& mem, std::uint64_t off, std::uint16_t value) const noexcept {
+        const le16 v{value};
+        return write(mem, off, v.bytes.data(), 2);
+    }
+
+private:
+    std::uint64_t at_ = 0;
+    std::uint8_t* host_ = nullptr;
+};
+
 } // namespace detail
 
 /// True when `q` is a usable queue in `mem`: size a power of two in 1..32768; parts aligned
@@ -271,13 +319,20 @@ public:
         chain_error error = chain_error::none;
     };
 
-    /// A queue over `mem` (which must outlive it) at `q`, with the negotiated ring features
-    /// and a cap on the device-readable bytes of one chain (a chain over it is `too_large`).
+    /// A queue over `mem` (which must outlive it and keep its bytes where they are) at `q`,
+    /// with the negotiated ring features and a cap on the device-readable bytes of one chain
+    /// (a chain over it is `too_large`).
     /// Starts at avail/used index 0, as after a queue reset. A layout failing `valid_layout`
     /// gives a queue that is `broken()` from the start (fault `bad_layout`).
     device_queue(M& mem, queue_layout q, queue_features f, std::uint32_t max_readable_bytes = 1u << 20) noexcept
         : mem_(&mem), q_(q), f_(f), max_readable_(max_readable_bytes) {
-        if (!valid_layout(mem, q, f)) fault_ = queue_fault::bad_layout;
+        if (!valid_layout(mem, q, f)) {
+            fault_ = queue_fault::bad_layout;
+            return;
+        }
+        desc_ = {mem, q.desc.value, 16 * std::uint64_t{q.size}};
+        avail_ = {mem, q.avail.value, avail_bytes(q.size, f.event_idx)};
+        used_ = {mem, q.used.value, used_bytes(q.size, f.event_idx)};
     }
 
     /// The next chain the driver made available, or nothing when there is none (or the queue
@@ -291,35 +346,46 @@ public:
     /// an avail idx more than the queue size ahead breaks it with nothing returned. Work per
     /// call is bounded by the queue size and `max_readable_bytes`. Throws only std::bad_alloc.
     std::optional<popped> pop() {
-        if (broken()) return std::nullopt;
+        popped p;
+        if (!pop(p)) return std::nullopt;
+        return p;
+    }
+    /// The same into `into` (true: a chain was taken; false: `into` is unspecified), reusing
+    /// its buffers' capacity: a caller that keeps one `popped` allocates nothing per chain once
+    /// its buffers have grown to the largest chain.
+    bool pop(popped& into) {
+        if (broken()) return false;
         std::uint16_t avail_idx = 0;
-        if (!detail::load16(*mem_, q_.avail.value + 2, avail_idx)) return fail(queue_fault::ring_unreadable);
+        if (!avail_.load16(*mem_, 2, avail_idx)) return fail(queue_fault::ring_unreadable);
         const auto pending = static_cast<std::uint16_t>(avail_idx - last_avail_);
-        if (pending == 0) return std::nullopt;
+        if (pending == 0) return false;
         if (pending > q_.size) return fail(queue_fault::avail_idx_jump);
         std::atomic_thread_fence(std::memory_order_acquire);  // ring entries after idx
 
         std::uint16_t head = 0;
-        if (!detail::load16(*mem_, q_.avail.value + 4 + 2 * std::uint64_t{slot(last_avail_)}, head))
+        if (!avail_.load16(*mem_, 4 + 2 * std::uint64_t{slot(last_avail_)}, head))
             return fail(queue_fault::ring_unreadable);
         ++last_avail_;
         ++chains_;
-        popped p;
-        p.c.head = head;
+        into.c.head = head;
+        into.c.readable.clear();
+        into.c.writable.clear();
+        into.c.writable_len = 0;
+        into.error = chain_error::none;
         if (head >= q_.size) {
             ++malformed_;
             fault_ = queue_fault::head_out_of_range;
-            p.error = chain_error::head_out_of_range;
-            return p;
+            into.error = chain_error::head_out_of_range;
+            return true;
         }
-        p.error = walk(head, p.c);
-        if (p.error != chain_error::none) {
+        into.error = walk(head, into.c);
+        if (into.error != chain_error::none) {
             ++malformed_;
-            p.c.readable.clear();
-            p.c.writable.clear();
-            p.c.writable_len = 0;
+            into.c.readable.clear();
+            into.c.writable.clear();
+            into.c.writable_len = 0;
         }
-        return p;
+        return true;
     }
 
     /// Scatter `bytes` into `c`'s writable segments starting `offset` bytes into them. False,
@@ -357,14 +423,14 @@ public:
         vring_used_elem e;
         e.id = head;
         e.len = len;
-        if (!mem_->write(pa_t{q_.used.value + 4 + 8 * std::uint64_t{slot(used_idx_)}}, &e, sizeof e)) {
+        if (!used_.write(*mem_, 4 + 8 * std::uint64_t{slot(used_idx_)}, &e, sizeof e)) {
             fault_ = queue_fault::ring_unreadable;
             return;
         }
         std::atomic_thread_fence(std::memory_order_release);  // element before idx
         ++used_idx_;
         ++pushed_since_notify_;
-        if (!detail::store16(*mem_, q_.used.value + 2, used_idx_)) fault_ = queue_fault::ring_unreadable;
+        if (!used_.store16(*mem_, 2, used_idx_)) fault_ = queue_fault::ring_unreadable;
     }
 
     /// Whether the driver must get a used buffer notification for the elements pushed since
@@ -384,16 +450,16 @@ public:
         bool notify = false;
         if (f_.event_idx) {
             std::uint16_t used_event = 0;
-            if (!detail::load16(*mem_, q_.avail.value + 4 + 2 * std::uint64_t{q_.size}, used_event)) {
+            if (!avail_.load16(*mem_, 4 + 2 * std::uint64_t{q_.size}, used_event)) {
                 fault_ = queue_fault::ring_unreadable;
                 return false;
             }
             notify = pushed >= 65536 || (pushed != 0 && need_event(used_event, used_idx_, old_idx));
-            detail::store16(*mem_, q_.used.value + 4 + 8 * std::uint64_t{q_.size}, last_avail_);
+            used_.store16(*mem_, 4 + 8 * std::uint64_t{q_.size}, last_avail_);
             std::atomic_thread_fence(std::memory_order_seq_cst);  // avail_event before re-reading avail idx
         } else if (pushed != 0) {
             std::uint16_t flags = 0;
-            if (!detail::load16(*mem_, q_.avail.value, flags)) {
+            if (!avail_.load16(*mem_, 0, flags)) {
                 fault_ = queue_fault::ring_unreadable;
                 return false;
             }
@@ -406,7 +472,7 @@ public:
     /// kick). With EVENT_IDX the device must keep flags 0: does nothing.
     void set_no_notify(bool on) {
         if (broken() || f_.event_idx) return;
-        detail::store16(*mem_, q_.used.value, on ? vring_used_f_no_notify : std::uint16_t{0});
+        used_.store16(*mem_, 0, on ? vring_used_f_no_notify : std::uint16_t{0});
     }
 
     /// The queue needs a reset (DEVICE_NEEDS_RESET): nothing is popped or pushed any more.
@@ -423,9 +489,9 @@ public:
     queue_features features() const noexcept { return f_; }
 
 private:
-    std::nullopt_t fail(queue_fault why) noexcept {
+    bool fail(queue_fault why) noexcept {
         fault_ = why;
-        return std::nullopt;
+        return false;
     }
     std::uint16_t slot(std::uint16_t idx) const noexcept { return static_cast<std::uint16_t>(idx & (q_.size - 1)); }
 
@@ -442,7 +508,9 @@ private:
             if (count >= q_.size || (in_indirect && in_table >= entries)) return chain_error::loop_or_too_long;
             if (in_indirect) ++in_table;
             vring_desc d;
-            if (!mem_->read(pa_t{table + 16 * std::uint64_t{i}}, &d, sizeof d)) return chain_error::outside_memory;
+            const bool got = in_indirect ? mem_->read(pa_t{table + 16 * std::uint64_t{i}}, &d, sizeof d)
+                                         : desc_.read(*mem_, 16 * std::uint64_t{i}, &d, sizeof d);  // i < size
+            if (!got) return chain_error::outside_memory;
             const std::uint16_t flags = d.flags;
             const std::uint64_t addr = d.addr;
             const std::uint32_t len = d.len;
@@ -486,6 +554,7 @@ private:
     M* mem_;
     queue_layout q_;
     queue_features f_;
+    detail::ring_part<M> desc_, avail_, used_;  ///< set when the layout is valid
     std::uint32_t max_readable_;
     queue_fault fault_ = queue_fault::none;
     std::uint16_t last_avail_ = 0;
@@ -516,7 +585,8 @@ public:
         std::uint32_t len = 0;
     };
 
-    /// A queue over `mem` (which must outlive it) at `q` with the negotiated ring features.
+    /// A queue over `mem` (which must outlive it and keep its bytes where they are) at `q`
+    /// with the negotiated ring features.
     /// Zero-fills the descriptor table and both rings (event fields included with EVENT_IDX).
     /// A layout failing `valid_layout` gives a `broken()` queue that adds nothing. Throws only
     /// std::bad_alloc.
@@ -534,6 +604,9 @@ public:
         mem.write(q.desc, zero.data(), 16 * std::uint64_t{q.size});
         mem.write(q.avail, zero.data(), avail_bytes(q.size, f.event_idx));
         mem.write(q.used, zero.data(), used_bytes(q.size, f.event_idx));
+        desc_ = {mem, q.desc.value, 16 * std::uint64_t{q.size}};
+        avail_ = {mem, q.avail.value, avail_bytes(q.size, f.event_idx)};
+        used_ = {mem, q.used.value, used_bytes(q.size, f.event_idx)};
     }
 
     /// Make one request available: `bufs` in order (every readable one before every writable
@@ -561,7 +634,7 @@ public:
             d.addr = indirect_table.value;
             d.len = static_cast<std::uint32_t>(table_bytes);
             d.flags = vring_desc_f_indirect;
-            mem_->write(desc_at(head), &d, sizeof d);
+            desc_.write(*mem_, 16 * std::uint64_t{head}, &d, sizeof d);
             free_head_ = next_[head];
             num_free_ = static_cast<std::uint16_t>(num_free_ - 1);
             chain_len_[head] = 1;
@@ -571,18 +644,18 @@ public:
             for (std::size_t k = 0; k < bufs.size(); ++k) {
                 const bool last = k + 1 == bufs.size();
                 const vring_desc d = make(bufs[k], last ? 0 : next_[i], !last);
-                mem_->write(desc_at(i), &d, sizeof d);
+                desc_.write(*mem_, 16 * std::uint64_t{i}, &d, sizeof d);
                 i = next_[i];
             }
             free_head_ = i;
             num_free_ = static_cast<std::uint16_t>(num_free_ - bufs.size());
             chain_len_[head] = static_cast<std::uint16_t>(bufs.size());
         }
-        detail::store16(*mem_, q_.avail.value + 4 + 2 * std::uint64_t{slot(avail_idx_)}, head);
+        avail_.store16(*mem_, 4 + 2 * std::uint64_t{slot(avail_idx_)}, head);
         std::atomic_thread_fence(std::memory_order_release);  // descriptors and ring entry before idx
         ++avail_idx_;
         ++added_since_kick_;
-        detail::store16(*mem_, q_.avail.value + 2, avail_idx_);
+        avail_.store16(*mem_, 2, avail_idx_);
         return head;
     }
 
@@ -593,14 +666,14 @@ public:
     std::optional<used_elem> get_used() {
         if (broken_) return std::nullopt;
         std::uint16_t used_idx = 0;
-        if (!detail::load16(*mem_, q_.used.value + 2, used_idx) || used_idx == last_used_) return std::nullopt;
+        if (!used_.load16(*mem_, 2, used_idx) || used_idx == last_used_) return std::nullopt;
         if (static_cast<std::uint16_t>(used_idx - last_used_) > q_.size) {
             broken_ = true;
             return std::nullopt;
         }
         std::atomic_thread_fence(std::memory_order_acquire);  // element after idx
         vring_used_elem e;
-        mem_->read(pa_t{q_.used.value + 4 + 8 * std::uint64_t{slot(last_used_)}}, &e, sizeof e);
+        used_.read(*mem_, 4 + 8 * std::uint64_t{slot(last_used_)}, &e, sizeof e);
         ++last_used_;
         const std::uint32_t id = e.id;
         if (id >= q_.size || chain_len_[id] == 0) {
@@ -620,13 +693,13 @@ public:
     /// notify). With EVENT_IDX the driver must keep flags 0: does nothing.
     void set_no_interrupt(bool on) {
         if (broken_ || f_.event_idx) return;
-        detail::store16(*mem_, q_.avail.value, on ? vring_avail_f_no_interrupt : std::uint16_t{0});
+        avail_.store16(*mem_, 0, on ? vring_avail_f_no_interrupt : std::uint16_t{0});
     }
     /// With EVENT_IDX: write used_event (notify me once used idx passes `event`). Does nothing
     /// without EVENT_IDX (the field has no room then).
     void set_used_event(std::uint16_t event) {
         if (broken_ || !f_.event_idx) return;
-        detail::store16(*mem_, q_.avail.value + 4 + 2 * std::uint64_t{q_.size}, event);
+        avail_.store16(*mem_, 4 + 2 * std::uint64_t{q_.size}, event);
     }
 
     /// Whether the device must be notified of the chains added since the last call (false
@@ -642,10 +715,10 @@ public:
         if (added == 0) return false;
         std::uint16_t v = 0;
         if (f_.event_idx) {
-            if (!detail::load16(*mem_, q_.used.value + 4 + 8 * std::uint64_t{q_.size}, v)) return true;
+            if (!used_.load16(*mem_, 4 + 8 * std::uint64_t{q_.size}, v)) return true;
             return added >= 65536 || need_event(v, avail_idx_, old_idx);
         }
-        if (!detail::load16(*mem_, q_.used.value, v)) return true;
+        if (!used_.load16(*mem_, 0, v)) return true;
         return (v & vring_used_f_no_notify) == 0;
     }
 
@@ -659,7 +732,6 @@ public:
 
 private:
     std::uint16_t slot(std::uint16_t idx) const noexcept { return static_cast<std::uint16_t>(idx & (q_.size - 1)); }
-    pa_t desc_at(std::uint16_t i) const noexcept { return pa_t{q_.desc.value + 16 * std::uint64_t{i}}; }
     static vring_desc make(const buffer& b, std::uint16_t next, bool has_next) noexcept {
         vring_desc d;
         d.addr = b.addr.value;
@@ -672,6 +744,7 @@ private:
     M* mem_;
     queue_layout q_;
     queue_features f_;
+    detail::ring_part<M> desc_, avail_, used_;  ///< set when the layout is valid
     bool broken_ = false;
     std::vector<std::uint16_t> next_;       // free-list and chain links (host side, trusted)
     std::vector<std::uint16_t> chain_len_;  // per head: descriptors of the chain in flight, 0 if none
