@@ -346,16 +346,16 @@ public:
     /// request" (MAP and UNMAP: "only available when VIRTIO_IOMMU_F_MAP_UNMAP has been
     /// negotiated", 5.13.6.5; PROBE and PROBE_TABLE / ATTACH_TABLE / INVALIDATE alike).
     ///
-    /// GROUPED negotiated: a head with G set starts a group (`on_group`); for the requests
-    /// answered by a tail alone, L without G or a head bit 10–31 set is INVAL. Not negotiated:
+    /// GROUPED negotiated: a head with G set starts a group (`on_group`); for the types a group
+    /// may hold (`groupable`), L without G or a head bit 10–31 set is INVAL. Not negotiated:
     /// the head's bytes above the type are ignored, as before.
     std::uint32_t handle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         if (in.size() < sizeof(req_head)) return unanswered(in.empty() ? 0 : in[0]);
         const std::uint8_t type = in[0];
         if (negotiated(f_grouped)) {
-            const std::uint32_t word = load_le32(in, 0);
+            const std::uint32_t word = detail::load<std::uint32_t>(in, 0);
             if ((word & req_f_group) != 0) return on_group(in, out);
-            if ((word & ~std::uint32_t{0xff}) != 0 && tail_only(type)) {
+            if ((word & ~std::uint32_t{0xff}) != 0 && groupable(type)) {
                 if (out.size() < sizeof(req_tail)) return unanswered(type);
                 return answer(out, 0, type, status::inval);
             }
@@ -748,7 +748,7 @@ private:
             m.domain = r.domain;
             m.virt_start = start + std::uint64_t{i} * size;
             m.virt_end = start + std::uint64_t{i} * size + (size - 1);
-            m.phys_start = load_le64(in, sizeof(req_map_sg) + std::size_t{i} * 8);
+            m.phys_start = detail::load<std::uint64_t>(in, sizeof(req_map_sg) + std::size_t{i} * 8);
             m.flags = r.flags;
             s = on_map(m);
         }
@@ -761,20 +761,6 @@ private:
         return s;
     }
 
-    /// Whether a request of `type` is answered by a tail alone (the requests a group may hold,
-    /// ATTACH_TABLE and INVALIDATE).
-    static bool tail_only(std::uint8_t type) noexcept {
-        switch (static_cast<req_type>(type)) {
-        case req_type::attach:
-        case req_type::detach:
-        case req_type::map:
-        case req_type::unmap:
-        case req_type::map_sg: return true;
-        case req_type::attach_table:
-        case req_type::invalidate: return false;  // their refusals when not offered come first
-        default: return false;
-        }
-    }
     /// The readable length of a group member at `at` (its head already read), or 0 when it
     /// may not be in a group or does not fit.
     std::size_t member_length(std::span<const std::uint8_t> in, std::size_t at, std::uint8_t type) const noexcept {
@@ -786,7 +772,8 @@ private:
         case req_type::unmap: len = offsetof(req_unmap, tail); break;
         case req_type::map_sg:
             if (in.size() - at < sizeof(req_map_sg)) return 0;
-            len = sizeof(req_map_sg) + std::size_t{load_le32(in, at + offsetof(req_map_sg, nr_elems))} * 8;
+            len = sizeof(req_map_sg) +
+                  std::size_t{detail::load<std::uint32_t>(in, at + offsetof(req_map_sg, nr_elems))} * 8;
             break;
         default: return 0;
         }
@@ -812,7 +799,7 @@ private:
         bool last = false;
         while (!last) {
             if (in.size() - at < sizeof(req_head)) return answer(out, 0, first_type, status::inval);
-            const std::uint32_t word = load_le32(in, at);
+            const std::uint32_t word = detail::load<std::uint32_t>(in, at);
             const auto type = static_cast<std::uint8_t>(word & 0xff);
             if ((word & req_f_group) == 0 || (word & ~(std::uint32_t{0xff} | req_f_mask)) != 0)
                 return answer(out, 0, first_type, status::inval);
@@ -939,13 +926,6 @@ private:
             }
             steps.pop_back();
         }
-    }
-    static std::uint32_t load_le32(std::span<const std::uint8_t> b, std::size_t at) noexcept {
-        return std::uint32_t{b[at]} | std::uint32_t{b[at + 1]} << 8 | std::uint32_t{b[at + 2]} << 16 |
-               std::uint32_t{b[at + 3]} << 24;
-    }
-    static std::uint64_t load_le64(std::span<const std::uint8_t> b, std::size_t at) noexcept {
-        return std::uint64_t{load_le32(b, at)} | std::uint64_t{load_le32(b, at + 4)} << 32;
     }
 
     /// PROBE (5.13.6.7, properties 5.13.6.8): not offered → unanswered; the readable part must be the 72 bytes;

@@ -76,12 +76,6 @@ request make_request(const R& r, std::size_t readable, std::uint32_t writable) {
     out.writable_len = writable;
     return out;
 }
-template <class T>
-T load(std::span<const std::uint8_t> in, std::size_t at) noexcept {
-    le<T> v;
-    std::memcpy(v.bytes.data(), in.data() + at, sizeof(T));
-    return v.get();
-}
 constexpr std::uint64_t bit(unsigned n) noexcept { return std::uint64_t{1} << n; }
 } // namespace detail
 
@@ -203,19 +197,6 @@ inline request map_sg_request(std::uint32_t domain, std::uint64_t virt_start, st
         at += sizeof v;
     }
     return out;
-}
-
-/// The request types a group may hold (README.md "Fast protocol"): ATTACH, DETACH, MAP, UNMAP,
-/// MAP_SG. The device refuses a group holding another (INVAL, nothing done).
-constexpr bool groupable(std::uint8_t type) noexcept {
-    switch (static_cast<req_type>(type)) {
-    case req_type::attach:
-    case req_type::detach:
-    case req_type::map:
-    case req_type::unmap:
-    case req_type::map_sg: return true;
-    default: return false;
-    }
 }
 
 /// One grouped chain (feature GROUPED; README.md "Fast protocol") of `parts` in order: each

@@ -141,14 +141,7 @@ public:
         const auto [b, e, n] = overlap_run(first, last);
         if (n == 1 && b->second.first == first && b->second.last == last) {
             // The same range, another phys or flags (a recycled IOVA): replaced in place.
-            const prot p = map_flags_to_prot(flags);
-            if (p != prot::none) {
-                auto r = table_->replace(typename D::input_address{first}, pa_t{phys}, length_t{len}, p);
-                if (!r) return sharing::to_status(r.error());
-                out.removed = r->removed;
-            } else if (auto s = clear_run(b, e, first, last, out.removed); s != status::ok) {
-                return s;
-            }
+            if (auto s = replace_run(b, e, first, last, phys, flags, out.removed); s != status::ok) return s;
             b->second.phys = phys;
             b->second.flags = flags;
             return status::ok;
@@ -161,15 +154,7 @@ public:
             return status::nomem;
         }
         if (maps_.size() - n + fresh.size() > max_mappings_) return status::nomem;
-        const prot p = map_flags_to_prot(flags);
-        if (p != prot::none) {
-            auto r = table_->replace(typename D::input_address{first}, pa_t{phys}, length_t{len}, p);
-            if (!r) return sharing::to_status(r.error());
-            out.removed = r->removed;
-        } else if (n != 0) {
-            auto s = clear_run(b, e, first, last, out.removed);
-            if (s != status::ok) return s;
-        }
+        if (auto s = replace_run(b, e, first, last, phys, flags, out.removed); s != status::ok) return s;
         maps_.erase(b, e);
         maps_.merge(fresh);
         return status::ok;
@@ -288,6 +273,17 @@ private:
         if (l.first < first) into.emplace(l.first, mapping{l.first, first - 1, l.phys, l.flags});
         const mapping& r = std::prev(e)->second;
         if (r.last > last) into.emplace(last + 1, mapping{last + 1, r.last, r.phys + (last + 1 - r.first), r.flags});
+    }
+    /// The table under [first, last] becomes the new mapping's: the engine's all-or-nothing
+    /// replace, or, for a mapping without READ/WRITE, the run's translation removed.
+    virtio::status replace_run(iterator b, iterator e, std::uint64_t first, std::uint64_t last, std::uint64_t phys,
+                               std::uint32_t flags, std::uint64_t& removed) {
+        const prot p = map_flags_to_prot(flags);
+        if (p == prot::none) return clear_run(b, e, first, last, removed);
+        auto r = table_->replace(typename D::input_address{first}, pa_t{phys}, length_t{last - first + 1}, p);
+        if (!r) return sharing::to_status(r.error());
+        removed = r->removed;
+        return status::ok;
     }
     /// Unmaps the table under the run's part of [first, last] (one all-or-nothing unmap that
     /// splits leaves crossing the ends).

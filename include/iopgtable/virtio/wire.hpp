@@ -8,6 +8,8 @@
 /// against <linux/virtio_iommu.h> in the tests.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <span>
 #include <string_view>
 
 #include "../core/le.hpp"
@@ -256,6 +258,30 @@ struct req_invalidate {
     std::uint8_t opaque[64]{};
     req_tail tail;
 };
+
+/// The request types a group may hold (README.md "Fast protocol"): ATTACH, DETACH, MAP, UNMAP,
+/// MAP_SG. The device refuses a group holding another (INVAL, nothing done); the driver builds
+/// what it is given.
+constexpr bool groupable(std::uint8_t type) noexcept {
+    switch (static_cast<req_type>(type)) {
+    case req_type::attach:
+    case req_type::detach:
+    case req_type::map:
+    case req_type::unmap:
+    case req_type::map_sg: return true;
+    default: return false;
+    }
+}
+
+namespace detail {
+/// The little-endian T at byte `at` of `in` (the caller has checked that it fits).
+template <class T>
+T load(std::span<const std::uint8_t> in, std::size_t at) noexcept {
+    le<T> v;
+    std::memcpy(v.bytes.data(), in.data() + at, sizeof(T));
+    return v.get();
+}
+} // namespace detail
 
 static_assert(sizeof(req_head) == 4 && sizeof(req_tail) == 4);
 static_assert(sizeof(config) == 40 && offsetof(config, bypass) == 36);
