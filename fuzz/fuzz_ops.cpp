@@ -82,19 +82,32 @@ struct dump_entry {
     std::uint64_t entry_address;
 };
 
-/// Guest RAM of one size at one base, kept across inputs and cleared (guest_ram::clear) after
-/// each: a new buffer per input cost page faults on every table page it touched. At most
-/// `max_kept` RAMs are kept (then all are dropped and the cache starts again).
-guest_ram& ram_for(std::uint64_t size, std::uint64_t base) {
-    constexpr std::size_t max_kept = 64;
-    static std::map<std::pair<std::uint64_t, std::uint64_t>, std::unique_ptr<guest_ram>> kept;
-    const std::pair key{size, base};
-    auto it = kept.find(key);
-    if (it == kept.end()) {
-        if (kept.size() >= max_kept) kept.clear();
-        it = kept.emplace(key, std::make_unique<guest_ram>(size, pa_t{base})).first;
-    }
-    return *it->second;
+/// Buffers every input needs, kept across inputs (cleared, capacity kept): made afresh per input,
+/// their growth was a new ASan allocation, and new pages, each time.
+struct scratch_buffers {
+    hook_log log;
+    std::vector<dump_entry> dump;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> leaves, removed;
+};
+scratch_buffers& scratch() {
+    static scratch_buffers b;
+    return b;
+}
+
+/// Guest RAM for the tables: one region per base the input can pick (at 0, at 1 GiB, ending at
+/// 4 GiB), `region_size` bytes each, made once and kept. An input's tables come from a pool
+/// window of its own size inside one region (guest_ram::set_table_pool, which also resets the
+/// allocator): no RAM is made or cleared per input. Before, one RAM per (size, base), cleared
+/// with a memset after every input and dropped when 64 were kept, spent a third of the time in
+/// page faults and clearing. Tables are zero-filled when allocated, and the engine writes only
+/// inside its tables (checked: every entry address lies in the pool), so what an earlier input
+/// left outside the pool is never read.
+constexpr std::uint64_t region_size = std::uint64_t{8} << 20;
+constexpr std::uint64_t region_base[3] = {0, std::uint64_t{1} << 30, (std::uint64_t{1} << 32) - region_size};
+guest_ram& region(unsigned which) {
+    static guest_ram regions[3] = {guest_ram{region_size, pa_t{region_base[0]}}, guest_ram{region_size, pa_t{region_base[1]}},
+                                   guest_ram{region_size, pa_t{region_base[2]}}};
+    return regions[which];
 }
 
 /// Set of tables, as (level, input address >> span of a table at that level).
@@ -108,6 +121,8 @@ public:
     using word = typename F::word;
 
     ops_run(const typename F::config& cfg, const geometry& geo, byte_reader& in) : in_(in), cfg_(cfg), geo_(geo) {
+        log_.clear();
+        log_.flush_all = 0;
         for (unsigned b = 0; b < 64; ++b)
             if ((geo_.pgsize_bitmap >> b) & 1) sizes_.push_back(b);
         minp_ = lg2_to_size(sizes_.front());
@@ -153,12 +168,18 @@ private:
         first_table_ = (top_alloc_ + table_size_ - 1) & ~(table_size_ - 1);
         const std::uint64_t ram_size = first_table_ + tables_ * table_size_;
         std::uint64_t base = 0;
-        switch (in_.u8() % 3) {
+        const unsigned which = in_.u8() % 3;
+        switch (which) {
         case 0: base = 0; break;
         case 1: base = std::uint64_t{1} << 30; break;
         case 2: base = ((std::uint64_t{1} << 32) - ram_size) & ~(align - 1); break;
         }
-        ram_ = &ram_for(ram_size, base);
+        ram_ = &region(which);
+        FUZZ_CHECK(base >= region_base[which] && ram_size <= region_size && base - region_base[which] <= region_size - ram_size,
+                   "%s: a pool of %" PRIu64 " bytes at %#" PRIx64 " does not fit its RAM region", describe(), ram_size, base);
+        FUZZ_CHECK(ram_->bytes_in_use() == 0, "%s: the RAM region still holds tables", describe());
+        ram_->set_table_pool(pa_t{base}, ram_size);
+        pool_ = {base, ram_size};
         auto t = table::create(cfg_, *ram_, log_.hooks());
         FUZZ_CHECK(t.ok(), "%s: create failed: %s", describe(), err_name(t.error()));
         pt_.emplace(std::move(t.value()));
@@ -263,8 +284,8 @@ private:
     void snapshot_dump(std::vector<dump_entry>& out, std::uint64_t lo, std::uint64_t hi) {
         out.clear();
         auto r = pt_->visit(input{lo}, input{hi}, [&](const leaf_entry<F>& e) {
-            FUZZ_CHECK(ram_->contains(e.entry_address, sizeof(word)) && e.entry_address.value % sizeof(word) == 0,
-                       "%s: entry at %#" PRIx64 " outside RAM", ctx_, e.entry_address.value);
+            FUZZ_CHECK(pool_.contains(e.entry_address, sizeof(word)) && e.entry_address.value % sizeof(word) == 0,
+                       "%s: entry at %#" PRIx64 " outside its table pool", ctx_, e.entry_address.value);
             out.push_back({e.iova, e.level, e.size_lg2, static_cast<std::uint64_t>(e.raw), e.entry_address.value});
             return true;
         });
@@ -372,7 +393,7 @@ private:
                        ctx_, va, int(w.status));
             return;
         }
-        FUZZ_CHECK(ram_->contains(w.entry_address, sizeof(word)), "%s: lookup(%#" PRIx64 ") entry %#" PRIx64 " outside RAM",
+        FUZZ_CHECK(pool_.contains(w.entry_address, sizeof(word)), "%s: lookup(%#" PRIx64 ") entry %#" PRIx64 " outside its table pool",
                    ctx_, va, w.entry_address.value);
         FUZZ_CHECK(w.accesses == geo_.levels - w.level, "%s: lookup(%#" PRIx64 ") stopped at level %u after %u reads",
                    ctx_, va, w.level, w.accesses);
@@ -572,7 +593,8 @@ private:
             return;
         }
         for (std::uint64_t b : bounds) model_.split(geo_.pgsize_bitmap, b);
-        std::vector<std::pair<std::uint64_t, std::uint64_t>> removed;
+        auto& removed = scratch().removed;
+        removed.clear();
         model_.remove_inside(va, last, [&](std::uint64_t lva, const model_leaf& l) {
             removed.emplace_back(lva, lg2_to_size(l.lg2));
         });
@@ -587,7 +609,8 @@ private:
     /// Every leaf removed is reported (leaf_removed, or inside a walk_flush range); nothing else
     /// is; no walk_flush range holds a leaf that is still mapped.
     void check_hooks_after_removal(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& removed) {
-        auto leaves = log_.leaves;
+        auto& leaves = scratch().leaves;
+        leaves.assign(log_.leaves.begin(), log_.leaves.end());
         std::sort(leaves.begin(), leaves.end());
         FUZZ_CHECK(std::adjacent_find(leaves.begin(), leaves.end()) == leaves.end(), "%s: a leaf reported twice", ctx_);
         for (auto& l : leaves)
@@ -657,7 +680,8 @@ private:
         auto r = pt_->unmap(input{0}, length_t{lg2_to_size(geo_.ias)});
         FUZZ_CHECK(r.ok() && r->value == model_.mapped_bytes(), "%s: got %s %#" PRIx64 ", model says %#" PRIx64, ctx_,
                    result_name(r), r.ok() ? r->value : 0, model_.mapped_bytes());
-        std::vector<std::pair<std::uint64_t, std::uint64_t>> removed;
+        auto& removed = scratch().removed;
+        removed.clear();
         model_.remove_inside(0, low_mask(geo_.ias), [&](std::uint64_t va, const model_leaf& l) {
             removed.emplace_back(va, lg2_to_size(l.lg2));
         });
@@ -672,7 +696,6 @@ private:
         FUZZ_CHECK(log_.flush_all == 1, "%s: destruction called flush_all %u times", ctx_, log_.flush_all);
         FUZZ_CHECK(ram_->bytes_in_use() == 0, "%s: %" PRIu64 " RAM bytes still in use after destruction", ctx_,
                    ram_->bytes_in_use());
-        FUZZ_CHECK(ram_->clear(), "%s: RAM could not be cleared for the next input", ctx_);
     }
 
     byte_reader& in_;
@@ -686,10 +709,15 @@ private:
     unsigned window_lg2_ = 0;
     std::uint64_t window_base_ = 0;
     guest_ram* ram_ = nullptr;
-    hook_log log_;
+    /// The input's table pool [first, first + bytes) inside *ram_: all the RAM its tables may use.
+    struct {
+        std::uint64_t first = 0, bytes = 0;
+        bool contains(pa_t a, std::uint64_t len) const { return a.value >= first && a.value - first <= bytes - len; }
+    } pool_;
+    hook_log& log_ = scratch().log;
     std::optional<table> pt_;
     leaf_model model_;
-    std::vector<dump_entry> scratch_;
+    std::vector<dump_entry>& scratch_ = scratch().dump;
     std::uint64_t check_lo_ = 0, check_hi_ = ~std::uint64_t{0};  ///< what check_state compares
     unsigned op_ = 0;
     bool trace_ = false;
