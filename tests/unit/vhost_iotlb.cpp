@@ -736,6 +736,23 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
     std::atomic<bool> failed{false};
     std::thread backend(backend_thread, backend_end.fd(), std::ref(mu), std::ref(cv), std::ref(order), std::ref(done),
                         std::ref(failed));
+    // However the test ends (a failed REQUIRE throws), the backend is told to quit and joined.
+    struct stopper {
+        std::thread& t;
+        std::mutex& mu;
+        std::condition_variable& cv;
+        std::optional<dma_order>& order;
+        ~stopper() {
+            {
+                std::lock_guard lk(mu);
+                order = dma_order{0, 0, 0, 0, true};
+            }
+            cv.notify_all();
+            t.join();
+        }
+    };
+    std::optional<stopper> stop;
+    stop.emplace(backend, mu, cv, order);
 
     auto send = [&](const bytes& in) {
         std::array<std::uint8_t, 4> out{};
@@ -796,12 +813,7 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
         }
         (void)m.take_events();
     }
-    {
-        std::lock_guard lk(mu);
-        order = dma_order{0, 0, 0, 0, true};
-    }
-    cv.notify_all();
-    backend.join();
+    stop.reset();
     CHECK_FALSE(failed);
     CHECK(dmas == 1200);
     CHECK(hits > 100);  // the cache was used, so staleness was possible
