@@ -24,11 +24,13 @@
 ///   partial frame; the stream's own bounds (memory_stream's capacity, socket_stream's write
 ///   timeout). A write the stream refuses breaks the service (see `vhost_iotlb_service`).
 ///
-/// Not thread-safe, like the device: `poll` runs where the device's requests run.
+/// Not thread-safe, like the device: `poll` runs where the device's requests run. POSIX:
+/// socket_stream uses socketpair/send/recv/poll (MSG_NOSIGNAL: Linux).
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
