@@ -329,7 +329,10 @@ public:
             case sc::range: hit = h.domain && *h.domain == what.id && h.first <= what.last && what.first <= h.last; break;
             }
             if (hit && state_ == state::open) send_invalidate(h);
-            if (!hit) ranges_[keep++] = h;
+            if (!hit) {
+                if (keep != i) ranges_[keep] = h;
+                ++keep;
+            }
         }
         ranges_.resize(keep);
         if (state_ != state::open) ranges_.clear();
@@ -442,13 +445,17 @@ private:
     /// Records a range handed out; when full (per endpoint or in all), the oldest of the
     /// endpoint (or in all) is invalidated first, then forgotten.
     void remember(const held& h) {
-        for (const held& o : ranges_)
-            if (o.ep == h.ep && o.domain == h.domain && o.first == h.first && o.last == h.last && o.uaddr == h.uaddr &&
-                o.perm == h.perm && o.version == h.version) {
+        std::size_t of_ep = 0;  // one pass: a repeat, and how many the endpoint holds
+        for (const held& o : ranges_) {
+            if (o.ep != h.ep) continue;
+            ++of_ep;
+            if (o.first == h.first && o.last == h.last && o.uaddr == h.uaddr && o.perm == h.perm &&
+                o.version == h.version && o.domain == h.domain) {
                 ++stats_.repeats;
                 return;
             }
-        const bool ep_full = ranges_of(h.ep) >= set_.max_ranges_per_endpoint;
+        }
+        const bool ep_full = of_ep >= set_.max_ranges_per_endpoint;
         if (ep_full || ranges_.size() >= set_.max_ranges) {
             auto victim = ranges_.begin();  // oldest first: ranges_ is in hand-out order
             if (ep_full) victim = std::find_if(ranges_.begin(), ranges_.end(), [&](const held& o) { return o.ep == h.ep; });
