@@ -30,6 +30,13 @@
 /// Every request is built and sent by the guest's `driver` (driver.hpp) over the machine's
 /// requestq, so every mode pays the same guest-side costs.
 ///
+/// `dma/net_vhost/<mode>`, `dma/net_recycled_vhost/<mode>`: the same network shapes, but the
+/// DMA is a vhost backend's (virtio/vhost_iotlb.hpp): it looks the page up in its own cache
+/// (`backend_cache`, 256 ranges) and on a miss sends a MISS through an in-memory stream to the
+/// device's vhost IOTLB service and caches the UPDATE; every INVALIDATE the service sends is
+/// applied before the next DMA. Counters add `backend_hit_rate` (cache hits / DMAs),
+/// `vhost_misses` and `vhost_invalidates` per DMA page.
+///
 /// Counters per DMA page: `requests` (descriptor chains sent), `descriptors` (each chain here
 /// is two: the readable part and the tail), `invalidations` (IOTLB invalidations the device
 /// performed), `ns_per_page` (all of it: guest, requests and translations).
@@ -45,6 +52,7 @@
 
 #include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "format_benches.hpp"
 
@@ -87,6 +95,50 @@ struct dma_vm {
         ++chains;
         return st == status::ok;
     }
+
+    /// The vhost backend's side, when the DMA is a vhost backend's (`enable_vhost`).
+    struct vhost_side {
+        vhost::memory_stream stream{1u << 20};
+        std::optional<vhost::vhost_iotlb_service<arm_host, vhost::memory_stream>> service;
+        vhost::backend_cache cache{256};
+        std::uint64_t dmas = 0, misses = 0, invalidates = 0;
+        /// Applies what the service wrote; returns the last reply (UPDATE / ACCESS_FAIL) if any.
+        std::optional<vhost::frame> apply() {
+            std::optional<vhost::frame> reply;
+            const auto b = stream.take();
+            for (std::size_t at = 0; at + vhost::frame_size <= b.size(); at += vhost::frame_size) {
+                const auto f = vhost::decode(std::span<const std::uint8_t, vhost::frame_size>(b.data() + at, vhost::frame_size));
+                cache.apply(f);
+                if (f.msg.type == vhost::iotlb_invalidate) ++invalidates;
+                else reply = f;
+            }
+            return reply;
+        }
+    };
+    std::unique_ptr<vhost_side> vh;
+    void enable_vhost() {
+        vh = std::make_unique<vhost_side>();
+        const std::uint64_t base = m->guest().hpa_base(), size = m->guest().size();
+        vh->service.emplace(m->dev(), vh->stream, [base, size](std::uint64_t hpa, std::uint64_t len) -> std::optional<std::uint64_t> {
+            if (hpa < base || hpa - base >= size || len > size - (hpa - base)) return std::nullopt;
+            return 0x7f0000000000 + (hpa - base);
+        });
+    }
+    /// The backend's DMA of one page: its cache, or a MISS answered by the service.
+    bool vhost_dma(std::uint64_t iova) {
+        auto& s = *vh;
+        ++s.dmas;
+        (void)s.apply();  // INVALIDATEs the last requests sent
+        if (auto u = s.cache.lookup(0, iova, vhost::access_wo)) {
+            benchmark::DoNotOptimize(*u);
+            return true;
+        }
+        ++s.misses;
+        const auto f = vhost::encode(vhost::frame{vhost::msg_v2, 0, vhost::iotlb_msg{iova, 0, 0, vhost::access_wo, vhost::iotlb_miss}});
+        if (!s.stream.push(f) || s.service->poll() != 1) return false;
+        const auto reply = s.apply();
+        return reply && reply->msg.type == vhost::iotlb_update;
+    }
     static std::uint64_t now_ns() {
         return static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
@@ -106,6 +158,11 @@ struct dma_vm {
     std::uint64_t requests() const { return chains + unmapper->stats().requests; }
     /// Translates [iova, iova + len) for a device write, as many calls as it takes.
     bool dma(std::uint64_t iova, std::uint64_t len) {
+        if (vh) {
+            for (std::uint64_t at = 0; at < len; at += page)
+                if (!vhost_dma(iova + at)) return false;
+            return true;
+        }
         auto& dev = m->dev();
         while (len != 0) {
             const dma_result r = dev.translate(0, iova, len, nested::access_kind::write);
@@ -132,9 +189,10 @@ void report(benchmark::State& st, const dma_vm& v, std::uint64_t pages, std::uin
 }
 
 /// 16 packets per timed batch round (the MAP_SG / group size), 256 per batch.
-void net(benchmark::State& st, mode md, bool recycled) {
+void net(benchmark::State& st, mode md, bool recycled, bool vhost_backend = false) {
     dma_vm v(md);
     if (!v.m || !v.ok(v.drv->attach(1, 0))) return fail(st, "setup");
+    if (vhost_backend) v.enable_vhost();
     const bool relaxed = md == mode::relaxed || md == mode::relaxed_map_sg;
     constexpr unsigned ring = 256, burst = 16, per_batch = 256;
     std::uint64_t k = 0;
@@ -177,6 +235,7 @@ void net(benchmark::State& st, mode md, bool recycled) {
     };
     run_batch();  // tables in place, the ring populated (relaxed modes)
     const std::uint64_t inv0 = v.m->dev().iotlb_invalidations(), req0 = v.requests();
+    const std::uint64_t vd0 = v.vh ? v.vh->dmas : 0, vm0 = v.vh ? v.vh->misses : 0, vi0 = v.vh ? v.vh->invalidates : 0;
     std::uint64_t pages = 0;
     {
         batch_timer timer(st, recycled ? "recycled 4K buffers over a 256-slot IOVA ring, one DMA each"
@@ -189,6 +248,12 @@ void net(benchmark::State& st, mode md, bool recycled) {
     }
     if (!good) return fail(st, "a request or a DMA failed");
     report(st, v, pages, req0, inv0);
+    if (v.vh && pages != 0) {
+        const double d = static_cast<double>(v.vh->dmas - vd0), miss = static_cast<double>(v.vh->misses - vm0);
+        st.counters["backend_hit_rate"] = d > 0 ? (d - miss) / d : 0;
+        st.counters["vhost_misses"] = miss / static_cast<double>(pages);
+        st.counters["vhost_invalidates"] = static_cast<double>(v.vh->invalidates - vi0) / static_cast<double>(pages);
+    }
 }
 
 void storage(benchmark::State& st, mode md, unsigned n) {
@@ -253,6 +318,11 @@ const bool registered = [] {
         for (bool recycled : {false, true})
             benchmark::RegisterBenchmark((std::string(recycled ? "dma/net_recycled/" : "dma/net/") + name(md)).c_str(),
                                          [md, recycled](benchmark::State& st) { net(st, md, recycled); })
+                ->UseManualTime();
+        for (bool recycled : {false, true})
+            benchmark::RegisterBenchmark(
+                (std::string(recycled ? "dma/net_recycled_vhost/" : "dma/net_vhost/") + name(md)).c_str(),
+                [md, recycled](benchmark::State& st) { net(st, md, recycled, true); })
                 ->UseManualTime();
         for (unsigned n : {16u, 64u, 256u})
             benchmark::RegisterBenchmark((std::string("dma/storage") + std::to_string(n * 4) + "k/" + name(md)).c_str(),

@@ -23,6 +23,7 @@
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "command_line.hpp"
 #include "format_text.hpp"
@@ -34,6 +35,7 @@ namespace iopt {
 namespace vio = iopgtable::virtio;
 namespace sharing = iopgtable::sharing;
 namespace nst = iopgtable::nested;
+namespace vh = iopgtable::virtio::vhost;
 
 // ------------------------------------------------------------------ shared with iopt demo
 
@@ -551,6 +553,17 @@ public:
             emit(m_.guest().write(iopgtable::pa_t{gpa}, word.bytes.data(), 8) ? "ok" : "fault");
         } else if (name == "stats") {
             stats();
+        } else if (name == "vhost_miss") {
+            const std::uint32_t ep = a.hex32(0, "EP");
+            const std::uint64_t iova = a.hex(1);
+            if (a.why) return a.why;
+            const std::uint8_t perm = args[2] == "r" ? vh::access_ro : args[2] == "w" ? vh::access_wo
+                                      : args[2] == "rw"                             ? vh::access_rw
+                                                                                    : 0;
+            if (perm == 0) return "access must be r, w or rw, got '" + std::string(args[2]) + "'";
+            vhost_miss(ep, iova, perm);
+        } else if (name == "vhost_log") {
+            vhost_log();
         } else {
             return "operation '" + std::string(name) + "' is not available here";
         }
@@ -769,7 +782,76 @@ private:
         emit("END");
     }
 
+    // ---- the vhost IOTLB service (virtio.md, "vhost IOTLB service")
+
+    /// The VMM's address of host memory: the guest's RAM slot at vmm_base (virtio.md).
+    static constexpr std::uint64_t vmm_base = 0x7f0000000000;
+    using service_type = vh::vhost_iotlb_service<Host, vh::memory_stream>;
+
+    /// The service, made at the first vhost operation: one backend serving every endpoint
+    /// (asid = endpoint), over an in-memory stream the script's side reads.
+    service_type& service() {
+        if (!service_) {
+            vh::vhost_settings vs;
+            vs.endpoints.clear();
+            for (std::uint32_t ep = 0; ep < m_.dev().settings().endpoints; ++ep) vs.endpoints.push_back(ep);
+            const std::uint64_t base = m_.guest().hpa_base(), size = m_.guest().size();
+            service_ = std::make_unique<service_type>(
+                m_.dev(), vstream_,
+                [base, size](std::uint64_t hpa, std::uint64_t len) -> std::optional<std::uint64_t> {
+                    if (hpa < base || hpa - base >= size || len > size - (hpa - base)) return std::nullopt;
+                    return vmm_base + (hpa - base);
+                },
+                std::move(vs));
+        }
+        return *service_;
+    }
+    static std::string perm_name(std::uint8_t p) {
+        return p == vh::access_ro ? "r" : p == vh::access_wo ? "w" : p == vh::access_rw ? "rw" : to_hex(p);
+    }
+    static std::string range_line(const char* what, const vh::iotlb_msg& m) {
+        return std::string(what) + " iova " + to_hex(m.iova) + " size " + to_hex(m.size) + " uaddr " + to_hex(m.uaddr) +
+               " perm " + perm_name(m.perm);
+    }
+    /// The frames the service wrote since the last call: INVALIDATEs go to the log, the rest
+    /// (replies) are returned.
+    std::vector<vh::frame> collect() {
+        std::vector<vh::frame> replies;
+        const auto b = vstream_.take();
+        for (std::size_t at = 0; at + vh::frame_size <= b.size(); at += vh::frame_size) {
+            const vh::frame f = vh::decode(std::span<const std::uint8_t, vh::frame_size>(b.data() + at, vh::frame_size));
+            if (f.msg.type == vh::iotlb_invalidate) vlog_.push_back(f);
+            else replies.push_back(f);
+        }
+        return replies;
+    }
+    /// A backend's MISS (a v2 frame, asid = EP) through the stream; prints the reply.
+    void vhost_miss(std::uint32_t ep, std::uint64_t iova, std::uint8_t perm) {
+        service_type& svc = service();
+        collect();
+        const auto frame = vh::encode(vh::frame{vh::msg_v2, ep, vh::iotlb_msg{iova, 0, 0, perm, vh::iotlb_miss}});
+        if (svc.current() != service_type::state::open || !vstream_.push(frame) || svc.poll() != 1) return emit("broken");
+        const auto replies = collect();
+        if (replies.size() != 1) return emit("broken");
+        const vh::iotlb_msg& m = replies[0].msg;
+        if (m.type == vh::iotlb_update) return emit(range_line("update", m));
+        if (m.perm == 0) return emit("error");
+        emit("access_fail");
+        for (const auto& ev : m_.take_events()) emit(fault_line(ev));
+    }
+    /// The INVALIDATEs the service sent since the last vhost_log (endpoint = the v2 asid),
+    /// then forgets them.
+    void vhost_log() {
+        if (service_) collect();
+        if (vlog_.empty()) return emit("none");
+        for (const auto& f : vlog_) emit(range_line("invalidate", f.msg) + " endpoint " + std::to_string(f.asid));
+        vlog_.clear();
+    }
+
     machine_type& m_;
+    vh::memory_stream vstream_{1u << 20};
+    std::vector<vh::frame> vlog_;  ///< INVALIDATEs sent since the last vhost_log
+    std::unique_ptr<service_type> service_;  // before the device goes (the session dies first)
     table_memory gmem_;
     std::map<std::uint32_t, guest_table> tables_;  // after gmem_: destroyed before it
     // The guest's deferred unmaps (relaxed mode) on a fake clock the script advances.

@@ -23,7 +23,7 @@ struct fault;
 namespace iopt {
 
 /// The operations of `iopt virtio`, in help order.
-inline constexpr std::array<operation, 25> virtio_operations{{
+inline constexpr std::array<operation, 27> virtio_operations{{
     {"attach", "DOMAIN EP [bypass]", 1u << 2 | 1u << 3, "STATUS used N"},
     {"detach", "DOMAIN EP", 1u << 2, "STATUS used N"},
     {"map", "DOMAIN VSTART VEND PSTART FLAGS", 1u << 5, "STATUS used N"},
@@ -51,6 +51,9 @@ inline constexpr std::array<operation, 25> virtio_operations{{
     {"unmap_deferred", "DOMAIN VSTART VEND", 1u << 3, "sent ... lines, pending N"},
     {"advance", "MICROSECONDS", 1u << 1, "sent ... lines, pending N"},
     {"flush", "", 1u << 0, "sent ... lines, pending N"},
+    // The vhost IOTLB service (virtio.md, "vhost IOTLB service").
+    {"vhost_miss", "EP IOVA r|w|rw", 1u << 3, "update iova I size S uaddr U perm P | access_fail + fault ... | error"},
+    {"vhost_log", "", 1u << 0, "invalidate iova I size S uaddr U perm P endpoint E ... | none"},
 }};
 
 /// Runs `iopt virtio` with the words after `virtio`; reads the script from stdin. Returns the

@@ -153,6 +153,31 @@ struct translate_stats {
     std::uint64_t translations = 0, pages = 0, faults = 0, faults_delivered = 0, faults_dropped = 0;
 };
 
+/// What a change took away from `translate`'s answers, for a `translation_observer`: the
+/// translations of a range of one domain's address space, of a whole domain, of an endpoint
+/// (it changed domain or left one), or of everything. Conservative: it may name more than
+/// actually changed, never less.
+struct translations_removed {
+    enum class scope : std::uint8_t { range, domain, endpoint, all };
+    scope what = scope::all;
+    std::uint32_t id = 0;  ///< the domain (range, domain) or the endpoint (endpoint)
+    std::uint64_t first = 0, last = ~std::uint64_t{0};  ///< range: the IOVAs, inclusive
+};
+
+/// Told by the device, inside the request (or call) that makes the change and before it
+/// completes, whenever translations `translate` gave may no longer hold: UNMAP, a relaxed MAP
+/// that replaced translation, ATTACH moving an endpoint, DETACH, INVALIDATE, ATTACH_TABLE,
+/// a group's rollback, a bypass change (config byte or legacy BYPASS negotiated), reset and
+/// `stage2_changed`. The vhost IOTLB service (vhost_iotlb.hpp) is one. The observer must not
+/// call back into the device's requests.
+class translation_observer {
+public:
+    virtual void translations_gone(const translations_removed& what) noexcept = 0;
+
+protected:
+    ~translation_observer() = default;
+};
+
 /// Maps the guest-RAM slot `guest` in the VMM's stage 2 (GPA → HPA, read/write, cacheable).
 template <page_table_format S2, table_memory M>
 result<void> map_slot(page_table<S2, M>& stage2, const guest_view& guest) {
@@ -217,6 +242,7 @@ public:
     /// VERSION_1. False (nothing changes) otherwise.
     bool set_driver_features(std::uint64_t f) noexcept {
         if ((f & ~set_.features) != 0 || (f & feature(f_version_1)) == 0) return false;
+        if (f != driver_features_) gone_all();  // legacy BYPASS may come or go
         driver_features_ = f;
         return true;
     }
@@ -268,12 +294,14 @@ public:
     bool write_config(std::uint32_t offset, std::span<const std::uint8_t> in) noexcept {
         if (!offered(f_bypass_config) || offset != offsetof(virtio::config, bypass) || in.size() != 1 || in[0] > 1)
             return false;
+        if (bypass_ != in[0]) gone_all();
         bypass_ = in[0];
         return true;
     }
     /// Device reset: no endpoint attached, no domain, features and queues forgotten, caches
     /// empty. The bypass byte survives (spec: it SHOULD NOT change on device reset).
     void reset() noexcept {
+        gone_all();
         domains_.clear();
         for (auto& e : endpoints_) e = no_domain;
         driver_features_ = 0;
@@ -442,7 +470,24 @@ public:
         for (auto& [id, d] : domains_)
             if (d->shared) d->shared->stage2_changed(gpa, size);
         iotlb_.invalidate_all();
+        gone_all();
     }
+
+    /// The translation `translate` would find for the page holding `iova` of `endpoint`
+    /// (`ok` false where it would fault), without the IOTLB, counters or a fault event: for a
+    /// service that widens an answer around an address `translate` gave (vhost_iotlb.hpp).
+    space_walk peek_translation(std::uint32_t endpoint, std::uint64_t iova) {
+        if (endpoint >= endpoints_.size()) return {};
+        domain* d = nullptr;
+        if (endpoints_[endpoint] != no_domain) d = domains_.at(static_cast<std::uint32_t>(endpoints_[endpoint])).get();
+        const bool identity = d == nullptr ? in_global_bypass() : d->bypass;
+        if (d == nullptr && !identity) return {};
+        return identity ? walk_stage2(iova) : walk_domain(*d, iova);
+    }
+
+    /// Who is told when translations go away (nullptr: nobody; the default). One at a time;
+    /// the observer must outlive the device or be unset first.
+    void set_translation_observer(translation_observer* o) noexcept { observer_ = o; }
 
     // ------------------------------------------------------------------ inspection
 
@@ -515,6 +560,14 @@ private:
             if (sorted[i].start <= sorted[i - 1].last) return "reserved regions: overlap";
         return std::nullopt;
     }
+
+    // ---- the translation observer (requests only: `translate` never calls it)
+
+    void gone(translations_removed::scope what, std::uint32_t id, std::uint64_t first = 0,
+              std::uint64_t last = ~std::uint64_t{0}) noexcept {
+        if (observer_ != nullptr) observer_->translations_gone(translations_removed{what, id, first, last});
+    }
+    void gone_all() noexcept { gone(translations_removed::scope::all, 0); }
 
     // ---- framing
 
@@ -595,6 +648,7 @@ private:
         if (d != nullptr) {
             if (d->bypass != bypass) return status::inval;
             if (endpoints_[ep] == dom) return status::ok;
+            gone(translations_removed::scope::endpoint, ep);
             leave(ep);
             ++d->endpoints;
             endpoints_[ep] = dom;
@@ -613,6 +667,7 @@ private:
             if (!m) return status::nomem;
             nd->maps = std::move(*m);
         }
+        gone(translations_removed::scope::endpoint, ep);
         leave(ep);
         nd->endpoints = 1;
         endpoints_[ep] = dom;
@@ -627,6 +682,7 @@ private:
         if (journal_ != nullptr && !record_endpoints(false, dom)) return status::nomem;
         if (ep >= endpoints_.size()) return status::noent;
         if (find_domain(dom) == nullptr || endpoints_[ep] != dom) return status::inval;
+        gone(translations_removed::scope::endpoint, ep);
         leave(ep);
         return status::ok;
     }
@@ -668,6 +724,7 @@ private:
             ++fstats_.relaxed_replaced;
             ++invalidations_;
             iotlb_.invalidate(d->tag, first, last);
+            gone(translations_removed::scope::range, d->id, first, last);
         }
         return s;
     }
@@ -694,12 +751,16 @@ private:
                 ++fstats_.relaxed_replaced;
                 ++invalidations_;
                 iotlb_.invalidate(d->tag, first, last);
+                gone(translations_removed::scope::range, d->id, first, last);
             }
             return s;
         }
         removed_.clear();
         const status s = d->maps->unmap(first, last, &removed_);
-        for (const auto& m : removed_) iotlb_.invalidate(d->tag, m.first, m.last);
+        for (const auto& m : removed_) {
+            iotlb_.invalidate(d->tag, m.first, m.last);
+            gone(translations_removed::scope::range, d->id, m.first, m.last);
+        }
         if (!removed_.empty()) ++invalidations_;
         return s;
     }
@@ -912,7 +973,9 @@ private:
                 if (!st.space->maps->restore(st.snap)) ++fstats_.rollback_failures;
                 ++invalidations_;
                 iotlb_.invalidate(st.space->tag, st.snap.lo, st.snap.hi);
+                gone(translations_removed::scope::range, st.space->id, st.snap.lo, st.snap.hi);
             } else {
+                gone_all();
                 if (st.created) domains_.erase(st.domain_id);
                 auto& g = journal_->graveyard;
                 while (g.size() > st.graveyard_from) {
@@ -1004,6 +1067,7 @@ private:
         d->table.emplace(std::move(*b));
         d->shared = std::move(*space);
         d->tag = new_tag();
+        gone(translations_removed::scope::domain, d->id);
         return status::ok;
     }
 
@@ -1020,9 +1084,13 @@ private:
         if (!inv) return inv.why().code;
         const status s = d->shared->invalidate(*inv);
         if (inv->kind == invalidate_kind::vaddr) {
-            if (inv->context == 0) iotlb_.invalidate(d->tag, inv->first, inv->last);
+            if (inv->context == 0) {
+                iotlb_.invalidate(d->tag, inv->first, inv->last);
+                gone(translations_removed::scope::range, d->id, inv->first, inv->last);
+            }
         } else {
             d->tag = new_tag();
+            gone(translations_removed::scope::domain, d->id);
         }
         return s;
     }
@@ -1118,6 +1186,7 @@ private:
     typename device_queue<guest_view>::popped chain_;  ///< the requestq chain being answered (buffers reused)
     std::vector<std::uint8_t> reply_;                  ///< its reply (reused)
     journal* journal_ = nullptr;  ///< set while a group or MAP_SG runs
+    translation_observer* observer_ = nullptr;  ///< told when translations go (requests only)
     std::uint64_t invalidations_ = 0;
     std::uint64_t rollback_failures_seen_ = 0;
     virtio::fast_stats fstats_;
