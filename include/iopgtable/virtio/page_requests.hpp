@@ -10,6 +10,7 @@
 /// (`page_request_limits`), checked by `can_open` / `can_join` before anything is added, and
 /// room is reserved up front, so that closing requests never allocates.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <utility>
