@@ -778,3 +778,18 @@ TEST_CASE("page requests: random DMA, replies, clock, DETACH and reset keep the 
         RC_ASSERT(v.dev().page_requests().empty());
     });
 }
+
+TEST_CASE("page requests: PAGE_REPLY cannot be part of a group", "[virtio][page_requests]") {
+    machine_settings s = pr_settings();
+    s.device.features |= feature(f_grouped);
+    pr_vm<> v(s);
+    const page_request_info p = v.stall(0x5000);
+    const std::vector<request> parts{page_reply_request(1, p.id, page_reply_handled)};
+    auto g = group_request(parts);
+    REQUIRE(g.ok());
+    CHECK(named{v.drv->send(*g).code} == st::inval);  // a type a group may not hold: nothing done
+    CHECK(v.dev().page_requests().size() == 1);
+    CHECK(v.completions().empty());
+    CHECK(v.reply(1, p.id, page_reply_handled) == st::ok);  // alone it is answered
+    CHECK(v.completions().size() == 1);
+}
