@@ -14,6 +14,7 @@
 /// | translate_miss_map | translate() missing the IOTLB, MAP/UNMAP domain (walk of the domain table, then stage 2) |
 /// | translate_miss_nested | the same for a shared table walked nested over stage 2 |
 /// | translate_miss_folded | the same for a shared table through its folded shadow |
+/// | page_request_round_trip | page requests (README "Page requests"): a DMA that stalls in a table attached with F_FAULT, the page request read off the eventq, the guest's fault handler mapping the 4K page (shared_table::resolve: map, INVALIDATE, PAGE_REPLY) and the resumed access taken (`requests_per_call`: requestq requests per round trip) |
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -172,6 +173,67 @@ void guest_entry_invalidate(benchmark::State& st) {
     if (!good) fail(st, "a map, unmap or INVALIDATE failed");
 }
 
+/// One page request served per call: stall → event → the guest maps and replies → the
+/// completion. The guest's table, its driver and shared_table as in the tests; the pages are
+/// unmapped (with their INVALIDATE) untimed after each batch so that each call stalls again.
+template <class Host>
+void page_request_round_trip(benchmark::State& st, shared_mode mode) {
+    using S1 = typename Host::domain_format;
+    using S2 = typename Host::stage2_format;
+    using table_type = shared_table<S1, S2, guest_ram, machine<Host>>;
+    machine_settings s;
+    s.device.sharing = mode;
+    s.device.features |= feature(f_page_requests);
+    auto mc = machine<Host>::create(s);
+    if (!mc) return fail(st, "machine");
+    machine<Host>& m = **mc;
+    driver<machine<Host>> drv(m);
+    if (drv.attach(1, 0) != status::ok) return fail(st, "attach");
+    auto t = table_type::create(drv, m.stage2_table(), ipa_t{machine<Host>::table_window_gpa},
+                                machine<Host>::table_window_size, typename S1::config{}, 1, 1, nullptr, table_f_fault);
+    if (!t) return fail(st, "ATTACH_TABLE F_FAULT");
+    constexpr std::uint64_t base = 0x40000000;
+    // Tables in place before timing (the first map of a region allocates them).
+    (void)t->map(typename S1::input_address{base}, ipa_t{window}, length_t{page}, prot::read | prot::write | prot::cache);
+    (void)t->unmap(typename S1::input_address{base}, length_t{page});
+    auto grant = [&](std::uint64_t gpa) {
+        return [gpa](const page_request_info&) {
+            return std::optional<typename table_type::page_grant>(typename table_type::page_grant{ipa_t{gpa}});
+        };
+    };
+    std::vector<dma_completion> done;
+    done.reserve(batch);
+    const std::uint64_t requests0 = drv.sent(req_type::invalidate) + drv.sent(req_type::page_reply);
+    std::uint64_t calls = 0;
+    batch_timer timer(st, std::string("page request round trip, shared table ") +
+                              (mode == shared_mode::nested ? "nested" : "folded"));
+    bool good = true;
+    for (auto _ : st) {
+        timer.timed(batch, batch, [&] {
+            for (unsigned i = 0; i < batch; ++i) {
+                const dma_result r = m.dev().translate(0, base + i * page + 0x10, 8, nested::access_kind::write);
+                good &= r.stalled();
+                for (const auto& ev : m.take_page_requests()) {
+                    auto p = parse_page_request(ev);
+                    good &= p.has_value() && t->resolve(*p, grant(window + i * page)) == status::ok;
+                }
+                done.clear();
+                m.dev().take_completions(done);
+                good &= done.size() == 1 && done[0].result.ok() && done[0].token == r.pending;
+                benchmark::DoNotOptimize(done);
+            }
+        });
+        calls += batch;
+        for (unsigned i = 0; i < batch; ++i)
+            good &= t->unmap(typename S1::input_address{base + i * page}, length_t{page}).ok();
+        if (!good) break;
+    }
+    if (!good) return fail(st, "a round trip did not complete translated");
+    const std::uint64_t requests = drv.sent(req_type::invalidate) + drv.sent(req_type::page_reply) - requests0 -
+                                   calls;  // less the untimed unmaps' INVALIDATEs
+    if (calls > 0) st.counters["requests_per_call"] = static_cast<double>(requests) / static_cast<double>(calls);
+}
+
 enum class space { map, nested, folded };
 
 /// 256 translations per batch of 4K reads over `pages` pages: with pages ≤ the IOTLB (4096
@@ -222,6 +284,9 @@ void register_host(const std::string& host) {
     add(p + "translate_miss_map", [](benchmark::State& st) { translate<Host>(st, space::map, false); });
     add(p + "translate_miss_nested", [](benchmark::State& st) { translate<Host>(st, space::nested, false); });
     add(p + "translate_miss_folded", [](benchmark::State& st) { translate<Host>(st, space::folded, false); });
+    add(p + "page_request_round_trip", [](benchmark::State& st) { page_request_round_trip<Host>(st, shared_mode::nested); });
+    add(p + "page_request_round_trip_folded",
+        [](benchmark::State& st) { page_request_round_trip<Host>(st, shared_mode::folded); });
 }
 
 const bool registered = [] {

@@ -14,8 +14,20 @@
 /// well-formed request at the end. The fast protocol (knob 0x10 offers RELAXED, MAP_SG and
 /// GROUPED; 0x20 keeps the driver strict): MAP_SG and groups of well-formed members with fuzzed
 /// fields and flags, and a failed MAP_SG or group changes no domain, mapping or endpoint.
+/// Page requests (knob 0x40 offers PAGE_REQUESTS; 0x80 puts F_FAULT on every ATTACH_TABLE):
+/// DMA that stalls, PAGE_REPLY with open, closed or made-up ids, domains and reply values, the
+/// guest answering what its eventq received, the clock moving, DETACH / reset / a broken ring
+/// with accesses waiting. What must hold besides: a stalled access carries no fault and a token
+/// never seen before; every completion names a waiting token, once, and its ranges lie in the
+/// slot; the bounds (open requests per endpoint and in total, waiting accesses) hold after
+/// every step and the device's count of waiting accesses is the harness's; a PAGE_REPLY
+/// answered OK closed exactly one open request of that id and domain, a refused one changed no
+/// open request; a device reset, or the clock moved past the timeout at the end, leaves nothing
+/// waiting.
+#include <algorithm>
 #include <array>
 #include <cstddef>
+#include <set>
 #include <optional>
 #include <cstdint>
 #include <cstring>
@@ -103,6 +115,53 @@ std::vector<std::uint8_t> map_sg_bytes(fuzz::byte_reader& in) {
     return v;
 }
 
+/// The tokens of the accesses the device stalled and has not completed, as the VMM knows them.
+struct stalled_tracker {
+    std::set<std::uint64_t> waiting;
+    std::uint64_t last_token = 0;
+    std::vector<dma_completion> done;
+
+    void stalled(const dma_result& r) {
+        FUZZ_CHECK(!r.fault, "a stalled access carries a fault");
+        FUZZ_CHECK(r.pending > last_token, "token %llu reused", (unsigned long long)r.pending);
+        last_token = r.pending;
+        waiting.insert(r.pending);
+    }
+    /// Takes the completions and checks them and the bounds.
+    void check(machine<>& m, const page_request_limits& lim, std::uint64_t ram_base, std::uint64_t ram_bytes) {
+        done.clear();
+        m.dev().take_completions(done);
+        for (const auto& c : done) {
+            FUZZ_CHECK(waiting.erase(c.token) == 1, "completion of token %llu not waiting", (unsigned long long)c.token);
+            FUZZ_CHECK(c.result.fault.has_value() != (c.result.count > 0), "a completion with ranges and a fault, or neither");
+            FUZZ_CHECK(!c.result.stalled(), "a completion that stalled again");
+            for (unsigned i = 0; i < c.result.count; ++i) {
+                const std::uint64_t lo = c.result.ranges[i].hpa, hi = lo + (c.result.ranges[i].length - 1);
+                FUZZ_CHECK(lo >= ram_base && hi < ram_base + ram_bytes && hi >= lo, "completion output outside RAM");
+            }
+        }
+        const auto& open = m.dev().page_requests();
+        FUZZ_CHECK(open.size() <= lim.total, "%zu page requests open", open.size());
+        FUZZ_CHECK(m.dev().stalled_accesses() <= lim.accesses, "%zu accesses waiting", m.dev().stalled_accesses());
+        FUZZ_CHECK(m.dev().stalled_accesses() == waiting.size(), "device waits for %zu accesses, the VMM for %zu",
+                   m.dev().stalled_accesses(), waiting.size());
+        for (const auto& r : open) {
+            const auto mine = std::count_if(open.begin(), open.end(), [&](const page_request& o) { return o.endpoint == r.endpoint; });
+            FUZZ_CHECK(static_cast<std::uint64_t>(mine) <= lim.per_endpoint, "endpoint %u: %ld open", r.endpoint, (long)mine);
+            FUZZ_CHECK(m.dev().domain_of(r.endpoint) == std::optional<std::uint32_t>(r.domain),
+                       "a page request of endpoint %u outlived its domain", r.endpoint);
+            FUZZ_CHECK(!r.waiting.empty(), "a page request nobody waits for");
+        }
+    }
+};
+
+/// The open page requests as (id, domain, waiting accesses).
+std::vector<std::array<std::uint64_t, 3>> open_requests(machine<>& m) {
+    std::vector<std::array<std::uint64_t, 3>> v;
+    for (const auto& r : m.dev().page_requests()) v.push_back({r.id, r.domain, r.waiting.size()});
+    return v;
+}
+
 void check_tail(const std::vector<std::uint8_t>& out, std::uint32_t used) {
     if (used == 0) return;
     FUZZ_CHECK(used >= 4, "used %u: no room for a tail", used);
@@ -135,8 +194,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (knobs & 0x20) ms.driver_features &= ~feature(f_relaxed);
     ms.device.group_max = 4;
     ms.device.map_sg_max = 8;
+    const bool page_requests = (knobs & 0x40) != 0;
+    if (page_requests) ms.device.features |= feature(f_page_requests);
+    ms.device.page_requests.per_endpoint = 2;
+    ms.device.page_requests.total = 4;
+    ms.device.page_requests.accesses = 6;
+    ms.device.page_requests.timeout_us = 1000;
+    const std::uint32_t attach_flags = (knobs & 0x80) ? table_f_fault : 0;
     machine<>& m = machine_for(ms);
     std::vector<std::uint8_t> out;
+    stalled_tracker tracker;
+    std::uint64_t now_us = 0;
 
     for (unsigned step = 0; step < 64 && !in.empty(); ++step) {
         const std::uint8_t op = in.u8();
@@ -179,6 +247,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 auto r = sharing::make_attach_table<arm_lpae_s1_4k>(cfg, pa_t{root}, 1);
                 if (!r) break;
                 r->address_space = in.u8() & 7;
+                r->flags = attach_flags;
                 req = attach_table_request(*r).readable;
             } else if (kind == 6) {
                 const device_state before = state_of(m);
@@ -255,6 +324,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             const std::uint64_t len = in.u16() + 1u;
             const auto access = static_cast<nested::access_kind>(in.u8() % 3);
             const dma_result r = m.dev().translate(ep, iova, len, access);
+            if (r.stalled()) tracker.stalled(r);
             FUZZ_CHECK(r.covered <= len, "covered %llu > %llu", (unsigned long long)r.covered, (unsigned long long)len);
             std::uint64_t sum = 0;
             for (unsigned i = 0; i < r.count; ++i) {
@@ -279,14 +349,65 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             FUZZ_CHECK(cfg[36] <= 1, "bypass byte %u", cfg[36]);
             break;
         }
-        case 6:
-            if (in.u8() == 0x5a) m.dev().reset();
-            break;
-        default:
-            (void)m.take_events();
+        case 6: {
+            const std::uint8_t b = in.u8();
+            if (b == 0x5a) {
+                m.dev().reset();
+                FUZZ_CHECK(m.dev().page_requests().empty() && m.dev().stalled_accesses() == 0,
+                           "page requests survived a reset");
+            } else if (page_requests && (b & 3) == 1) {
+                // PAGE_REPLY: an open id or a made-up one, its domain or another, any reply, maybe
+                // reserved bytes set.
+                const auto before = open_requests(m);
+                const std::uint8_t pick = in.u8();
+                std::uint32_t id = in.u8();
+                std::uint32_t dom = in.u8() & 7;
+                if ((pick & 1) && !before.empty()) {
+                    const auto& o = before[in.u8() % before.size()];
+                    id = static_cast<std::uint32_t>(o[0]);
+                    if (pick & 2) dom = static_cast<std::uint32_t>(o[1]);
+                }
+                std::vector<std::uint8_t> req = page_reply_request(dom, id, in.u8() % 3, std::uint64_t{in.u16()} << 12).readable;
+                if (pick & 0x80) req[offsetof(req_page_reply, reserved) + (pick & 3)] = 1;
+                const std::uint32_t used = send(m, req, 4, out);
+                check_tail(out, used);
+                const auto after = open_requests(m);
+                if (used == 4 && out[0] == 0) {
+                    const bool was_open = std::any_of(before.begin(), before.end(),
+                                                      [&](const auto& o) { return o[0] == id && o[1] == dom; });
+                    FUZZ_CHECK(was_open, "PAGE_REPLY OK for id %u domain %u not open", id, dom);
+                    FUZZ_CHECK(after.size() + 1 == before.size(), "PAGE_REPLY OK closed %zu requests",
+                               before.size() - after.size());
+                } else if (used == 4) {
+                    FUZZ_CHECK(after == before, "a refused PAGE_REPLY changed the page requests");
+                }
+            } else if (page_requests && (b & 3) == 2) {  // the clock
+                now_us += std::uint64_t{in.u16()};
+                m.dev().advance_clock(now_us);
+            } else if (page_requests && (b & 3) == 3) {
+                // The guest answers what its eventq received (the page may or may not be mapped:
+                // op 2 writes its tables).
+                for (const auto& ev : m.take_page_requests()) {
+                    auto p = parse_page_request(ev);
+                    FUZZ_CHECK(p.has_value(), "the device posted a malformed page request");
+                    FUZZ_CHECK(p->address % 0x1000 == 0 && p->endpoint < 3, "page request fields");
+                    check_tail(out, send(m, page_reply_request(p->address_space, p->id, in.u8() & 1).readable, 4, out));
+                }
+            }
             break;
         }
+        default:
+            (void)m.take_events();
+            (void)m.take_page_requests();
+            break;
+        }
+        tracker.check(m, ms.device.page_requests, ms.host_base, ms.ram_size);
     }
+
+    // Nothing waits forever: past the timeout every stalled access has completed.
+    m.dev().advance_clock(~std::uint64_t{0});
+    tracker.check(m, ms.device.page_requests, ms.host_base, ms.ram_size);
+    FUZZ_CHECK(tracker.waiting.empty(), "%zu accesses still waiting past the timeout", tracker.waiting.size());
 
     // Whatever happened, a well-formed request is still answered unless the guest broke the
     // ring itself (then the device says it needs a reset).

@@ -59,6 +59,7 @@ std::string request_name(std::uint8_t type) {
     case vio::req_type::attach_table: return "ATTACH_TABLE";
     case vio::req_type::invalidate: return "INVALIDATE";
     case vio::req_type::map_sg: return "MAP_SG";
+    case vio::req_type::page_reply: return "PAGE_REPLY";
     }
     return to_hex(type);
 }
@@ -118,8 +119,8 @@ struct feature_name {
 constexpr feature_name feature_names[] = {
     {"input_range", vio::f_input_range},     {"domain_range", vio::f_domain_range}, {"map_unmap", vio::f_map_unmap},
     {"bypass", vio::f_bypass},               {"probe", vio::f_probe},               {"mmio", vio::f_mmio},
-    {"bypass_config", vio::f_bypass_config}, {"relaxed", vio::f_relaxed},                {"map_sg", vio::f_map_sg},
-    {"grouped", vio::f_grouped},             {"table_sharing", vio::f_table_sharing},
+    {"bypass_config", vio::f_bypass_config}, {"page_requests", vio::f_page_requests}, {"relaxed", vio::f_relaxed},
+    {"map_sg", vio::f_map_sg},               {"grouped", vio::f_grouped},       {"table_sharing", vio::f_table_sharing},
     {"indirect_desc", vio::f_indirect_desc}, {"event_idx", vio::f_event_idx},       {"version_1", vio::f_version_1},
 };
 
@@ -369,6 +370,7 @@ std::string format_line(std::size_t index, const vio::pg_format& f) {
     if (c->flags & sharing::cap_access_flag) flags += "access,";
     if (c->flags & sharing::cap_dirty) flags += "dirty,";
     if (c->flags & sharing::cap_snoop) flags += "snoop,";
+    if (c->flags & sharing::cap_stall) flags += "stall,";
     if (!flags.empty()) flags.pop_back();
     return line + " flags " + (flags.empty() ? std::string("none") : flags) + " pgsizes " + to_hex(c->pgsize_bitmap);
 }
@@ -464,6 +466,7 @@ public:
             if (a.why) return a.why;
             if (us > 0xffffffffu) return "MICROSECONDS must be at most 0xffffffff, got '" + std::string(args[0]) + "'";
             now_ns_ += us * 1000;
+            m_.dev().advance_clock(now_ns_ / 1000);  // page requests time out on the same clock
             (void)deferred_.poll(now_ns_);
             deferred_report();
         } else if (name == "flush") {
@@ -564,6 +567,19 @@ public:
             vhost_miss(ep, iova, perm);
         } else if (name == "vhost_log") {
             vhost_log();
+        } else if (name == "page_requests") {
+            page_requests();
+        } else if (name == "reply") {
+            const std::uint32_t id = a.hex32(0, "ID");
+            const std::uint64_t pa = args.size() == 3 ? a.hex(2) : 0;
+            if (a.why) return a.why;
+            if (args[1] != "ok" && args[1] != "fail") return "reply's second word must be ok or fail, got '" + std::string(args[1]) + "'";
+            // The domain the page request named (as the guest read it); 0 for an id it never got.
+            const auto it = request_domain_.find(id);
+            send(vio::page_reply_request(it == request_domain_.end() ? 0 : it->second, id,
+                                         args[1] == "ok" ? vio::page_reply_handled : vio::page_reply_failed, pa));
+        } else if (name == "resume") {
+            resume();
         } else {
             return "operation '" + std::string(name) + "' is not available here";
         }
@@ -663,6 +679,15 @@ private:
                 if (lines == max_lines) return emit("more");
                 emit("PA " + to_hex(r.ranges[i].hpa) + (sized ? " len " + to_hex(r.ranges[i].length) : ""));
             }
+            if (r.stalled()) {
+                // The page request the access waits for (opened or joined).
+                std::uint32_t id = 0;
+                for (const auto& pr : m_.dev().page_requests())
+                    for (const auto& w : pr.waiting)
+                        if (w.token == r.pending) id = pr.id;
+                stalled_[r.pending] = stalled_access{id, sized};
+                return emit("pending " + to_hex(id));
+            }
             if (r.fault) {
                 const auto events = m_.take_events();
                 if (r.fault->delivered && !events.empty()) return emit(fault_line(events.back()));
@@ -676,6 +701,53 @@ private:
             if (r.covered == 0 || r.covered >= left) return;
             pos += r.covered;
             left -= r.covered;
+        }
+    }
+
+    /// The page requests the guest's eventq received since the last call.
+    void page_requests() {
+        const auto events = m_.take_page_requests();
+        if (events.empty()) return emit("none");
+        for (const auto& ev : events) {
+            auto p = vio::parse_page_request(ev);
+            if (!p) {
+                emit("page_request malformed");
+                continue;
+            }
+            request_domain_[p->id] = p->address_space;
+            std::string access;
+            if (p->flags & vio::fault_f_read) access += 'r';
+            if (p->flags & vio::fault_f_write) access += 'w';
+            if (p->flags & vio::fault_f_exec) access += 'x';
+            emit("page_request " + to_hex(p->id) + " endpoint " + std::to_string(p->endpoint) + " context " +
+                 std::to_string(p->context) + " address " + to_hex(p->address) + " flags " +
+                 (access.empty() ? std::string("none") : access));
+        }
+    }
+
+    /// What the stalled accesses completed as since the last call, in completion order:
+    /// `completed ID` (the page request it waited for), then its lines as `translate` prints
+    /// them (the fault as the device reported it, `dropped` when no event buffer was there).
+    void resume() {
+        std::vector<vio::dma_completion> done;
+        m_.dev().take_completions(done);
+        (void)m_.take_events();  // the faults below were posted there too
+        if (done.empty()) return emit("none");
+        for (const auto& c : done) {
+            const auto it = stalled_.find(c.token);
+            const bool sized = it != stalled_.end() && it->second.sized;
+            emit("completed " + to_hex(it == stalled_.end() ? 0 : it->second.id));
+            if (it != stalled_.end()) stalled_.erase(it);
+            for (unsigned i = 0; i < c.result.count; ++i)
+                emit("PA " + to_hex(c.result.ranges[i].hpa) + (sized ? " len " + to_hex(c.result.ranges[i].length) : ""));
+            if (const auto& f = c.result.fault) {
+                vio::fault ev;
+                ev.reason = f->reason;
+                ev.flags = f->flags;
+                ev.endpoint = f->endpoint;
+                ev.address = f->address;
+                emit(fault_line(ev) + (f->delivered ? "" : " dropped"));
+            }
         }
     }
 
@@ -703,6 +775,7 @@ private:
         arg_reader a{args, std::nullopt};
         const std::uint32_t as = a.hex32(0, "AS");
         std::uint64_t iova = 0, gpa = 0, size = 0;
+        std::uint32_t attach_flags = 0;
         std::optional<iopgtable::prot> p;
         if (name == "gmap") {
             iova = a.hex(1);
@@ -713,6 +786,8 @@ private:
         } else if (name == "gunmap") {
             iova = a.hex(1);
             size = a.hex(2);
+        } else if (name == "gattach" && args.size() == 2) {
+            attach_flags = a.hex32(1, "FLAGS");
         }
         if (a.why) return a.why;
         auto got = table_for(as);
@@ -741,6 +816,7 @@ private:
                  bytes_to_hex(req->config));
         } else {
             req->address_space = as;
+            req->flags = attach_flags;
             send(vio::attach_table_request(*req));
         }
         return std::nullopt;
@@ -778,6 +854,20 @@ private:
             emit("deferred_max_delay_us " + std::to_string(d.max_delay_ns / 1000));
             emit("deferred_oldest_at_flush_us " + std::to_string(d.oldest_at_flush_ns / 1000));
             emit("deferred_pending " + std::to_string(deferred_.pending().size()));
+        }
+        if (dev.offered(vio::f_page_requests)) {
+            const auto& p = dev.page_request_stats();
+            emit("page_requests " + std::to_string(p.requests));
+            emit("page_requests_joined " + std::to_string(p.joined));
+            emit("page_requests_not_stalled " + std::to_string(p.not_stalled));
+            emit("page_replies_handled " + std::to_string(p.replies_handled));
+            emit("page_replies_failed " + std::to_string(p.replies_failed));
+            emit("page_requests_timed_out " + std::to_string(p.timeouts));
+            emit("page_requests_aborted " + std::to_string(p.aborted));
+            emit("stalled_completed_ok " + std::to_string(p.completed_ok));
+            emit("stalled_completed_fault " + std::to_string(p.completed_fault));
+            emit("page_requests_open " + std::to_string(dev.page_requests().size()));
+            emit("stalled_accesses " + std::to_string(dev.stalled_accesses()));
         }
         emit("END");
     }
@@ -862,6 +952,14 @@ private:
     // Between `group` and `end`: the requests of the group, and the ranges its MAPs map.
     std::optional<std::vector<vio::request>> group_;
     std::vector<mapped_range> group_maps_;
+    // Page requests: the domain each one the guest received named (for `reply`), and the
+    // stalled accesses by token (the page request they wait for, whether `translate` was sized).
+    struct stalled_access {
+        std::uint32_t id = 0;
+        bool sized = false;
+    };
+    std::map<std::uint32_t, std::uint32_t> request_domain_;
+    std::map<std::uint64_t, stalled_access> stalled_;
 };
 
 template <class Host>

@@ -23,7 +23,7 @@ struct fault;
 namespace iopt {
 
 /// The operations of `iopt virtio`, in help order.
-inline constexpr std::array<operation, 27> virtio_operations{{
+inline constexpr std::array<operation, 30> virtio_operations{{
     {"attach", "DOMAIN EP [bypass]", 1u << 2 | 1u << 3, "STATUS used N"},
     {"detach", "DOMAIN EP", 1u << 2, "STATUS used N"},
     {"map", "DOMAIN VSTART VEND PSTART FLAGS", 1u << 5, "STATUS used N"},
@@ -35,13 +35,14 @@ inline constexpr std::array<operation, 27> virtio_operations{{
      "STATUS used N"},
     {"raw", "READABLE_HEX WRITABLE_LEN", 1u << 2, "STATUS used N [reply HEX]"},
     {"shape", "PIECES [indirect]", 1u << 1 | 1u << 2, "ok"},
-    {"translate", "EP IOVA r|w|x [SIZE]", 1u << 3 | 1u << 4, "PA pa [len L]... | fault reason R endpoint E flags F address A"},
+    {"translate", "EP IOVA r|w|x [SIZE]", 1u << 3 | 1u << 4,
+     "PA pa [len L]... | fault reason R endpoint E flags F address A | pending ID"},
     {"config", "", 1u << 0, "config ... / features ..."},
     {"set_bypass", "VALUE", 1u << 1, "ok | refused"},
     {"gmap", "AS IOVA GPA SIZE PROT", 1u << 5, "ok | error name"},
     {"gunmap", "AS IOVA SIZE", 1u << 3, "bytes unmapped | error name"},
     {"gtable", "AS", 1u << 1, "table GPA model N config HEX | error name"},
-    {"gattach", "AS", 1u << 1, "STATUS used N"},
+    {"gattach", "AS [FLAGS]", 1u << 1 | 1u << 2, "STATUS used N"},
     {"gwrite", "GPA VALUE", 1u << 2, "ok | fault"},
     {"stats", "", 1u << 0, "request TYPE STATUS COUNT ..., translations, faults, iotlb ... END"},
     // The fast protocol (virtio.md, "Fast protocol").
@@ -54,6 +55,10 @@ inline constexpr std::array<operation, 27> virtio_operations{{
     // The vhost IOTLB service (virtio.md, "vhost IOTLB service").
     {"vhost_miss", "EP IOVA r|w|rw", 1u << 3, "update iova I size S uaddr U perm P | access_fail + fault ... | error"},
     {"vhost_log", "", 1u << 0, "invalidate iova I size S uaddr U perm P endpoint E ... | none"},
+    // Page requests (virtio.md, "Page requests").
+    {"page_requests", "", 1u << 0, "page_request ID endpoint E context C address A flags F ... | none"},
+    {"reply", "ID ok|fail [PA]", 1u << 2 | 1u << 3, "STATUS used N"},
+    {"resume", "", 1u << 0, "completed ID, then PA pa [len L]... | fault ...; per access | none"},
 }};
 
 /// Runs `iopt virtio` with the words after `virtio`; reads the script from stdin. Returns the

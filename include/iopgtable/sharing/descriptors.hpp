@@ -8,7 +8,7 @@
 /// format blob (every model): le32 variant @0, le32 sizes @4 (ARM: bit n set = 2^n-byte granule;
 /// X86: bit n set = n-level tables), u8 max_ias @8, u8 max_oas @9, u8 tag_bits @10 (ARM ASID,
 /// X86 domain-id bits), u8 flags @11 (bit 0 hardware access flag, bit 1 hardware dirty state,
-/// bit 2 snoop control), le64 pgsize_bitmap @12, zero to 63.
+/// bit 2 snoop control, bit 7 stall: page requests with F_FAULT), le64 pgsize_bitmap @12, zero to 63.
 ///
 /// config blobs: ARM LPAE 64-bit (variant 1): le32 variant @0, le32 0 @4, le64 tcr @8 (TCR_EL1
 /// layout), le64 mair @16, le32 asid @24. ARM short-descriptor (variant 3): le32 variant @0, le32
@@ -35,6 +35,10 @@ inline constexpr std::uint32_t arm_lpae64 = 1, arm_lpae32 = 2, arm_short = 3;
 inline constexpr std::uint32_t x86_vtd_first_stage = 1, x86_vtd_second_stage = 2;
 
 inline constexpr std::uint8_t cap_access_flag = 1u << 0, cap_dirty = 1u << 1, cap_snoop = 1u << 2;
+/// The device can stall DMA through a table of this format and ask the guest for the page
+/// (ATTACH_TABLE F_FAULT, feature PAGE_REQUESTS; virtio/README.md "Page requests"). Set only
+/// when the host can stall and the driver accepted PAGE_REQUESTS.
+inline constexpr std::uint8_t cap_stall = 1u << 7;
 
 /// A refusal: the virtio status to answer with and the field at fault.
 struct refusal {

@@ -42,11 +42,15 @@ struct device_format {
     typename F::config limits{};
     std::uint8_t tag_bits = 16;
     bool enabled = true;  ///< a device may switch a compiled-in format off at run time
+    /// The host's IOMMU can stall DMA walking this format (page requests, F_FAULT).
+    bool stall = true;
 };
 
 /// Limits of ATTACH_TABLE the device enforces.
 struct attach_limits {
     std::uint32_t max_contexts = 64;  ///< slots of an F_INDIRECT context table
+    /// F_FAULT may be asked (the device negotiated PAGE_REQUESTS); a format must also stall.
+    bool page_requests = false;
 };
 
 /// What one format contributes to its pg_format entry.
@@ -77,15 +81,18 @@ format_caps caps_of(const device_format<F>& d) noexcept {
 /// one per (model, variant) a guest may use, in list order. Formats of one variant merge: sizes
 /// and page sizes are united, limits are the largest (ATTACH_TABLE still checks each format's
 /// own limits). Stage-2-only formats are never offered.
+/// `stall`: the host stalls DMA for page requests (PAGE_REQUESTS negotiated): formats that
+/// can (`device_format::stall`) say so with cap_stall.
 template <class Formats>
-std::vector<virtio::pg_format> offered_formats(const Formats& formats) {
+std::vector<virtio::pg_format> offered_formats(const Formats& formats, bool stall = false) {
     std::vector<format_caps> merged;
     boost::hana::for_each(formats, [&](const auto& d) {
         using F = typename std::decay_t<decltype(d)>::format;
         if constexpr (F::guest_shareable) {
             if (!d.enabled) return;
-            const format_caps c = caps_of(d);
+            format_caps c = caps_of(d);
             if (c.model == 0) return;
+            if (stall && d.stall) c.flags |= cap_stall;
             auto it = std::find_if(merged.begin(), merged.end(),
                                    [&](const format_caps& m) { return m.model == c.model && m.variant == c.variant; });
             if (it == merged.end()) {
@@ -268,8 +275,8 @@ template <class Formats>
 using binding_for = typename binding_for_impl<std::decay_t<Formats>>::type;
 
 /// Validates an ATTACH_TABLE against the device's formats and guest RAM and binds it.
-/// Checks, in order (each refusal names its field): flags (unknown bits INVAL; F_FAULT UNSUPP:
-/// no recoverable faults here), nr_contexts (F_INDIRECT: 1..max_contexts else RANGE; otherwise
+/// Checks, in order (each refusal names its field): flags (unknown bits INVAL; F_FAULT UNSUPP
+/// unless `lim.page_requests`, and then UNSUPP for a format that cannot stall), nr_contexts (F_INDIRECT: 1..max_contexts else RANGE; otherwise
 /// 0 or 1 else INVAL), model (0 INVAL, unknown UNSUPP), config (variant UNSUPP, reserved bytes
 /// INVAL, register fields as the format reads them: INVAL / UNSUPP / RANGE), the device's
 /// limits (IAS/OAS RANGE, tag bits RANGE, dirty UNSUPP), the table pointer (misaligned INVAL,
@@ -280,7 +287,7 @@ checked<binding_for<Formats>> validate_attach(const Formats& formats, const virt
     using binding = binding_for<Formats>;
     const std::uint32_t flags = req.flags;
     if ((flags & ~virtio::table_f_mask) != 0) return refusal{virtio::status::inval, "flags"};
-    if (flags & virtio::table_f_fault) return refusal{virtio::status::unsupp, "flags.F_FAULT"};
+    if ((flags & virtio::table_f_fault) && !lim.page_requests) return refusal{virtio::status::unsupp, "flags.F_FAULT"};
     const bool indirect = (flags & virtio::table_f_indirect) != 0;
     const std::uint32_t contexts = req.nr_contexts;
     if (indirect && (contexts == 0 || contexts > lim.max_contexts)) return refusal{virtio::status::range, "nr_contexts"};
@@ -297,6 +304,10 @@ checked<binding_for<Formats>> validate_attach(const Formats& formats, const virt
         using F = typename std::decay_t<decltype(d)>::format;
         if constexpr (F::guest_shareable) {
             if (out || !d.enabled || F::sharing_model != model || F::sharing_variant != tc->variant) return;
+            if ((flags & virtio::table_f_fault) && !d.stall) {
+                best = refusal{virtio::status::unsupp, "flags.F_FAULT: format cannot stall"};
+                return;
+            }
             std::string_view why;
             if (!F::matches_registers(tc->regs)) {  // another granule: keep the most precise reason
                 auto other = F::config_from_registers(tc->regs, why);

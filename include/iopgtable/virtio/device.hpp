@@ -46,6 +46,7 @@
 #include "guest_memory.hpp"
 #include "iotlb.hpp"
 #include "map_table.hpp"
+#include "page_requests.hpp"
 #include "shared_space.hpp"
 #include "virtqueue.hpp"
 #include "wire.hpp"
@@ -96,6 +97,9 @@ struct device_settings {
     std::uint32_t relaxed_window_us = 10000;  ///< the vulnerability window a relaxed driver may keep unmaps
     std::uint32_t group_max = 64;             ///< requests in one group
     std::uint32_t map_sg_max = 1024;          ///< elements in one MAP_SG
+    // Page requests (feature PAGE_REQUESTS, offered only when added to `features`; README.md
+    // "Page requests"): the bounds on what a guest can keep waiting, and the timeout.
+    page_request_limits page_requests{};
 };
 
 /// The fast protocol's counters.
@@ -146,7 +150,35 @@ struct dma_result {
     unsigned count = 0;
     std::uint64_t covered = 0;
     std::optional<dma_fault> fault;
+    /// Page requests: not 0, the access stalled at iova + covered (no fault) and this is its
+    /// token; `take_completions` later says how it completed.
+    std::uint64_t pending = 0;
     bool ok() const noexcept { return !fault.has_value(); }
+    bool stalled() const noexcept { return pending != 0; }
+};
+
+/// How a stalled access completed (README.md "Page requests"): the translation of
+/// [iova, the end of its 4 KiB page or of the access] after the guest's reply (ranges, or the
+/// unrecoverable fault, also posted on the eventq), in the order the accesses stalled within
+/// one page request.
+struct dma_completion {
+    std::uint64_t token = 0;
+    std::uint32_t endpoint = 0;
+    std::uint64_t iova = 0;
+    dma_result result;
+};
+
+/// Page requests' counters.
+struct page_request_stats {
+    std::uint64_t requests = 0;        ///< page requests posted on the eventq
+    std::uint64_t joined = 0;          ///< accesses that joined an open page request
+    std::uint64_t not_stalled = 0;     ///< misses that faulted at once: a bound, no event buffer, no memory
+    std::uint64_t replies_handled = 0; ///< PAGE_REPLY OK with reply HANDLED
+    std::uint64_t replies_failed = 0;  ///< PAGE_REPLY OK with reply FAILED
+    std::uint64_t timeouts = 0;        ///< page requests that timed out
+    std::uint64_t aborted = 0;         ///< page requests closed by DETACH, a new table, reset or a broken queue
+    std::uint64_t completed_ok = 0;    ///< accesses that completed translated
+    std::uint64_t completed_fault = 0; ///< accesses that completed with the fault
 };
 
 struct translate_stats {
@@ -210,7 +242,8 @@ public:
     /// that cannot hold the reserved regions or is not a multiple of 4 ("probe_size"); a
     /// reserved region with last < start ("reserved region"); two reserved regions that
     /// overlap ("reserved regions: overlap") or more than one MSI region ("reserved regions:
-    /// more than one MSI"): the device SHOULD NOT present either (5.13.6.8.1.2).
+    /// more than one MSI"): the device SHOULD NOT present either (5.13.6.8.1.2); PAGE_REQUESTS
+    /// offered without TABLE_SHARING ("features: PAGE_REQUESTS without TABLE_SHARING").
     static sharing::checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
                                                    const typename D::config& domain_cfg, device_settings s = {}) {
         auto geo = D::make_geometry(domain_cfg);
@@ -222,6 +255,8 @@ public:
         if ((s.features & feature(f_version_1)) == 0) return sharing::refusal{status::inval, "features: VERSION_1"};
         if ((s.features & feature(f_bypass)) != 0 && (s.features & feature(f_bypass_config)) != 0)
             return sharing::refusal{status::inval, "features: BYPASS with BYPASS_CONFIG"};
+        if ((s.features & feature(f_page_requests)) != 0 && (s.features & feature(f_table_sharing)) == 0)
+            return sharing::refusal{status::inval, "features: PAGE_REQUESTS without TABLE_SHARING"};
         if (granule == 0 || granule < min_page) return sharing::refusal{status::inval, "page_size_mask"};
         if (*s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
         if (*s.input_end > table_last) return sharing::refusal{status::inval, "input range: beyond the domain table"};
@@ -308,6 +343,8 @@ public:
         requestq_.reset();
         eventq_.reset();
         iotlb_.invalidate_all();
+        // Stalled accesses complete with the fault (no eventq left to report it on).
+        abort_page_requests([](const page_request&) { return true; });
     }
     /// System reset: also the bypass byte back to its boot value.
     void system_reset() noexcept {
@@ -357,6 +394,8 @@ public:
         }
         // A huge chain (up to the queue's readable cap) does not pin its buffer.
         if (p.c.readable.capacity() > kept_chain_bytes) p.c.readable = {};
+        // A broken queue: the guest's replies may never come, so the stalled accesses fail now.
+        if (needs_reset()) abort_page_requests([](const page_request&) { return true; });
         return n;
     }
     /// Whether queue `index` owes the driver an interrupt for what was used since the last call.
@@ -377,7 +416,17 @@ public:
     /// GROUPED negotiated: a head with G set starts a group (`on_group`); for the types a group
     /// may hold (`groupable`), L without G or a head bit 10–31 set is INVAL. Not negotiated:
     /// the head's bytes above the type are ignored, as before.
+    ///
+    /// PAGE_REQUESTS: after any request, page requests whose endpoint left their domain or
+    /// whose table was replaced (ATTACH_TABLE) are closed and their accesses fail.
     std::uint32_t handle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
+        const std::uint32_t used = handle_request(in, out);
+        if (prq_.size() != 0) sweep_page_requests();
+        return used;
+    }
+
+private:
+    std::uint32_t handle_request(std::span<const std::uint8_t> in, std::span<std::uint8_t> out) {
         if (in.size() < sizeof(req_head)) return unanswered(in.empty() ? 0 : in[0]);
         const std::uint8_t type = in[0];
         if (negotiated(f_grouped)) {
@@ -404,9 +453,14 @@ public:
         case req_type::map_sg:
             if (!offered(f_map_sg)) return unanswered(type);
             return on_map_sg_request(in, out);
+        case req_type::page_reply:
+            if (!offered(f_page_requests)) return unanswered(type);
+            return simple<req_page_reply>(in, out, &device::on_page_reply);
         }
         return unanswered(type);
     }
+
+public:
 
     // ------------------------------------------------------------------ DMA path
 
@@ -417,7 +471,46 @@ public:
     /// (`delivered`), else counted dropped: an unknown endpoint (UNKNOWN), an endpoint in no
     /// domain and not in bypass (DOMAIN), an address not mapped or not allowing the access
     /// (MAPPING; also when stage 2 does not map the guest-physical address).
+    ///
+    /// PAGE_REQUESTS: where a MAPPING fault would be in a shared table attached with F_FAULT,
+    /// the access stalls instead (`pending`, README.md "Page requests") unless a bound is
+    /// reached, no event buffer of 32 bytes is there or a queue is broken (then the fault).
     dma_result translate(std::uint32_t endpoint, std::uint64_t iova, std::uint64_t size, nested::access_kind access) {
+        return translate_dma(endpoint, iova, size, access, true);
+    }
+
+    /// PAGE_REQUESTS: the device's clock, in microseconds, an explicit input (the device never
+    /// reads a clock): it only moves forward (an earlier time is ignored). Page requests
+    /// posted timeout_us or more before `now_us` close and their accesses complete with the
+    /// fault. A new device's clock is 0.
+    void advance_clock(std::uint64_t now_us) {
+        if (now_us <= now_us_) return;
+        now_us_ = now_us;
+        const std::uint64_t timeout = set_.page_requests.timeout_us;
+        std::uint64_t expired = 0;
+        prq_.close_if([&](const page_request& r) { return now_us_ - r.posted_us >= timeout; },
+                      [&](page_request& r) {
+                          ++expired;
+                          fail_waiting(r, fault_r_mapping);
+                      });
+        prstats_.timeouts += expired;
+    }
+    std::uint64_t clock_us() const noexcept { return now_us_; }
+
+    /// Appends the stalled accesses completed since the last call to `out`, in completion
+    /// order, and forgets them (at most page_requests.accesses wait here).
+    void take_completions(std::vector<dma_completion>& out) {
+        out.insert(out.end(), completions_.begin(), completions_.end());
+        completions_.clear();  // capacity kept: completing never allocates
+    }
+    /// The page requests open now (id, endpoint, domain, page, waiting accesses), oldest first.
+    const std::vector<page_request>& page_requests() const noexcept { return prq_.requests(); }
+    std::size_t stalled_accesses() const noexcept { return prq_.stalled(); }
+    const virtio::page_request_stats& page_request_stats() const noexcept { return prstats_; }
+
+private:
+    dma_result translate_dma(std::uint32_t endpoint, std::uint64_t iova, std::uint64_t size, nested::access_kind access,
+                             bool may_stall) {
         ++tstats_.translations;
         dma_result r;
         if (size == 0) return r;
@@ -438,14 +531,14 @@ public:
                 leaf_lg2 = e->leaf_lg2;
             } else {
                 const space_walk w = identity ? walk_stage2(pos) : walk_domain(*d, pos);
-                if (!w.ok) return fault_at(r, endpoint, pos, access, fault_r_mapping);
+                if (!w.ok) return miss(r, endpoint, d, pos, last, access, may_stall);
                 hpa = w.hpa;
                 perm = w.perm;
                 leaf_lg2 = w.size_lg2;
                 iotlb_.insert(tag, pos, hpa, perm, w.size_lg2);
             }
             if (!nested::permits(perm, nested::access_request{access, false}))
-                return fault_at(r, endpoint, pos, access, fault_r_mapping);
+                return miss(r, endpoint, d, pos, last, access, may_stall);
             const std::uint64_t leaf_last = leaf_lg2 >= 64 ? ~std::uint64_t{0} : (pos | ((std::uint64_t{1} << leaf_lg2) - 1));
             const std::uint64_t piece_last = std::min(leaf_last, last);
             const std::uint64_t len = piece_last - pos + 1;
@@ -461,6 +554,8 @@ public:
             pos = piece_last + 1;
         }
     }
+
+public:
 
     /// The VMM changed its stage 2 over [gpa, gpa + size) (a memory slot moved or went away):
     /// folded shadows refold what the range covers, walk caches drop it, and the IOTLB drops
@@ -530,11 +625,13 @@ private:
         std::unique_ptr<map_table<D>> maps;       ///< MAP/UNMAP mode
         std::optional<binding> table;             ///< page-table-sharing mode: the attached table
         std::unique_ptr<shared_space> shared;     ///< and its translation
+        std::uint64_t table_seq = 0;              ///< which ATTACH_TABLE gave the table (page requests)
     };
 
     device(guest_ram& host, guest_view guest, stage2_table& stage2, const typename D::config& cfg, device_settings s)
         : host_(host), guest_(guest), s2_(stage2), domain_cfg_(cfg), set_(std::move(s)),
-          endpoints_(set_.endpoints, no_domain), iotlb_(set_.iotlb_entries), bypass_(set_.boot_bypass ? 1 : 0) {}
+          endpoints_(set_.endpoints, no_domain), iotlb_(set_.iotlb_entries), bypass_(set_.boot_bypass ? 1 : 0),
+          prq_(set_.page_requests) {}
 
     bool in_global_bypass() const noexcept {
         return (offered(f_bypass_config) && bypass_ == 1) || negotiated(f_bypass);
@@ -1044,7 +1141,10 @@ private:
         if (req.flags.get() != 0) return answer(out, tail_at, type, status::inval);
         if (req.address_space.get() >= endpoints_.size()) return answer(out, tail_at, type, status::noent);
         if (tail_at < sizeof(probe_table_reply)) return answer(out, tail_at, type, status::inval);
-        if (offered_.empty()) offered_ = sharing::offered_formats(formats_);
+        // PAGE_REQUESTS negotiated: formats that can stall say so (cap_stall).
+        const bool stall = negotiated(f_page_requests);
+        if (offered_.empty() || offered_stall_ != stall) offered_ = sharing::offered_formats(formats_, stall);
+        offered_stall_ = stall;
         sharing::write_probe_table(offered_, set_.max_contexts, out.first(tail_at));
         return answer(out, tail_at, type, status::ok);
     }
@@ -1059,7 +1159,8 @@ private:
         domain* d = find_domain(r.address_space);
         if (d == nullptr) return status::noent;
         if (d->bypass || (d->maps && d->maps->mapping_count() != 0)) return status::inval;
-        auto b = sharing::validate_attach(formats_, r, guest_, sharing::attach_limits{set_.max_contexts});
+        auto b = sharing::validate_attach(formats_, r, guest_,
+                                          sharing::attach_limits{set_.max_contexts, negotiated(f_page_requests)});
         if (!b) return b.why().code;
         auto space = make_space(*b);
         if (!space) return space.why().code;
@@ -1068,6 +1169,7 @@ private:
         d->shared = std::move(*space);
         d->tag = new_tag();
         gone(translations_removed::scope::domain, d->id);
+        d->table_seq = ++table_seq_;  // page requests of the old table close (sweep_page_requests)
         return status::ok;
     }
 
@@ -1146,26 +1248,164 @@ private:
     /// Writes a virtio_iommu_fault into the next eventq buffer (24 bytes; a smaller buffer is
     /// returned unwritten, with used length 0, and the event dropped).
     bool post_fault(const dma_fault& f) {
+        virtio::fault ev;
+        ev.reason = f.reason;
+        ev.flags = f.flags;
+        ev.endpoint = f.endpoint;
+        ev.address = f.address;
+        return post_event(&ev, sizeof ev);
+    }
+    /// Writes `size` bytes into the next eventq buffer that holds them; smaller buffers are
+    /// returned unwritten (used length 0). False: no buffer (the event is dropped).
+    bool post_event(const void* ev, std::size_t size) {
         if (!eventq_) return false;
         while (auto p = eventq_->pop()) {
-            if (p->error != chain_error::none || p->c.writable_len < sizeof(virtio::fault)) {
+            if (p->error != chain_error::none || p->c.writable_len < size) {
                 eventq_->push_used(p->c.head, 0);
                 continue;
             }
-            virtio::fault ev;
-            ev.reason = f.reason;
-            ev.flags = f.flags;
-            ev.endpoint = f.endpoint;
-            ev.address = f.address;
-            const auto* b = reinterpret_cast<const std::uint8_t*>(&ev);
-            if (!eventq_->write(p->c, 0, std::span<const std::uint8_t>(b, sizeof ev))) {
+            const auto* b = static_cast<const std::uint8_t*>(ev);
+            if (!eventq_->write(p->c, 0, std::span<const std::uint8_t>(b, size))) {
                 eventq_->push_used(p->c.head, 0);
                 continue;
             }
-            eventq_->push_used(p->c.head, sizeof ev);
+            eventq_->push_used(p->c.head, static_cast<std::uint32_t>(size));
             return true;
         }
         return false;
+    }
+
+    // ---- page requests (README.md "Page requests")
+
+    static std::uint32_t access_flags(nested::access_kind a) noexcept {
+        return a == nested::access_kind::write ? fault_f_write
+               : a == nested::access_kind::exec ? fault_f_read | fault_f_exec
+                                                  : fault_f_read;
+    }
+    static constexpr std::uint64_t request_page_mask = (std::uint64_t{1} << device_iotlb::page_lg2) - 1;
+
+    /// A walk of [pos, last] failed (not mapped, or not for `access`): the MAPPING fault, or in
+    /// a shared table attached with F_FAULT a stall (`may_stall`: not for a retry).
+    dma_result& miss(dma_result& r, std::uint32_t ep, domain* d, std::uint64_t pos, std::uint64_t last,
+                     nested::access_kind access, bool may_stall) {
+        const bool faults = d != nullptr && d->table && (d->table->flags() & table_f_fault) != 0;
+        if (!may_stall || !faults || !negotiated(f_page_requests)) return fault_at(r, ep, pos, access, fault_r_mapping);
+        if (needs_reset()) {
+            abort_page_requests([](const page_request&) { return true; });
+            ++prstats_.not_stalled;
+            return fault_at(r, ep, pos, access, fault_r_mapping);
+        }
+        const stalled_access a{next_token_ + 1, ep, pos, last, access};
+        const std::uint64_t page = pos & ~request_page_mask;
+        page_request* open = prq_.find(ep, 0, page);
+        bool stalled = false;
+        if (open != nullptr) {
+            stalled = prq_.can_join() && reserve_completion() && prq_.join(*open, a);
+            if (stalled) ++prstats_.joined;
+        } else if (prq_.can_open(ep) && reserve_completion()) {
+            page_request pr;
+            pr.id = prq_.next_id();
+            pr.endpoint = ep;
+            pr.domain = d->id;
+            pr.context = 0;  // the DMA path translates context 0 (shared_space.hpp)
+            pr.page = page;
+            pr.flags = fault_f_address | access_flags(access);
+            pr.posted_us = now_us_;
+            pr.table_seq = d->table_seq;
+            page_request_event ev;
+            ev.flags = pr.flags;
+            ev.endpoint = ep;
+            ev.context = pr.context;
+            ev.address = page;
+            ev.address_space = pr.domain;
+            ev.id = pr.id;
+            const std::uint32_t id = pr.id;
+            // Booked first (it may fail for memory), then posted (undone when no buffer).
+            if (prq_.open(std::move(pr), a)) {
+                stalled = post_event(&ev, sizeof ev);
+                if (stalled) ++prstats_.requests;
+                else (void)prq_.close(id);
+            }
+        }
+        if (!stalled) {
+            ++prstats_.not_stalled;
+            return fault_at(r, ep, pos, access, fault_r_mapping);
+        }
+        r.pending = ++next_token_;
+        return r;
+    }
+    /// Room for every waiting access and one more among the completions, so that completing
+    /// never allocates. False when memory runs out.
+    bool reserve_completion() noexcept {
+        try {
+            completions_.reserve(completions_.size() + prq_.stalled() + 1);
+            return true;
+        } catch (...) {
+            return false;
+        }
+    }
+    /// The accesses of `r` complete with the fault `reason` (posted on the eventq as any).
+    void fail_waiting(page_request& r, std::uint8_t reason) {
+        for (const stalled_access& a : r.waiting) {
+            dma_completion c{a.token, a.endpoint, a.iova, {}};
+            fault_at(c.result, a.endpoint, a.iova, a.access, reason);
+            ++prstats_.completed_fault;
+            completions_.push_back(c);  // room reserved
+        }
+    }
+    /// The accesses of `r` walk again (no stall this time): the rest of their 4 KiB page.
+    void retry_waiting(page_request& r) {
+        for (const stalled_access& a : r.waiting) {
+            const std::uint64_t page_last = a.iova | request_page_mask;
+            const std::uint64_t last = std::min(a.last, page_last);
+            dma_completion c{a.token, a.endpoint, a.iova, translate_dma(a.endpoint, a.iova, last - a.iova + 1, a.access, false)};
+            ++(c.result.ok() ? prstats_.completed_ok : prstats_.completed_fault);
+            completions_.push_back(c);  // room reserved
+        }
+    }
+    /// Closes the page requests `pred` selects; their accesses fail (DOMAIN when the endpoint
+    /// is no longer in the request's domain, MAPPING otherwise).
+    template <class Pred>
+    void abort_page_requests(Pred pred) {
+        std::uint64_t n = 0;
+        prq_.close_if(pred, [&](page_request& r) {
+            ++n;
+            const bool in_domain = r.endpoint < endpoints_.size() && endpoints_[r.endpoint] == r.domain;
+            fail_waiting(r, in_domain ? fault_r_mapping : fault_r_domain);
+        });
+        prstats_.aborted += n;
+    }
+    /// After a request: page requests whose endpoint left the domain, or whose domain has
+    /// another table now, close.
+    void sweep_page_requests() {
+        abort_page_requests([&](const page_request& r) {
+            if (r.endpoint >= endpoints_.size() || endpoints_[r.endpoint] != r.domain) return true;
+            auto it = domains_.find(r.domain);
+            return it == domains_.end() || it->second->table_seq != r.table_seq;
+        });
+    }
+
+    /// PAGE_REPLY: PAGE_REQUESTS not negotiated UNSUPP (unanswered when not offered:
+    /// `handle`); reserved bytes or a reply other than HANDLED / FAILED INVAL; an id that is
+    /// not open (never posted, already answered, timed out or aborted) INVAL; an address_space
+    /// other than the request's domain INVAL. Then the request closes: HANDLED retries its
+    /// accesses' walks, FAILED completes them with the MAPPING fault. `paddr` is not checked:
+    /// the guest's table is the authority.
+    status on_page_reply(const req_page_reply& r) {
+        if (!negotiated(f_page_requests)) return status::unsupp;
+        const std::uint32_t reply = r.reply;
+        if (!zeros(r.reserved) || (reply != page_reply_handled && reply != page_reply_failed)) return status::inval;
+        const page_request* open = prq_.find_id(r.id);
+        if (open == nullptr || open->domain != r.address_space.get()) return status::inval;
+        auto pr = prq_.close(r.id);
+        if (reply == page_reply_handled) {
+            ++prstats_.replies_handled;
+            retry_waiting(*pr);
+        } else {
+            ++prstats_.replies_failed;
+            fail_waiting(*pr, fault_r_mapping);
+        }
+        return status::ok;
     }
 
     guest_ram& host_;
@@ -1175,6 +1415,7 @@ private:
     device_settings set_;
     formats_type formats_ = Host::table_formats();
     std::vector<virtio::pg_format> offered_;
+    bool offered_stall_ = false;  ///< offered_ carries cap_stall
     std::uint64_t driver_features_ = 0;
     std::vector<std::uint64_t> endpoints_;  ///< domain ID per endpoint, or no_domain
     std::map<std::uint32_t, std::unique_ptr<domain>> domains_;
@@ -1192,6 +1433,13 @@ private:
     virtio::fast_stats fstats_;
     request_stats stats_;
     translate_stats tstats_;
+    // Page requests (README.md "Page requests").
+    page_request_book prq_;
+    std::vector<dma_completion> completions_;  ///< room for every stalled access (reserve_completion)
+    virtio::page_request_stats prstats_;
+    std::uint64_t now_us_ = 0;
+    std::uint64_t next_token_ = 0;
+    std::uint64_t table_seq_ = 0;
 };
 
 } // namespace iopgtable::virtio

@@ -16,7 +16,10 @@
 ///   through stage 2, with the invalidations the sharing protocol asks for;
 /// - the fast protocol (README.md, "Fast protocol"): `map_sg_request`, `group_request`,
 ///   `parse_config_fast`, `driver::map_sg` / `driver::send_group`, and `deferred_unmapper`,
-///   a relaxed guest's buffer of unmaps sent within the vulnerability window.
+///   a relaxed guest's buffer of unmaps sent within the vulnerability window;
+/// - page requests (README.md "Page requests"): `parse_page_request`, `page_reply_request`,
+///   `driver::page_reply`, and `shared_table::resolve`, the guest's fault handler's way to map
+///   the page and reply.
 ///
 /// Section numbers are those of the specification's `device-types/iommu/description.tex`:
 /// 5.13.6.1 driver requirements of all requests, .3 ATTACH, .4 DETACH, .5 MAP, .6 UNMAP,
@@ -174,6 +177,20 @@ inline request invalidate_request(std::uint32_t domain, std::uint32_t context, i
     return detail::make_request(r, offsetof(req_invalidate, tail), sizeof(req_tail));
 }
 
+/// PAGE_REPLY (this project's, feature PAGE_REQUESTS; README.md "Page requests"): the answer
+/// to page request `id`, which named `domain`: `reply` page_reply_handled (the guest mapped
+/// the page at guest-physical `paddr` and invalidated as usual) or page_reply_failed.
+/// Reserved bytes zero. 28 readable bytes, 4 writable.
+inline request page_reply_request(std::uint32_t domain, std::uint32_t id, std::uint32_t reply, std::uint64_t paddr = 0) {
+    req_page_reply r;
+    r.head.type = static_cast<std::uint8_t>(req_type::page_reply);
+    r.address_space = domain;
+    r.id = id;
+    r.reply = reply;
+    r.paddr = paddr;
+    return detail::make_request(r, offsetof(req_page_reply, tail), sizeof(req_tail));
+}
+
 /// MAP_SG (this project's, feature MAP_SG; README.md "Fast protocol"): maps
 /// [virt_start + i·size, virt_start + (i+1)·size) to phys[i] for each i, all or nothing, with
 /// `flags` (map_f_*). Readable: the 32 fixed bytes of req_map_sg, then phys[] as le64, so
@@ -243,7 +260,9 @@ inline sharing::checked<request> group_request(std::span<const request> parts) {
 ///   (config_fast.relaxed_window_us): it must not be accepted by default;
 /// - never both BYPASS and BYPASS_CONFIG: BYPASS_CONFIG supersedes the legacy BYPASS;
 /// - MMIO (a MAP flag), RELAXED (rules of MAP and UNMAP) and MAP_SG (a kind of MAP) are
-///   dropped without MAP_UNMAP; GROUPED stays (a group may hold ATTACH and DETACH alone).
+///   dropped without MAP_UNMAP; GROUPED stays (a group may hold ATTACH and DETACH alone);
+///   PAGE_REQUESTS (wanted like any other) is dropped without TABLE_SHARING (it is about
+///   shared tables).
 /// Returns 0 when the device is unusable: no VERSION_1, or neither MAP_UNMAP nor table
 /// sharing accepted (the spec asks drivers to fail gracefully then).
 constexpr std::uint64_t negotiate_features(std::uint64_t offered, std::uint64_t wanted) noexcept {
@@ -253,6 +272,7 @@ constexpr std::uint64_t negotiate_features(std::uint64_t offered, std::uint64_t 
     accepted |= offered & (bit(f_version_1) | bit(f_input_range) | bit(f_domain_range) | bit(f_probe));
     if ((accepted & bit(f_bypass_config)) != 0) accepted &= ~bit(f_bypass);
     if ((accepted & bit(f_map_unmap)) == 0) accepted &= ~(bit(f_mmio) | bit(f_relaxed) | bit(f_map_sg));
+    if ((accepted & bit(f_table_sharing)) == 0) accepted &= ~bit(f_page_requests);
     if ((accepted & (bit(f_map_unmap) | bit(f_table_sharing))) == 0) return 0;
     return accepted;
 }
@@ -395,6 +415,41 @@ inline std::optional<fault_event> parse_fault(std::span<const std::uint8_t> even
     return e;
 }
 
+/// A page request from the event queue (README.md "Page requests"), as a driver may use it:
+/// the access (`flags`: fault_f_read / _write / _exec only), where (endpoint, context, page-
+/// aligned `address`), the domain a reply must name, and the id.
+struct page_request_info {
+    std::uint32_t id = 0;
+    std::uint32_t endpoint = 0;
+    std::uint32_t address_space = 0;
+    std::uint32_t context = 0;
+    std::uint64_t address = 0;
+    std::uint32_t flags = 0;
+};
+
+/// Reads one event buffer (`event`: the used length's bytes) as a page request, trusting
+/// nothing: exactly the 32-byte page_request_event, reason PAGE_REQUEST, reserved bytes 1–3
+/// zero, ADDRESS set (a page request without its address cannot be served); otherwise nothing
+/// (a fault event is `parse_fault`'s). Undefined flag bits are ignored.
+inline std::optional<page_request_info> parse_page_request(std::span<const std::uint8_t> event) noexcept {
+    if (event.size() != sizeof(page_request_event)) return std::nullopt;
+    if (detail::load<std::uint32_t>(event, 0) != fault_r_page_request) return std::nullopt;
+    const std::uint32_t flags = detail::load<std::uint32_t>(event, offsetof(page_request_event, flags));
+    if ((flags & fault_f_address) == 0) return std::nullopt;
+    page_request_info p;
+    p.flags = flags & (fault_f_read | fault_f_write | fault_f_exec);
+    p.endpoint = detail::load<std::uint32_t>(event, offsetof(page_request_event, endpoint));
+    p.context = detail::load<std::uint32_t>(event, offsetof(page_request_event, context));
+    p.address = detail::load<std::uint64_t>(event, offsetof(page_request_event, address));
+    p.address_space = detail::load<std::uint32_t>(event, offsetof(page_request_event, address_space));
+    p.id = detail::load<std::uint32_t>(event, offsetof(page_request_event, id));
+    return p;
+}
+/// The same from the event struct (machine::take_page_requests).
+inline std::optional<page_request_info> parse_page_request(const page_request_event& ev) noexcept {
+    return parse_page_request(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(&ev), sizeof ev));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Transport and driver
 // ---------------------------------------------------------------------------------------------
@@ -518,6 +573,11 @@ public:
         return send(invalidate_request(domain, context, kind, virt_addr, range_size)).code;
     }
 
+    /// PAGE_REPLY to page request `id` of `domain` (page_reply_request).
+    status page_reply(std::uint32_t domain, std::uint32_t id, std::uint32_t reply, std::uint64_t paddr = 0) {
+        return send(page_reply_request(domain, id, reply, paddr)).code;
+    }
+
     /// Requests of type `t` sent (by head.type; types outside req_type count under 0).
     std::uint64_t sent(req_type t) const noexcept { return sent_[slot(static_cast<std::uint8_t>(t))]; }
     /// Grouped chains sent (send_group).
@@ -548,12 +608,12 @@ private:
 
     static constexpr std::size_t slot(std::uint8_t type) noexcept {
         if (type >= 1 && type <= 5) return type;
-        if (type >= 0x40 && type <= 0x43) return std::size_t{type} - 0x40 + 6;
+        if (type >= 0x40 && type <= 0x44) return std::size_t{type} - 0x40 + 6;
         return 0;
     }
 
     T* t_;
-    std::array<std::uint64_t, 10> sent_{};
+    std::array<std::uint64_t, 11> sent_{};
     std::uint64_t groups_ = 0;
     std::uint64_t failed_ = 0;
     std::uint32_t last_used_ = 0;
@@ -905,17 +965,20 @@ public:
     /// `stage2` must map readable and writable; `cache` may be null, see guest_table_memory)
     /// and attaches it to `domain` with ATTACH_TABLE (sharing::make_attach_table<S1>, `tag` the
     /// ASID / domain id). An endpoint must already be attached to `domain` (ATTACH).
+    /// `attach_flags` are ATTACH_TABLE's flags: table_f_fault asks for page requests (feature
+    /// PAGE_REQUESTS; serve them with `resolve`).
     /// Refusals: the table's (engine error as a status, "table"), make_attach_table's, the
     /// device's status ("ATTACH_TABLE").
     static sharing::checked<shared_table> create(driver<T>& drv, const nested::stage_table<S2, HM>& stage2, ipa_t window,
                                         std::uint64_t window_size, const typename S1::config& cfg,
                                         std::uint32_t domain, std::uint32_t tag = 0,
-                                        nested::walk_cache* cache = nullptr) {
+                                        nested::walk_cache* cache = nullptr, std::uint32_t attach_flags = 0) {
         auto st = std::make_unique<state>(stage2, window, window_size, cache);
         auto t = table_type::create(cfg, st->mem, st->gather.hooks());
         if (!t) return sharing::refusal{sharing::to_status(t.error()), "table"};
         auto req = sharing::make_attach_table<S1>(cfg, t->root(), tag);
         if (!req) return req.why();
+        req->flags = req->flags.get() | attach_flags;
         const status s = drv.attach_table(domain, *req);
         if (s != status::ok) return sharing::refusal{s, "ATTACH_TABLE"};
         return shared_table(drv, std::move(st), std::move(*t), domain);
@@ -963,6 +1026,39 @@ public:
         return drv_->invalidate(domain_, 0, invalidate_kind::single);
     }
 
+    /// What a guest's fault handler decides for a page request: map the page to `ipa` with
+    /// `perm`, or (nothing) fail it.
+    struct page_grant {
+        ipa_t ipa;
+        prot perm = prot::read | prot::write | prot::cache;
+    };
+    /// Serves page request `req` of this table's domain (README.md "Page requests"):
+    /// `handler(req)` returns a page_grant or nothing; with a grant, the 4 KiB page at
+    /// req.address is mapped to grant.ipa (`map`) and invalidated (INVALIDATE VADDR: as usual;
+    /// a folded device re-reads it then), and the reply is HANDLED with paddr = the ipa; a
+    /// handler that declines, a map the table refuses (a page already mapped there: the access
+    /// lacked permission) or an INVALIDATE refused make it FAILED. Returns the PAGE_REPLY's
+    /// status. Refusal without sending anything: a request of another domain or context
+    /// (INVAL: not this table's).
+    template <class Handler>
+    status resolve(const page_request_info& req, Handler&& handler) {
+        if (req.address_space != domain_ || req.context != 0) return status::inval;
+        constexpr std::uint64_t page = 0x1000;
+        const std::uint64_t va = req.address & ~(page - 1);
+        std::optional<page_grant> g = handler(req);
+        bool handled = false;
+        if (g) {
+            auto r = map(input_address{va}, g->ipa, length_t{page}, g->perm);
+            handled = r && invalidate(va, page) == status::ok;
+        }
+        ++(handled ? resolved_ : declined_);
+        return drv_->page_reply(domain_, req.id, handled ? page_reply_handled : page_reply_failed,
+                                handled ? g->ipa.value : 0);
+    }
+    /// Page requests `resolve` answered HANDLED / FAILED.
+    std::uint64_t resolved() const noexcept { return resolved_; }
+    std::uint64_t declined() const noexcept { return declined_; }
+
     /// The table, to walk (lookup, iova_to_phys). Changing it directly is allowed only with
     /// the invalidations of the contract above.
     const table_type& table() const noexcept { return table_; }
@@ -991,6 +1087,7 @@ private:
     table_type table_;
     std::uint32_t domain_;
     std::uint64_t invalidations_ = 0;
+    std::uint64_t resolved_ = 0, declined_ = 0;
 };
 
 } // namespace iopgtable::virtio

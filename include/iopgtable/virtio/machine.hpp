@@ -13,7 +13,7 @@
 /// | 0x0010_0000 | requestq rings (queue size 256) |
 /// | 0x0011_0000 | eventq rings |
 /// | 0x0012_0000 | request buffers: readable 64 KiB, then writable 64 KiB, then an indirect table |
-/// | 0x0015_0000 | event buffers, 24 bytes each |
+/// | 0x0015_0000 | event buffers, 24 bytes each (32 with PAGE_REQUESTS negotiated: a page request's size) |
 /// | 0x0100_0000 | the guest's page-table window (16 MiB), for page-table sharing |
 /// | 0x0200_0000 .. ram_size | free for the guest's DMA buffers |
 ///
@@ -129,6 +129,8 @@ public:
         set_ = s;
         shape_ = {};
         event_at_.clear();
+        faults_.clear();
+        page_requests_.clear();
         return build();
     }
 
@@ -199,15 +201,20 @@ public:
     }
 
     /// The fault events the device wrote since the last call (re-posting their buffers).
+    /// Page requests among them are kept for `take_page_requests`.
     std::vector<virtio::fault> take_events() {
+        drain_events();
         std::vector<virtio::fault> out;
-        while (auto u = eventq_->get_used()) {
-            virtio::fault f;
-            if (u->id >= event_at_.size()) continue;
-            const std::uint64_t at = event_at_[u->id];
-            if (u->len >= sizeof f && guest_.read(pa_t{at}, static_cast<void*>(&f), sizeof f)) out.push_back(f);
-            post_one(at);
-        }
+        out.swap(faults_);
+        return out;
+    }
+    /// The page requests the device wrote since the last call (PAGE_REQUESTS), as the 32-byte
+    /// events they are (the driver's `parse_page_request` reads them), oldest first; fault
+    /// events among them are kept for `take_events`.
+    std::vector<virtio::page_request_event> take_page_requests() {
+        drain_events();
+        std::vector<virtio::page_request_event> out;
+        out.swap(page_requests_);
         return out;
     }
 
@@ -256,10 +263,30 @@ private:
     void post_event_buffers(std::uint32_t n) {
         n = std::min<std::uint32_t>(n, set_.queue_size);
         event_at_.assign(set_.queue_size, 0);
-        for (std::uint32_t i = 0; i < n; ++i) post_one(events_gpa + std::uint64_t{i} * sizeof(virtio::fault));
+        for (std::uint32_t i = 0; i < n; ++i) post_one(events_gpa + std::uint64_t{i} * event_bytes());
+    }
+    /// Each used event buffer read (a page request: 32 bytes, reason PAGE_REQUEST; else a fault)
+    /// and posted again.
+    void drain_events() {
+        while (auto u = eventq_->get_used()) {
+            if (u->id >= event_at_.size()) continue;
+            const std::uint64_t at = event_at_[u->id];
+            virtio::page_request_event pr;
+            virtio::fault f;
+            if (u->len == sizeof pr && guest_.read(pa_t{at}, static_cast<void*>(&pr), sizeof pr) &&
+                pr.reason == fault_r_page_request) {
+                page_requests_.push_back(pr);
+            } else if (u->len >= sizeof f && guest_.read(pa_t{at}, static_cast<void*>(&f), sizeof f)) {
+                faults_.push_back(f);
+            }
+            post_one(at);
+        }
+    }
+    std::uint32_t event_bytes() const noexcept {
+        return dev_ && dev_->negotiated(f_page_requests) ? sizeof(virtio::page_request_event) : sizeof(virtio::fault);
     }
     void post_one(std::uint64_t at) {
-        const typename driver_queue<guest_view>::buffer b{pa_t{at}, sizeof(virtio::fault), true};
+        const typename driver_queue<guest_view>::buffer b{pa_t{at}, event_bytes(), true};
         if (auto head = eventq_->add(std::span(&b, 1)); head && *head < event_at_.size()) event_at_[*head] = at;
     }
 
@@ -273,6 +300,8 @@ private:
     chain_shape shape_{};
     std::vector<typename driver_queue<guest_view>::buffer> bufs_;  ///< `raw`'s descriptors (reused)
     std::vector<std::uint64_t> event_at_;  ///< GPA of the event buffer behind each head
+    std::vector<virtio::fault> faults_;    ///< read off the eventq, not yet taken
+    std::vector<virtio::page_request_event> page_requests_;
 };
 
 } // namespace iopgtable::virtio

@@ -393,7 +393,10 @@ private:
         const iotlb_msg fail{iova, 0, 0, perm, iotlb_access_fail};
         for (const auto kind : {nested::access_kind::read, nested::access_kind::write}) {
             if ((perm & (kind == nested::access_kind::read ? access_ro : access_wo)) == 0) continue;
-            if (!dev_.translate(ep, iova, 1, kind).ok()) {
+            // A stalled access (a table attached with F_FAULT, page requests) is not a
+            // translation yet: ACCESS_FAIL now; the page request still goes to the guest, and
+            // the backend's next MISS after the guest's reply gets the UPDATE.
+            if (const auto r = dev_.translate(ep, iova, 1, kind); !r.ok() || r.stalled()) {
                 ++stats_.access_fails;
                 return reply(f, fail);
             }
