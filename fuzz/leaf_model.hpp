@@ -6,7 +6,10 @@
 /// only the page-size bitmap, and restates the engine's documented behaviour in the plainest
 /// way: greedy largest-page choice, overlap means `exists`, cutting a leaf means `partial`,
 /// splitting goes to the next smaller page size.
+#include <array>
 #include <bit>
+#include <cstddef>
+#include <cstdlib>
 #include <cstdint>
 #include <iterator>
 #include <map>
@@ -54,10 +57,25 @@ void greedy_leaves(std::uint64_t bitmap, std::uint64_t va, std::uint64_t pa, std
 
 class leaf_model {
 public:
-    /// The leaves live in a pool kept for the whole process (not thread-safe: one fuzzer thread):
-    /// an input maps thousands of leaves, and a sanitizer allocation with its stack trace per
-    /// leaf was a sixth of a fuzz_ops execution.
+    /// The leaves live in an arena: a static 4 MiB buffer handed out by a monotonic resource,
+    /// spilling to the heap only past it, and reset when the model is destroyed. An input maps
+    /// thousands of leaves, and a sanitizer allocation with its stack trace per leaf was a sixth
+    /// of a fuzz_ops execution. The arena rather than a growing pool: a pool that keeps what it
+    /// took from the heap makes every input that needs more leaves than any before it allocate
+    /// more than it frees, and while fuzzing libFuzzer answers each such input by running it a
+    /// second time and then a leak scan. With the arena an input frees what it took. One model at a time (one fuzzer thread): a second live model is refused.
     using map_type = std::pmr::map<std::uint64_t, model_leaf>;
+
+    leaf_model() {
+        if (live()++ != 0) std::abort();
+    }
+    leaf_model(const leaf_model&) = delete;
+    leaf_model& operator=(const leaf_model&) = delete;
+    ~leaf_model() {
+        leaves_.clear();
+        arena().release();
+        --live();
+    }
 
     const map_type& leaves() const noexcept { return leaves_; }
     std::uint64_t mapped_bytes() const noexcept { return bytes_; }
@@ -147,11 +165,16 @@ public:
     }
 
 private:
-    static std::pmr::memory_resource* pool() {
-        static std::pmr::unsynchronized_pool_resource p;
-        return &p;
+    static std::pmr::monotonic_buffer_resource& arena() {
+        static std::array<std::byte, std::size_t{4} << 20> buffer;
+        static std::pmr::monotonic_buffer_resource r{buffer.data(), buffer.size()};
+        return r;
     }
-    map_type leaves_{pool()};
+    static unsigned& live() {
+        static unsigned n = 0;
+        return n;
+    }
+    map_type leaves_{&arena()};
     std::uint64_t bytes_ = 0;
 };
 
