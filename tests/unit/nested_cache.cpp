@@ -2,10 +2,14 @@
 // The cache contract: after the invalidation the sharing protocol requires no stale translation
 // is returned; a newly mapped entry needs none. Each stale case is also shown to be stale
 // without the invalidation, so the tests would notice caches that do nothing.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include <catch2/catch.hpp>
+#include <rapidcheck.h>
+#include <rapidcheck/catch.h>
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/formats/vtd_fl.hpp>
 #include <iopgtable/formats/vtd_sl.hpp>
@@ -202,4 +206,78 @@ TEST_CASE("VT-d: the same contract for first stage over second stage", "[nested]
     CHECK(w.pa(0x200000) == 0);
     REQUIRE(w.s2->map(ipa_t{0x400000}, pa_t{data_hpa + 0x400000}, length_t{0x200000}, rw).ok());
     CHECK(w.pa(0x200000) == data_hpa + 0x400000);
+}
+
+namespace {
+/// The walk cache as its contract states it, by the most direct means: a fully associative
+/// array scanned in full, replaced round-robin.
+struct linear_walk_cache {
+    std::vector<nested::walk_cache::entry> e;
+    std::size_t next = 0;
+    explicit linear_walk_cache(std::size_t n) : e(n) {}
+    static bool covers(const nested::walk_cache::entry& x, std::uint64_t ipa) {
+        return x.valid && (ipa >> x.size_lg2) == (x.ipa_base >> x.size_lg2);
+    }
+    void insert(nested::walk_cache::entry x) {
+        x.valid = true;
+        e[next] = x;
+        next = (next + 1) % e.size();
+    }
+    void invalidate(std::uint64_t ipa, std::uint64_t size) {
+        if (size == 0) return;
+        const std::uint64_t last = ipa + (size - 1) < ipa ? ~std::uint64_t{0} : ipa + (size - 1);
+        for (auto& x : e)
+            if (x.valid && x.ipa_base <= last && ipa <= x.ipa_base + low_mask(x.size_lg2)) x.valid = false;
+    }
+};
+} // namespace
+
+TEST_CASE("walk cache: the indexed lookup finds exactly what a full scan finds", "[nested][cache][property]") {
+    rc::prop("random inserts, finds and invalidations of 4K/2M/1G/64K leaves", [] {
+        const auto capacity = *rc::gen::inRange<std::size_t>(1, 70);
+        nested::walk_cache c(capacity);
+        linear_walk_cache ref(capacity);
+        RC_ASSERT(c.capacity() == capacity);
+        std::uint64_t hits = 0, misses = 0;
+        const unsigned sizes[] = {12, 16, 21, 30};
+        const auto steps = *rc::gen::inRange(1, 300);
+        for (int i = 0; i < steps; ++i) {
+            const auto what = *rc::gen::inRange(0, 10);
+            // Addresses in a 4 GiB span, so that entries of every size meet.
+            const std::uint64_t ipa = *rc::gen::inRange<std::uint64_t>(0, std::uint64_t{1} << 32);
+            if (what < 3) {
+                const unsigned lg2 = sizes[*rc::gen::inRange(0, 4)];
+                nested::walk_cache::entry x;
+                x.ipa_base = ipa & ~low_mask(lg2);
+                x.pa_base = (std::uint64_t{1} << 40) + x.ipa_base;
+                x.size_lg2 = lg2;
+                x.level = 3;
+                x.perm = prot::read;
+                c.insert(x);
+                ref.insert(x);
+            } else if (what < 9) {
+                const auto* got = c.find(ipa);
+                const bool want = std::any_of(ref.e.begin(), ref.e.end(), [&](auto& x) { return ref.covers(x, ipa); });
+                RC_ASSERT((got != nullptr) == want);
+                if (got) {
+                    // What it returns is one of the reference's live entries covering ipa.
+                    RC_ASSERT(std::any_of(ref.e.begin(), ref.e.end(), [&](auto& x) {
+                        return ref.covers(x, ipa) && x.ipa_base == got->ipa_base && x.size_lg2 == got->size_lg2 &&
+                               x.pa_base == got->pa_base;
+                    }));
+                    ++hits;
+                } else {
+                    ++misses;
+                }
+            } else {
+                const std::uint64_t size = std::uint64_t{1} << *rc::gen::inRange(0, 33);
+                c.invalidate(ipa, size);
+                ref.invalidate(ipa, size);
+            }
+            RC_ASSERT(c.hits() == hits);
+            RC_ASSERT(c.misses() == misses);
+        }
+        c.invalidate_all();
+        for (std::uint64_t a = 0; a < (std::uint64_t{1} << 32); a += std::uint64_t{1} << 28) RC_ASSERT(c.find(a) == nullptr);
+    });
 }
