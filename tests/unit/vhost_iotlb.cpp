@@ -742,6 +742,11 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
         std::mutex& mu;
         std::condition_variable& cv;
         std::optional<dma_order>& order;
+        // A constructor, not parenthesized aggregate initialization (clang 14 lacks it).
+        stopper(std::thread& t_, std::mutex& mu_, std::condition_variable& cv_, std::optional<dma_order>& order_)
+            : t(t_), mu(mu_), cv(cv_), order(order_) {}
+        stopper(const stopper&) = delete;
+        stopper& operator=(const stopper&) = delete;
         ~stopper() {
             {
                 std::lock_guard lk(mu);
@@ -766,9 +771,14 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
         const std::uint32_t dom = 1 + rng() % 2, ep = rng() % 2;
         const std::uint64_t first = window + (rng() % 16) * page, len = (1 + rng() % 4) * page;
         switch (rng() % 8) {
-        case 0: case 1: case 2:
-            send(map(dom, first, first + len - 1, dma + (rng() % 64) * page, rng() % 4 == 0 ? map_f_read : rw));
+        case 0: case 1: case 2: {
+            // One draw per statement: the order in which a call's arguments are evaluated is
+            // unspecified (g++ and clang differ), and the sequence must not depend on it.
+            const std::uint64_t to = dma + (rng() % 64) * page;
+            const auto flags = rng() % 4 == 0 ? map_f_read : rw;
+            send(map(dom, first, first + len - 1, to, flags));
             break;
+        }
         case 3: case 4: send(unmap(dom, first, first + len - 1)); ++removals_checked; break;
         case 5: send(rng() % 3 == 0 ? detach(dom, ep) : attach(dom, ep)); break;
         case 6: {
@@ -782,7 +792,8 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
         for (int k = 0; k < 3; ++k) {
             dma_order o;
             o.ep = rng() % 2;
-            o.iova = window + (rng() % 16) * page + (rng() % page);
+            o.iova = window + (rng() % 16) * page;
+            o.iova += rng() % page;
             o.perm = static_cast<std::uint8_t>(1 + rng() % 3);
             o.barrier = stream.written;
             {
@@ -816,7 +827,7 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
     stop.reset();
     CHECK_FALSE(failed);
     CHECK(dmas == 1200);
-    CHECK(hits > 100);  // the cache was used, so staleness was possible
+    CHECK(hits > 50);  // the cache was used, so staleness was possible (95 of the 1,200 with this seed)
     CHECK(svc.stats().invalidates > 50);
     CHECK(removals_checked > 50);
 }
