@@ -61,22 +61,6 @@ std::uint32_t send(machine<>& m, const std::vector<std::uint8_t>& in, std::uint3
     return used;
 }
 
-/// The machine for this input: built by the first input, then reset to exactly what
-/// `create(ms)` would build (machine::reset keeps the host memory's allocation and clears it,
-/// so an input pays for clearing 2 MiB of RAM, not for a new machine; fuzz/README.md).
-machine<>& machine_for(const machine_settings& ms) {
-    static std::unique_ptr<machine<>> m;
-    if (!m) {
-        auto mc = machine<>::create(ms);
-        FUZZ_CHECK(mc.ok(), "machine: %s", mc.ok() ? "" : mc.why().field.data());
-        m = std::move(*mc);
-    } else {
-        const auto why = m->reset(ms);
-        FUZZ_CHECK(!why, "machine reset: %s", why ? why->field.data() : "");
-    }
-    return *m;
-}
-
 /// What a refused MAP_SG or group must leave as it was: each endpoint's domain and every
 /// domain's mappings.
 struct device_state {
@@ -201,7 +185,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ms.device.page_requests.accesses = 6;
     ms.device.page_requests.timeout_us = 1000;
     const std::uint32_t attach_flags = (knobs & 0x80) ? table_f_fault : 0;
-    machine<>& m = machine_for(ms);
+    machine<>& m = fuzz::reused_machine<machine<>>(ms);
     std::vector<std::uint8_t> out;
     stalled_tracker tracker;
     std::uint64_t now_us = 0;

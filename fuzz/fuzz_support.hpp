@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <span>
 
 #include <boost/hana/for_each.hpp>
@@ -79,5 +80,23 @@ void with_format(std::size_t index, Fn&& fn) {
 
 /// True when `x` does not fit in `bits` bits.
 constexpr bool beyond(std::uint64_t x, unsigned bits) noexcept { return bits < 64 && (x >> bits) != 0; }
+
+/// The simulated machine for this input: built by the first input, then reset to exactly
+/// what `Machine::create(settings)` would build (machine::reset keeps the host memory's
+/// allocation and clears it, so an input pays for clearing the RAM, not for a new machine;
+/// fuzz/README.md). One per Machine type and process; not thread-safe.
+template <class Machine, class Settings>
+Machine& reused_machine(const Settings& settings) {
+    static std::unique_ptr<Machine> m;
+    if (!m) {
+        auto created = Machine::create(settings);
+        FUZZ_CHECK(created.ok(), "machine: %s", created.ok() ? "" : created.why().field.data());
+        m = std::move(*created);
+    } else {
+        const auto why = m->reset(settings);
+        FUZZ_CHECK(!why, "machine reset: %s", why ? why->field.data() : "");
+    }
+    return *m;
+}
 
 } // namespace iopgtable::fuzz

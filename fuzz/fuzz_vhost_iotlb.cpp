@@ -30,11 +30,13 @@
 ///
 /// Cost per input: a machine reset (2 MiB of RAM cleared), as fuzz_device.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <vector>
 
+#include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/virtio/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
@@ -50,29 +52,9 @@ constexpr std::uint64_t ram_size = machine<>::min_ram_size, page = 0x1000, iova_
 constexpr std::uint64_t vmm_base = 0x7f0000000000;
 constexpr std::uint32_t endpoints = 3;
 
-machine<>& machine_for(const machine_settings& ms) {
-    static std::unique_ptr<machine<>> m;
-    if (!m) {
-        auto mc = machine<>::create(ms);
-        FUZZ_CHECK(mc.ok(), "machine: %s", mc.ok() ? "" : mc.why().field.data());
-        m = std::move(*mc);
-    } else {
-        const auto why = m->reset(ms);
-        FUZZ_CHECK(!why, "machine reset: %s", why ? why->field.data() : "");
-    }
-    return *m;
-}
-
 std::optional<std::uint64_t> vmm_address(std::uint64_t base, std::uint64_t hpa, std::uint64_t size) {
     if (hpa < base || hpa - base >= ram_size || size > ram_size - (hpa - base)) return std::nullopt;
     return vmm_base + (hpa - base);
-}
-
-template <class T>
-std::vector<std::uint8_t> readable_of(const T& r) {
-    std::vector<std::uint8_t> v(sizeof(T) - sizeof(req_tail));
-    std::memcpy(v.data(), static_cast<const void*>(&r), v.size());
-    return v;
 }
 
 /// What a backend holds after applying every frame in order.
@@ -104,7 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ms.device.max_table_bytes = 256u << 10;
     ms.device.iotlb_entries = 64;
     if (k0 & 0x80) ms.device.features |= feature(f_relaxed);
-    machine<>& m = machine_for(ms);
+    machine<>& m = fuzz::reused_machine<machine<>>(ms);
     const std::uint64_t host_base = m.guest().hpa_base();
 
     vh::vhost_settings vs;
@@ -178,36 +160,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (unsigned steps = 0; !in.empty() && steps < 256; ++steps) {
         const std::uint8_t op = in.u8() % 9;
         switch (op) {
-        case 0: {  // MAP
-            req_map r;
-            r.head.type = static_cast<std::uint8_t>(req_type::map);
-            r.domain = 1 + in.u8() % 3;
+        case 0: {  // MAP (the input's bytes drawn in this order: domain, start, pages, phys, flags)
+            const std::uint32_t dom = 1 + in.u8() % 3;
             const std::uint64_t first = iova_base + (in.u8() % 32) * page, n = 1 + in.u8() % 4;
-            r.virt_start = first;
-            r.virt_end = first + n * page - 1;
-            r.phys_start = std::uint64_t{in.u8()} * 2 * page;  // up to 2 MiB: some beyond RAM's end
-            r.flags = in.u8() & 3;
-            send(readable_of(r));
+            const std::uint64_t phys = std::uint64_t{in.u8()} * 2 * page;  // up to 2 MiB: some beyond RAM's end
+            const std::uint32_t flags = in.u8() & 3u;
+            send(map_request(dom, first, first + n * page - 1, phys, flags).readable);
             break;
         }
         case 1: {  // UNMAP
-            req_unmap r;
-            r.head.type = static_cast<std::uint8_t>(req_type::unmap);
-            r.domain = 1 + in.u8() % 3;
+            const std::uint32_t dom = 1 + in.u8() % 3;
             const std::uint64_t first = iova_base + (in.u8() % 32) * page, n = 1 + in.u8() % 8;
-            r.virt_start = first;
-            r.virt_end = first + n * page - 1;
-            send(readable_of(r));
+            send(unmap_request(dom, first, first + n * page - 1).readable);
             break;
         }
         case 2: {  // ATTACH (maybe a bypass domain) / DETACH
             const std::uint8_t b = in.u8();
-            req_attach r;
-            r.head.type = static_cast<std::uint8_t>((b & 1) ? req_type::detach : req_type::attach);
-            r.domain = 1 + (b >> 1) % 3;
-            r.endpoint = (b >> 3) % endpoints;
-            r.flags = (b & 0x80) ? attach_f_bypass : 0;
-            send(readable_of(r));
+            const std::uint32_t dom = 1 + (b >> 1) % 3, ep = (b >> 3) % endpoints;
+            // A DETACH is sent laid out as the ATTACH it mirrors: with bit 7 set its reserved
+            // bytes carry ATTACH_F_BYPASS, which the device must refuse.
+            request q = attach_request(dom, ep, (b & 0x80) != 0);
+            if (b & 1) q.readable[offsetof(req_attach, head)] = static_cast<std::uint8_t>(req_type::detach);
+            send(q.readable);
             break;
         }
         case 3: {  // the bypass byte
