@@ -20,7 +20,8 @@
 ///   any store, also changes the table whose page it aliases, which no table code can see or
 ///   undo; the host that builds such a stage 2 breaks its own guest);
 /// - while stage 2 still maps the window as at the start (no page ever changed), every map and
-///   unmap gives the same answer as a reference table in plain memory (guest_ram, no stage 2) given the same operations, and every
+///   unmap gives the same answer as a reference table in plain memory (guest_ram, no stage 2)
+///   given the same operations, and every
 ///   touched address translates the same;
 /// - a folded shadow (nested/folding.hpp, mode (b): an arm-lpae-s1-4k table on the host heap;
 ///   inputs whose span byte has bit 4 set) follows the guest's table as the protocol has it: the guest invalidates the range of every
@@ -62,8 +63,9 @@ namespace {
 /// was a fresh 64 KiB allocation, with its page faults and sanitizer bookkeeping, per input.
 /// 4 MiB is eight times the stage-1 window, and the reference holds the same tables as the
 /// guest's table (it follows it only while the window has not run out).
+constexpr std::uint64_t reference_ram_size = std::uint64_t{4} << 20;
 guest_ram& reference_ram() {
-    static guest_ram ram{std::uint64_t{4} << 20};
+    static guest_ram ram{reference_ram_size};
     return ram;
 }
 
@@ -395,6 +397,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(ref.bytes_in_use() == 0, "the reference table left %" PRIu64 " bytes in use", ref.bytes_in_use());
     // Back to an empty pool (and its free lists freed) within the input: an input that leaves
     // heap memory behind is run again by libFuzzer with a leak scan.
-    ref.set_table_pool(pa_t{0}, std::uint64_t{4} << 20);
+    ref.set_table_pool(pa_t{0}, fuzz::reference_ram_size);
     return 0;
 }

@@ -63,7 +63,8 @@ public:
     /// of a fuzz_ops execution. The arena rather than a growing pool: a pool that keeps what it
     /// took from the heap makes every input that needs more leaves than any before it allocate
     /// more than it frees, and while fuzzing libFuzzer answers each such input by running it a
-    /// second time and then a leak scan. With the arena an input frees what it took. One model at a time (one fuzzer thread): a second live model is refused.
+    /// second time and then a leak scan. With the arena an input frees what it took. One model
+    /// at a time (one fuzzer thread): a second live model is refused.
     using map_type = std::pmr::map<std::uint64_t, model_leaf>;
 
     leaf_model() {
