@@ -192,8 +192,9 @@ public:
         if ((sz & (sz - 1)) == 0 && (sz & geo_.pgsize_bitmap) != 0 && ((va | pa.value) & (sz - 1)) == 0) {
             const unsigned lg2 = static_cast<unsigned>(std::countr_zero(sz));
             replace_outcome out;
-            const auto fast = at_top(
-                [&]<unsigned L>(level_c<L>) { return replace_one<L>(root_.value, top_mask(), va, pa.value, lg2, p, out); });
+            const auto fast = from_top(va, va, [&]<unsigned L>(cursor<L>& c) {
+                return replace_one<L>(c.table, c.mask, va, pa.value, lg2, p, out);
+            });
             if (fast) return out;
         }
 
@@ -208,8 +209,9 @@ public:
         // Both ends become leaf edges (translations unchanged), so that every leaf in the
         // range lies inside it; then the plan checks every store the clearing makes.
         if (auto r = split_ends(va, last); !r) return failure(r.error());
-        if (auto r = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); }); !r)
-            return failure(r.error());
+        if (const bytes_or_error r = from_top(va, last, [&](auto& c) { return unmap_level<unmap_pass::check>(c); });
+            r.error != bytes_or_error::none)
+            return failure(static_cast<errc>(r.error));
         // The undo log is sized before the first store, so that clearing cannot fail half-way.
         std::size_t entries = 0;
         if (auto r = visit(iova, input_address{last}, [&](const leaf_entry<F>&) {
@@ -219,8 +221,8 @@ public:
             return failure(r.error());
         std::vector<cleared_entry> cleared;
         cleared.reserve(entries);
-        const std::uint64_t removed = at_top(
-            [&]<unsigned L>(level_c<L>) { return clear_leaves<L>(root_.value, top_mask(), va, last, cleared); });
+        const std::uint64_t removed =
+            from_top(va, last, [&](auto& c) { return unmap_level<unmap_pass::clear>(c, &cleared).bytes; });
 
         bool stored = false;
         if (auto r = map_cleared(va, last, delta, p, stored); !r) {
@@ -251,7 +253,7 @@ private:
         if (mode == unmap_mode::exact && (size.value & (size.value - 1)) == 0 && (va & (size.value - 1)) == 0) {
             const unsigned lg2 = static_cast<unsigned>(std::countr_zero(size.value));
             const std::uint64_t fast =
-                at_top([&]<unsigned L>(level_c<L>) { return unmap_one<L>(root_.value, top_mask(), va, lg2); });
+                from_top(va, va, [&]<unsigned L>(cursor<L>& c) { return unmap_one<L>(c.table, c.mask, va, lg2); });
             if (fast != undecided_bytes) return {fast};
         }
         if (mode == unmap_mode::split) {
@@ -274,11 +276,11 @@ private:
                     return bytes_or_error::fail(errc::partial);
             }
         } else {
-            auto plan = at_top([&]<unsigned L>(level_c<L>) { return plan_unmap<L>(root_.value, top_mask(), va, last); });
-            if (!plan) return bytes_or_error::fail(plan.error());
+            const bytes_or_error plan = from_top(va, last, [&](auto& c) { return unmap_level<unmap_pass::check>(c); });
+            if (plan.error != bytes_or_error::none) return plan;
         }
         std::uint64_t bytes =
-            at_top([&]<unsigned L>(level_c<L>) { return apply_unmap<L>(root_.value, top_mask(), va, last); });
+            from_top(va, last, [&](auto& c) { return unmap_level<unmap_pass::apply>(c).bytes; });
         return {bytes};
     }
 
@@ -309,8 +311,8 @@ public:
     /// Returns the bytes freed.
     std::uint64_t reclaim() {
         const std::uint64_t before = table_bytes();
-        at_top([&]<unsigned L>(level_c<L>) {
-            if constexpr (L > 0) reclaim_level<L>(root_.value, top_mask(), 0);
+        from_top(0, low_mask(geo_.ias), [&]<unsigned L>(cursor<L>& c) {
+            if constexpr (L > 0) reclaim_level(c);
         });
         return before - table_bytes();
     }
@@ -409,28 +411,17 @@ private:
     };
     using need_counts = std::array<std::uint64_t, levels_max>;
 
+    template <unsigned L>
+    using cursor = level_cursor<F, M, L>;
+    /// Calls `fn(cursor<L>&)` with the cursor of the top table over [first, last].
     template <class Fn>
-    decltype(auto) at_top(Fn&& fn) const {
-        return with_level<levels_max>(geo_.levels - 1, std::forward<Fn>(fn));
+    decltype(auto) from_top(std::uint64_t first, std::uint64_t last, Fn&& fn) const {
+        return with_top_cursor<F>(cfg_, geo_, *mem_, root_.value, first, last, std::forward<Fn>(fn));
     }
-    std::uint64_t top_mask() const noexcept { return low_mask(geo_.top_index_lg2); }
     bool in_ias(std::uint64_t a) const noexcept { return geo_.ias >= 64 || (a >> geo_.ias) == 0; }
-    /// The entry at `idx` of `table`, for reading (nullptr: not backed).
-    word* slot(std::uint64_t table, std::uint64_t idx) const noexcept {
-        return mem_->template entry<word>(pa_t{table + idx * sizeof(word)});
-    }
-    /// The entry for a store (nullptr: not backed, or the memory does not let it be written).
-    word* wslot(std::uint64_t table, std::uint64_t idx) const noexcept {
-        return writable_entry<word>(*mem_, pa_t{table + idx * sizeof(word)});
-    }
-    /// Memories whose pages may be readable but not writable: plans check every entry they
-    /// will store to, so that the change cannot stop half-way.
+    /// Memories whose pages may be readable but not writable: checks and plans look at every
+    /// entry a change will store to, so that the change cannot stop half-way.
     static constexpr bool checks_writes = has_write_access<M, word>;
-    /// The entry as a plan sees one it will store to.
-    word* plan_slot(std::uint64_t table, std::uint64_t idx) const noexcept {
-        if constexpr (checks_writes) return wslot(table, idx);
-        else return slot(table, idx);
-    }
     void count_tables(std::int64_t delta_bytes) noexcept {
         std::atomic_ref<std::uint64_t>(table_bytes_).fetch_add(static_cast<std::uint64_t>(delta_bytes),
                                                                 std::memory_order_relaxed);
@@ -496,10 +487,14 @@ private:
         // One page of a size that is a single entry somewhere, into tables that exist: one walk.
         if ((size & (size - 1)) == 0 && (size & sizes) != 0 && ((va | pa) & (size - 1)) == 0) {
             const unsigned lg2 = static_cast<unsigned>(std::countr_zero(size));
-            const auto fast = at_top([&]<unsigned L>(level_c<L>) { return map_one<L>(root_.value, top_mask(), va, pa, lg2, p); });
+            const auto fast =
+                from_top(va, va, [&]<unsigned L>(cursor<L>& c) { return map_one<L>(c.table, c.mask, va, pa, lg2, p); });
             if (fast != fast_path::undecided) return fast == fast_path::done ? success() : result<void>(failure(errc::exists));
         }
-        return at_top([&]<unsigned L>(level_c<L>) { return map_from<L>(root_.value, top_mask(), va, last, delta, sizes, p); });
+        return from_top(va, last, [&](auto& c) {
+            map_job j{delta, sizes, p};
+            return map_from(c, j);
+        });
     }
 
     enum class fast_path : std::uint8_t { done, exists, undecided };
@@ -508,18 +503,19 @@ private:
     /// the way exists: the whole map is one walk and one store. Anything else (a table to
     /// allocate, a table in the leaf's slot that may give way, a replicated leaf, an entry the
     /// memory does not give) is left to the general path: undecided, nothing written.
+    ///
+    /// One-address walks that g++ does not inline take (table, mask, va) in registers and
+    /// build their level's cursor: a cursor passed by value goes through the stack.
     template <unsigned L>
-    fast_path map_one(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t pa, unsigned lg2,
-                      prot p) {
+    fast_path map_one(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t pa, unsigned lg2, prot p) {
         constexpr unsigned item = F::item_lg2(L);
-        const std::uint64_t idx = (va >> item) & mask;
+        cursor<L> c{&cfg_, mem_, table, mask, va, va};
         if (lg2 == item) {
             if constexpr ((F::leaf_sizes(L) & lg2_to_size(item)) != 0) {
-                word* e = wslot(table, idx);
-                if (e == nullptr) return fast_path::undecided;
-                switch (F::classify(cfg_, L, load_entry(e))) {
+                if (!c.read(true)) return fast_path::undecided;
+                switch (c.kind) {
                 case entry_kind::empty:
-                    store_entry(e, F::make_leaf(cfg_, L, item, pa, p));
+                    store_entry(c.entry, F::make_leaf(cfg_, L, item, pa, p));
                     return fast_path::done;
                 case entry_kind::leaf:
                     return fast_path::exists;
@@ -531,12 +527,10 @@ private:
         }
         if constexpr (L > 0) {
             if (lg2 < item) {
-                const word* e = slot(table, idx);
-                if (e == nullptr) return fast_path::undecided;
-                const word raw = load_entry(e);
-                switch (F::classify(cfg_, L, raw)) {
+                if (!c.read()) return fast_path::undecided;
+                switch (c.kind) {
                 case entry_kind::table:
-                    return map_one<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), va, pa, lg2, p);
+                    return map_one<L - 1>(c.child(), detail::index_mask<F>(L - 1), va, pa, lg2, p);
                 case entry_kind::leaf:
                     return fast_path::exists;  // a leaf holds the range already
                 case entry_kind::empty:
@@ -557,62 +551,67 @@ private:
     template <unsigned L>
     std::uint64_t unmap_one(std::uint64_t table, std::uint64_t mask, std::uint64_t va, unsigned lg2) {
         constexpr unsigned item = F::item_lg2(L);
-        const std::uint64_t idx = (va >> item) & mask;
-        const word* e = slot(table, idx);
-        if (e == nullptr) return undecided_bytes;
-        const word raw = load_entry(e);
-        switch (F::classify(cfg_, L, raw)) {
+        cursor<L> c{&cfg_, mem_, table, mask, va, va};
+        if (!c.read()) return undecided_bytes;
+        switch (c.kind) {
         case entry_kind::empty:
             return lg2 <= item ? 0 : undecided_bytes;
         case entry_kind::leaf:
-            if (lg2 == item && F::leaf_lg2(cfg_, L, raw) == item) {
-                word* w = wslot(table, idx);
+            if (lg2 == item && c.leaf_lg2() == item) {
+                word* w = c.writable();
                 if (w == nullptr) return undecided_bytes;
                 store_entry(w, word{0});
-                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, va, lg2_to_size(item));
+                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, c.pos, lg2_to_size(item));
                 return lg2_to_size(item);
             }
             return undecided_bytes;
         case entry_kind::table:
             if constexpr (L > 0)
-                if (lg2 < item)
-                    return unmap_one<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), va, lg2);
+                if (lg2 < item) return unmap_one<L - 1>(c.child(), detail::index_mask<F>(L - 1), va, lg2);
             return undecided_bytes;
         }
         return undecided_bytes;
     }
 
-    /// Descends while [va, last] lies inside one entry that is a table, then plans and applies
+    /// The passes of map over one cursor: `plan` reads the range and checks that the map can
+    /// be done (exists, fault), counting the tables it needs; `fresh` counts the tables an
+    /// empty subtree needs (reading nothing); `apply` stores, taking tables from the pool.
+    enum class map_pass : std::uint8_t { plan, fresh, apply };
+
+    /// What a map pass needs besides its cursor.
+    struct map_job {
+        std::uint64_t delta;             ///< pa - va
+        std::uint64_t sizes;             ///< the page sizes it may use
+        prot p;
+        need_counts* need = nullptr;     ///< plan, fresh: tables to allocate, per level
+        table_pool* pool = nullptr;      ///< apply: the allocated tables
+        std::uint64_t done = 0;          ///< apply: first address not yet mapped
+    };
+
+    /// Descends while the range lies inside one entry that is a table, then plans and applies
     /// from there (the upper levels are walked once instead of twice).
     template <unsigned L>
-    result<void> map_from(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
-                          std::uint64_t delta, std::uint64_t sizes, prot p) {
+    result<void> map_from(cursor<L> c, map_job& j) {
         if constexpr (L > 0) {
             constexpr unsigned item = F::item_lg2(L);
-            if ((va >> item) == (last >> item) && leaf_choice<L>(va, last, delta, sizes) == 0) {
-                if (word* e = slot(table, (va >> item) & mask)) {
-                    const word raw = load_entry(e);
-                    if (F::classify(cfg_, L, raw) == entry_kind::table)
-                        return map_from<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), va, last,
-                                               delta, sizes, p);
-                }
-            }
+            if ((c.pos >> item) == (c.last >> item) && leaf_choice<L>(c.pos, c.last, j.delta, j.sizes) == 0 &&
+                c.load() && c.kind == entry_kind::table)
+                return map_from(c.descend(), j);
         }
         need_counts need{};
-        if (auto plan = plan_map<L>(table, mask, va, last, delta, sizes, need); !plan) return plan;
+        j.need = &need;
+        if (auto plan = map_level<map_pass::plan>(c, j); !plan) return plan;
         bool fresh = false;
         for (auto n : need) fresh |= n != 0;
         table_pool pool;
         if (fresh)
             if (auto r = fill_pool(need, pool); !r) return r;
-        std::uint64_t done = va;  // first address not yet mapped
-        auto applied = apply_map<L>(table, mask, va, last, delta, sizes, p, pool, done);
+        j.pool = &pool;
+        j.done = c.pos;
+        auto applied = map_level<map_pass::apply>(c, j);
         if (fresh) drain_pool(pool);  // tables a concurrent mapper installed first
-        if (!applied) {
-            if (done > va) apply_unmap<L>(table, mask, va, done - 1);
-            return applied;
-        }
-        return success();
+        if (!applied && j.done > c.pos) unmap_level<unmap_pass::apply>(c.over(c.pos, j.done - 1));
+        return applied;
     }
 
     /// Whole items of 2^Item bytes in [pos, last] (pos aligned to the item).
@@ -634,10 +633,10 @@ private:
     /// True when the n entries from idx are all zero and backed (writable too when the memory
     /// checks writes). Entries are read one run at a time as the memory defines its pages
     /// (`entry_run`): a table spanning several pages is never read past the page it starts in.
-    bool all_zero(std::uint64_t table, std::uint64_t idx, std::uint64_t n) const noexcept {
+    template <unsigned L>
+    bool all_zero(const cursor<L>& c, std::uint64_t idx, std::uint64_t n) const noexcept {
         for (std::uint64_t done = 0; done < n;) {
-            const entry_span<word> run =
-                entry_run<word>(*mem_, pa_t{table + (idx + done) * sizeof(word)}, n - done, checks_writes);
+            const entry_span<word> run = c.run(idx + done, n - done, checks_writes);
             if (run.count == 0) return false;
             word any = 0;
             // Acquire per word (a plain load on x86 and cheap elsewhere), so ThreadSanitizer
@@ -666,368 +665,311 @@ private:
         }
     }
 
-    /// Tables a fresh (empty) subtree at level L needs for [va, last].
-    template <unsigned L>
-    static void count_fresh(std::uint64_t va, std::uint64_t last, std::uint64_t delta, std::uint64_t sizes,
-                            need_counts& need) noexcept {
-        if constexpr (L > 0) {
-            constexpr unsigned item = F::item_lg2(L);
-            std::uint64_t pos = va;
-            for (;;) {
-                std::uint64_t step_last;
-                if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
-                    step_last = pos + (lg2_to_size(lg2) - 1);
-                } else {
-                    step_last = std::min(last, pos | low_mask(item));
-                    ++need[L - 1];
-                    count_fresh<L - 1>(pos, step_last, delta, sizes, need);
-                }
-                if (step_last >= last) return;
-                pos = step_last + 1;
-            }
-        }
-    }
-
-    template <unsigned L>
-    result<void> plan_map(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
-                          std::uint64_t delta, std::uint64_t sizes, need_counts& need) const {
-        constexpr unsigned item = F::item_lg2(L);
-        std::uint64_t pos = va;
-        for (;;) {
-            const std::uint64_t idx = (pos >> item) & mask;
-            std::uint64_t step_last;
-            if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
-                std::uint64_t n = lg2_to_size(lg2 - item), span = lg2_to_size(lg2);
-                if (const std::uint64_t run = item_run<L>(lg2, idx, mask, pos, last, sizes)) {
-                    n = all_zero(table, idx, run) ? 0 : run;
-                    span = run << item;
-                }
-                for (std::uint64_t i = 0; i < n; ++i) {
-                    word* e = plan_slot(table, idx + i);
-                    if (e == nullptr) return failure(errc::fault);
-                    const word raw = load_entry(e);
-                    switch (F::classify(cfg_, L, raw)) {
-                    case entry_kind::empty:
-                        break;
-                    case entry_kind::table:  // gives way to the leaf only when it maps nothing
-                        if constexpr (L > 0)
-                            if (subtree_empty<L - 1>(F::table_address(cfg_, L, raw))) break;
-                        return failure(errc::exists);
-                    case entry_kind::leaf:
-                        return failure(errc::exists);
-                    }
-                }
-                step_last = pos + (span - 1);
-            } else {
-                if constexpr (L == 0) {
+    /// map's one loop (see map_pass).
+    template <map_pass Pass, unsigned L>
+    result<void> map_level(cursor<L> c, map_job& j) {
+        if constexpr (Pass == map_pass::fresh && L == 0) {
+            return success();  // a level-0 table holds leaves only
+        } else {
+            do {
+                c.step();
+                if (const unsigned lg2 = leaf_choice<L>(c.pos, c.last, j.delta, j.sizes)) {
+                    if (auto r = map_leaves<Pass>(c, lg2, j); !r) return r;
+                } else if constexpr (L == 0) {
                     return failure(errc::invalid);  // no page size fits: excluded by map_range's checks
+                } else if constexpr (Pass == map_pass::fresh) {
+                    ++(*j.need)[L - 1];
+                    (void)map_level<Pass>(c.into(0), j);  // counts only: cannot fail
                 } else {
-                    step_last = std::min(last, pos | low_mask(item));
-                    word* e = slot(table, idx);
-                    if (e == nullptr) return failure(errc::fault);
-                    const word raw = load_entry(e);
-                    switch (F::classify(cfg_, L, raw)) {
-                    case entry_kind::leaf:
-                        return failure(errc::exists);
-                    case entry_kind::table:
-                        if (auto r = plan_map<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), pos,
-                                                     step_last, delta, sizes, need);
-                            !r)
-                            return r;
-                        break;
-                    case entry_kind::empty:
-                        if constexpr (checks_writes)
-                            if (wslot(table, idx) == nullptr) return failure(errc::fault);
-                        ++need[L - 1];
-                        count_fresh<L - 1>(pos, step_last, delta, sizes, need);
-                        break;
+                    if (!c.read()) return failure(errc::fault);  // apply: changed since the plan
+                    if constexpr (Pass == map_pass::plan) {
+                        switch (c.kind) {
+                        case entry_kind::leaf:
+                            return failure(errc::exists);
+                        case entry_kind::table:
+                            if (auto r = map_level<Pass>(c.descend(), j); !r) return r;
+                            break;
+                        case entry_kind::empty:
+                            if constexpr (checks_writes)
+                                if (c.writable() == nullptr) return failure(errc::fault);
+                            ++(*j.need)[L - 1];
+                            (void)map_level<map_pass::fresh>(c.into(0), j);
+                            break;
+                        }
+                    } else {
+                        if (c.kind == entry_kind::empty)
+                            if (auto r = install_table(c, *j.pool); !r) return r;
+                        if (c.kind != entry_kind::table) return failure(errc::exists);
+                        if (auto r = map_level<Pass>(c.descend(), j); !r) return r;
                     }
                 }
-            }
-            if (step_last >= last) return success();
-            pos = step_last + 1;
+            } while (c.next());
+            return success();
         }
     }
 
+    /// Installs a table from the pool in the empty entry `c` holds (compare-and-exchange: a
+    /// thread that installed one first wins, and `c` then holds the winner's). Errors, with
+    /// nothing written: nomem (the pool is empty: plan and apply disagree, the concurrency
+    /// contract was broken), fault (the entry cannot be written: the memory changed since).
     template <unsigned L>
-    result<void> apply_map(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
-                           std::uint64_t delta, std::uint64_t sizes, prot p, table_pool& pool, std::uint64_t& done) {
+    result<void> install_table(cursor<L>& c, table_pool& pool) {
+        auto& spare = pool.free[L - 1];
+        if (spare.empty()) return failure(errc::nomem);
+        word* w = c.writable();
+        if (w == nullptr) return failure(errc::fault);
+        const std::uint64_t t = spare.back();
+        spare.pop_back();
+        const word seen = cas_entry(w, c.raw, F::make_table(cfg_, L, t));
+        if (seen == c.raw) {
+            c.raw = F::make_table(cfg_, L, t);
+        } else {
+            spare.push_back(t);  // lost the race: use the winner's table
+            c.raw = seen;
+        }
+        c.kind = F::classify(cfg_, L, c.raw);
+        return success();
+    }
+
+    /// One step of map_level that places leaves of 2^lg2 bytes at c.pos: as many entries as
+    /// the leaf replicates, or a run of item-size entries; sets c.end past them.
+    template <map_pass Pass, unsigned L>
+    result<void> map_leaves(cursor<L>& c, unsigned lg2, map_job& j) {
         constexpr unsigned item = F::item_lg2(L);
-        std::uint64_t pos = va;
-        for (;;) {
-            const std::uint64_t idx = (pos >> item) & mask;
-            std::uint64_t step_last;
-            if (unsigned lg2 = leaf_choice<L>(pos, last, delta, sizes)) {
-                std::uint64_t n = lg2_to_size(lg2 - item), span = lg2_to_size(lg2);
-                const word leaf = F::make_leaf(cfg_, L, lg2, pos + delta, p);
-                const std::uint64_t run = item_run<L>(lg2, idx, mask, pos, last, sizes);
-                bool additive = false;
-                if (run > 1) {
-                    n = run;
-                    span = run << item;
-                    additive = F::make_leaf(cfg_, L, item, pos + delta + ((run - 1) << item), p) ==
-                               static_cast<word>(leaf + (static_cast<word>(run - 1) << item));
-                }
-                // Stored one run at a time, as far as the memory says entries are contiguous.
-                for (std::uint64_t i = 0; i < n;) {
-                    const entry_span<word> span_run = entry_run<word>(*mem_, pa_t{table + (idx + i) * sizeof(word)}, n - i, true);
-                    if (span_run.count == 0) {
-                        // The plan saw every entry backed: only a memory that changed since (a
-                        // stage 2 edited under a guest's table) gets here. Undo this step.
-                        for (std::uint64_t j = 0; j < i; ++j)
-                            if (word* w = wslot(table, idx + j)) store_entry(w, word{0});
-                        return failure(errc::fault);
-                    }
-                    for (word *e = span_run.first, *end = span_run.first + span_run.count; e != end; ++e, ++i) {
-                        if constexpr (L > 0) {
-                            const word old = load_entry(e);
-                            if (F::classify(cfg_, L, old) == entry_kind::table) {  // empty (plan_map checked)
-                                store_entry(e, word{0});
-                                if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos + (i << item), lg2_to_size(item));
-                                free_subtree<L - 1>(F::table_address(cfg_, L, old));
-                            }
-                        }
-                        if (run <= 1) store_entry(e, leaf);
-                        else if (additive) store_entry(e, static_cast<word>(leaf + (static_cast<word>(i) << item)));
-                        else store_entry(e, F::make_leaf(cfg_, L, item, pos + delta + (i << item), p));
-                    }
-                }
-                step_last = pos + (span - 1);
-                done = step_last + 1;
-            } else {
-                if constexpr (L == 0) {
-                    return failure(errc::invalid);
-                } else {
-                    step_last = std::min(last, pos | low_mask(item));
-                    word* e = slot(table, idx);
-                    if (e == nullptr) return failure(errc::fault);  // changed since the plan
-                    word raw = load_entry(e);
-                    if (F::classify(cfg_, L, raw) == entry_kind::empty) {
-                        auto& spare = pool.free[L - 1];
-                        if (spare.empty()) return failure(errc::nomem);  // plan and apply disagree: contract broken
-                        word* w = wslot(table, idx);
-                        if (w == nullptr) return failure(errc::fault);  // changed since the plan
-                        const std::uint64_t t = spare.back();
-                        spare.pop_back();
-                        const word seen = cas_entry(w, raw, F::make_table(cfg_, L, t));
-                        if (seen == raw) {
-                            raw = F::make_table(cfg_, L, t);
-                        } else {
-                            spare.push_back(t);  // lost the race: use the winner's table
-                            raw = seen;
-                        }
-                    }
-                    if (F::classify(cfg_, L, raw) != entry_kind::table) return failure(errc::exists);
-                    if (auto r = apply_map<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), pos,
-                                                  step_last, delta, sizes, p, pool, done);
-                        !r)
-                        return r;
+        const std::uint64_t idx = c.index();
+        std::uint64_t n = lg2_to_size(lg2 - item), span = lg2_to_size(lg2);
+        const std::uint64_t run = item_run<L>(lg2, idx, c.mask, c.pos, c.last, j.sizes);
+        if (run > 1) {
+            n = run;
+            span = run << item;
+        }
+        if constexpr (Pass == map_pass::plan) {
+            if (run != 0 && all_zero(c, idx, run)) n = 0;
+            for (std::uint64_t i = 0; i < n; ++i) {
+                word* e = c.entry_at(idx + i, checks_writes);
+                if (e == nullptr) return failure(errc::fault);
+                const word raw = load_entry(e);
+                switch (F::classify(cfg_, L, raw)) {
+                case entry_kind::empty:
+                    break;
+                case entry_kind::table:  // gives way to the leaf only when it maps nothing
+                    if constexpr (L > 0)
+                        if (subtree_empty(table_at<L - 1>(F::table_address(cfg_, L, raw)))) break;
+                    return failure(errc::exists);
+                case entry_kind::leaf:
+                    return failure(errc::exists);
                 }
             }
-            if (step_last >= last) return success();
-            pos = step_last + 1;
+        } else if constexpr (Pass == map_pass::apply) {
+            const std::uint64_t pos = c.pos;
+            const word leaf = F::make_leaf(cfg_, L, lg2, pos + j.delta, j.p);
+            const bool additive =
+                run > 1 && F::make_leaf(cfg_, L, item, pos + j.delta + ((run - 1) << item), j.p) ==
+                               static_cast<word>(leaf + (static_cast<word>(run - 1) << item));
+            // Stored one run at a time, as far as the memory says entries are contiguous.
+            for (std::uint64_t i = 0; i < n;) {
+                const entry_span<word> span_run = c.run(idx + i, n - i, true);
+                if (span_run.count == 0) {
+                    // The plan saw every entry backed: only a memory that changed since (a
+                    // stage 2 edited under a guest's table) gets here. Undo this step.
+                    for (std::uint64_t k = 0; k < i; ++k)
+                        if (word* w = c.writable(idx + k)) store_entry(w, word{0});
+                    return failure(errc::fault);
+                }
+                for (word *e = span_run.first, *end = span_run.first + span_run.count; e != end; ++e, ++i) {
+                    if constexpr (L > 0) {
+                        const word old = load_entry(e);
+                        if (F::classify(cfg_, L, old) == entry_kind::table) {  // empty (the plan checked)
+                            store_entry(e, word{0});
+                            if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos + (i << item), lg2_to_size(item));
+                            free_subtree(table_at<L - 1>(F::table_address(cfg_, L, old)));
+                        }
+                    }
+                    if (run <= 1) store_entry(e, leaf);
+                    else if (additive) store_entry(e, static_cast<word>(leaf + (static_cast<word>(i) << item)));
+                    else store_entry(e, F::make_leaf(cfg_, L, item, pos + j.delta + (i << item), j.p));
+                }
+            }
+            j.done = pos + span;
         }
+        c.end = c.pos + (span - 1);
+        return success();
+    }
+
+    /// The whole of the non-top table at `table` on level L (its first slot at 0).
+    template <unsigned L>
+    cursor<L> table_at(std::uint64_t table) const noexcept {
+        return cursor<L>::whole(cfg_, *mem_, table, detail::index_mask<F>(L), 0);
     }
 
     // ---------------------------------------------------------------- unmap
 
-    template <unsigned L>
-    result<void> plan_unmap(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last) const {
+    /// The passes of unmap over one cursor: `check` writes nothing and finds what would fail
+    /// (partial, fault); `apply` clears the leaves and unlinks and frees the tables the range
+    /// covers whole; `clear` (replace) clears the leaves only, logging each old word into
+    /// `cleared`, and frees no table.
+    enum class unmap_pass : std::uint8_t { check, apply, clear };
+
+    /// One entry replace cleared, to write back if the map fails.
+    struct cleared_entry {
+        word* entry;
+        word raw;
+    };
+
+    /// unmap's one loop (see unmap_pass). Returns the bytes of the leaves removed (check:
+    /// that would go) or, from check, an error. Preconditions of apply and clear: check passed
+    /// (or, in exact mode on an owned table, no leaf straddles either end); `cleared` has room
+    /// for every entry (clear allocates nothing).
+    template <unmap_pass Pass, unsigned L>
+    bytes_or_error unmap_level(cursor<L> c, std::vector<cleared_entry>* cleared = nullptr) {
         constexpr unsigned item = F::item_lg2(L);
-        std::uint64_t pos = va;
-        for (;;) {
-            word* e = slot(table, (pos >> item) & mask);
-            if (e == nullptr) return failure(errc::fault);
-            const word raw = load_entry(e);
-            std::uint64_t step_last = std::min(last, pos | low_mask(item));
-            switch (F::classify(cfg_, L, raw)) {
+        const std::uint64_t first = c.pos;
+        std::uint64_t bytes = 0;
+        do {
+            if (!c.load() && Pass == unmap_pass::check) return bytes_or_error::fail(errc::fault);
+            switch (c.kind) {
             case entry_kind::empty:
                 break;
             case entry_kind::leaf: {
-                const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
-                const std::uint64_t base = pos & ~low_mask(lg2);
-                const std::uint64_t leaf_last = base + low_mask(lg2);
-                if (base < va || leaf_last > last) return failure(errc::partial);
-                if constexpr (checks_writes) {  // every copy of the leaf is cleared
-                    const std::uint64_t first_idx = ((pos >> item) & mask) - ((pos - base) >> item);
-                    for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i)
-                        if (wslot(table, first_idx + i) == nullptr) return failure(errc::fault);
+                if constexpr (Pass == unmap_pass::apply && L == 0 && F::leaf_sizes(0) == lg2_to_size(item)) {
+                    bytes += clear_items(c);
+                    break;
                 }
-                step_last = leaf_last;
+                const unsigned lg2 = c.leaf_lg2();
+                const std::uint64_t base = c.pos & ~low_mask(lg2);
+                const std::uint64_t n = lg2_to_size(lg2 - item);
+                const std::uint64_t first_idx = c.first_copy(lg2);
+                if constexpr (Pass == unmap_pass::check) {
+                    if (base < first || base + low_mask(lg2) > c.last) return bytes_or_error::fail(errc::partial);
+                    if constexpr (checks_writes)  // every copy of the leaf is cleared
+                        for (std::uint64_t i = 0; i < n; ++i)
+                            if (c.writable(first_idx + i) == nullptr) return bytes_or_error::fail(errc::fault);
+                } else {
+                    for (std::uint64_t i = 0; i < n; ++i) {
+                        if (word* w = c.writable(first_idx + i)) {
+                            if constexpr (Pass == unmap_pass::clear) cleared->push_back({w, load_entry(w)});
+                            store_entry(w, word{0});
+                        }
+                    }
+                    if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(lg2));
+                }
+                bytes += lg2_to_size(lg2);
+                c.end = base + low_mask(lg2);
                 break;
             }
             case entry_kind::table:
                 if constexpr (L == 0) {
-                    return failure(errc::fault);
+                    if constexpr (Pass == unmap_pass::check) return bytes_or_error::fail(errc::fault);
                 } else {
-                    const bool whole = (pos & low_mask(item)) == 0 && step_last == (pos | low_mask(item));
-                    if constexpr (checks_writes)
-                        if (whole && wslot(table, (pos >> item) & mask) == nullptr) return failure(errc::fault);
-                    if (!whole) {
-                        if (auto r = plan_unmap<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1),
-                                                       pos, step_last);
-                            !r)
-                            return r;
-                    }
-                }
-                break;
-            }
-            if (step_last >= last) return success();
-            pos = step_last + 1;
-        }
-    }
-
-    template <unsigned L>
-    std::uint64_t apply_unmap(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last) {
-        constexpr unsigned item = F::item_lg2(L);
-        std::uint64_t bytes = 0;
-        std::uint64_t pos = va;
-        for (;;) {
-            const std::uint64_t idx = (pos >> item) & mask;
-            word* e = slot(table, idx);
-            std::uint64_t step_last = std::min(last, pos | low_mask(item));
-            const word raw = e ? load_entry(e) : word{0};
-            switch (e ? F::classify(cfg_, L, raw) : entry_kind::empty) {
-            case entry_kind::empty:
-                break;
-            case entry_kind::leaf: {
-                if constexpr (L == 0 && F::leaf_sizes(0) == lg2_to_size(item)) {
-                    const std::uint64_t n = std::min(mask - idx + 1, full_items<item>(pos, last));
-                    for (std::uint64_t i = 0; i < n; ++i) {
-                        word* c = wslot(table, idx + i);
-                        if (c == nullptr || F::classify(cfg_, L, load_entry(c)) != entry_kind::leaf) continue;
-                        store_entry(c, word{0});
-                        if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, pos + (i << item), lg2_to_size(item));
-                        bytes += lg2_to_size(item);
-                    }
-                    step_last = pos + ((n << item) - 1);
-                    break;
-                }
-                const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
-                const std::uint64_t base = pos & ~low_mask(lg2);
-                const std::uint64_t n = lg2_to_size(lg2 - item);
-                const std::uint64_t first_idx = idx - ((pos - base) >> item);
-                for (std::uint64_t i = 0; i < n; ++i)
-                    if (word* c = wslot(table, first_idx + i)) store_entry(c, word{0});
-                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(lg2));
-                bytes += lg2_to_size(lg2);
-                step_last = base + low_mask(lg2);
-                break;
-            }
-            case entry_kind::table:
-                if constexpr (L > 0) {
-                    const std::uint64_t child = F::table_address(cfg_, L, raw);
-                    const bool whole = (pos & low_mask(item)) == 0 && step_last == (pos | low_mask(item));
-                    word* w = whole ? wslot(table, idx) : nullptr;
-                    if (w != nullptr) {
+                    // A table the range covers whole goes with everything below it (clear
+                    // frees no table: it descends).
+                    const bool whole = Pass != unmap_pass::clear && c.covers_slot();
+                    word* w = whole ? c.writable() : nullptr;
+                    if (whole && Pass == unmap_pass::check) {
+                        if (checks_writes && w == nullptr) return bytes_or_error::fail(errc::fault);
+                    } else if (w != nullptr) {
                         store_entry(w, word{0});
-                        bytes += subtree_leaf_bytes<L - 1>(child, pos);
-                        if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, pos, lg2_to_size(item));
-                        free_subtree<L - 1>(child);
+                        bytes += subtree_leaf_bytes(c.descend());
+                        if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, c.pos, lg2_to_size(item));
+                        free_subtree(c.descend());
                     } else {
-                        bytes += apply_unmap<L - 1>(child, detail::index_mask<F>(L - 1), pos, step_last);
+                        const bytes_or_error r = unmap_level<Pass>(c.descend(), cleared);
+                        if (r.error != bytes_or_error::none) return r;
+                        bytes += r.bytes;
                     }
                 }
                 break;
             }
-            if (step_last >= last) return bytes;
-            pos = step_last + 1;
-        }
+        } while (c.next());
+        return {bytes};
     }
 
-    /// Bytes of leaves in the subtree at `table` (level L, covering from `base`).
+    /// unmap's level-0 step where every leaf is one entry: clears the leaves among the
+    /// item-size entries from c.pos to the end of the range or the table, one memory run at
+    /// a time (entries the memory does not let be written are skipped); sets c.end.
     template <unsigned L>
-    std::uint64_t subtree_leaf_bytes(std::uint64_t table, std::uint64_t base) const {
+    std::uint64_t clear_items(cursor<L>& c) {
         constexpr unsigned item = F::item_lg2(L);
+        const std::uint64_t idx = c.index();
+        const std::uint64_t n = std::min(c.mask - idx + 1, full_items<item>(c.pos, c.last));
         std::uint64_t bytes = 0;
-        const std::uint64_t n = lg2_to_size(F::index_lg2(L));
-        for (std::uint64_t i = 0; i < n; ++i) {
-            word* e = slot(table, i);
-            if (e == nullptr) continue;
-            const word raw = load_entry(e);
-            switch (F::classify(cfg_, L, raw)) {
-            case entry_kind::leaf:
-                bytes += lg2_to_size(item);  // each replicated copy counts its own slot
-                break;
-            case entry_kind::table:
-                if constexpr (L > 0) bytes += subtree_leaf_bytes<L - 1>(F::table_address(cfg_, L, raw), base + (i << item));
-                break;
-            case entry_kind::empty:
-                break;
+        for (std::uint64_t i = 0; i < n;) {
+            const entry_span<word> run = c.run(idx + i, n - i, true);
+            if (run.count == 0) {
+                ++i;
+                continue;
+            }
+            for (word *e = run.first, *end = run.first + run.count; e != end; ++e, ++i) {
+                if (F::classify(cfg_, L, load_entry(e)) != entry_kind::leaf) continue;
+                store_entry(e, word{0});
+                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, c.pos + (i << item), lg2_to_size(item));
+                bytes += lg2_to_size(item);
             }
         }
+        c.end = c.pos + ((n << item) - 1);
         return bytes;
     }
 
-    /// True when the subtree at `table` (level L) holds no leaf and all of it is readable.
+    /// Bytes of leaves in the table `c` covers and below (each replicated copy counts its slot).
     template <unsigned L>
-    bool subtree_empty(std::uint64_t table) const {
-        const std::uint64_t n = lg2_to_size(F::index_lg2(L));
-        for (std::uint64_t i = 0; i < n; ++i) {
-            word* e = slot(table, i);
-            if (e == nullptr) return false;
-            const word raw = load_entry(e);
-            switch (F::classify(cfg_, L, raw)) {
-            case entry_kind::empty:
-                break;
-            case entry_kind::table:
-                if constexpr (L > 0)
-                    if (subtree_empty<L - 1>(F::table_address(cfg_, L, raw))) break;
-                return false;
-            case entry_kind::leaf:
+    std::uint64_t subtree_leaf_bytes(cursor<L> c) const {
+        std::uint64_t bytes = 0;
+        do {
+            c.load();
+            if (c.kind == entry_kind::leaf) bytes += lg2_to_size(c.item);
+            if constexpr (L > 0)
+                if (c.kind == entry_kind::table) bytes += subtree_leaf_bytes(c.descend());
+        } while (c.next());
+        return bytes;
+    }
+
+    /// True when the table `c` covers holds no leaf (below it neither) and all of it is readable.
+    template <unsigned L>
+    bool subtree_empty(cursor<L> c) const {
+        do {
+            if (!c.load() || c.kind == entry_kind::leaf) return false;
+            if constexpr (L > 0) {
+                if (c.kind == entry_kind::table && !subtree_empty(c.descend())) return false;
+            } else if (c.kind == entry_kind::table) {
                 return false;
             }
-        }
+        } while (c.next());
         return true;
     }
 
-    /// Frees the table at `table` (level L) and every table below it.
+    /// Frees the table `c` covers and every table below it.
     template <unsigned L>
-    void free_subtree(std::uint64_t table) {
+    void free_subtree(cursor<L> c) {
+        const std::uint64_t table = c.table;
         if constexpr (L > 0) {
-            const std::uint64_t n = lg2_to_size(F::index_lg2(L));
-            for (std::uint64_t i = 0; i < n; ++i) {
-                word* e = slot(table, i);
-                if (e == nullptr) continue;
-                const word raw = load_entry(e);
-                if (F::classify(cfg_, L, raw) == entry_kind::table) free_subtree<L - 1>(F::table_address(cfg_, L, raw));
-            }
+            do {
+                if (c.load() && c.kind == entry_kind::table) free_subtree(c.descend());
+            } while (c.next());
         }
         free_table(L, table);
     }
 
-    /// Returns true when the table at level L (below the root) is empty after reclaiming.
+    /// Frees the tables below the entries `c` covers that hold no leaf (walk_flush before
+    /// each). Returns true when every entry is empty afterwards.
     template <unsigned L>
-    bool reclaim_level(std::uint64_t table, std::uint64_t mask, std::uint64_t base) {
-        constexpr unsigned item = F::item_lg2(L);
+    bool reclaim_level(cursor<L> c) {
         bool empty = true;
-        const std::uint64_t n = mask + 1;
-        for (std::uint64_t i = 0; i < n; ++i) {
-            word* e = slot(table, i);
-            if (e == nullptr) continue;
-            const word raw = load_entry(e);
-            switch (F::classify(cfg_, L, raw)) {
-            case entry_kind::empty:
-                break;
-            case entry_kind::leaf:
-                empty = false;
-                break;
-            case entry_kind::table:
-                if constexpr (L > 0) {
-                    const std::uint64_t child = F::table_address(cfg_, L, raw);
-                    const std::uint64_t child_base = base + (i << item);
-                    word* w = wslot(table, i);
-                    if (w != nullptr && reclaim_level<L - 1>(child, detail::index_mask<F>(L - 1), child_base)) {
+        do {
+            if (!c.load()) continue;
+            if (c.kind == entry_kind::leaf) empty = false;
+            if constexpr (L > 0) {
+                if (c.kind == entry_kind::table) {
+                    word* w = c.writable();
+                    if (w != nullptr && reclaim_level(c.descend())) {
                         store_entry(w, word{0});
-                        if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, child_base, lg2_to_size(item));
-                        free_table(L - 1, child);
+                        if (hooks_.walk_flush) hooks_.walk_flush(hooks_.cookie, c.pos, lg2_to_size(c.item));
+                        free_table(L - 1, F::table_address(cfg_, L, c.raw));
                     } else {
                         empty = false;
                     }
                 }
-                break;
             }
-        }
+        } while (c.next());
         return empty;
     }
 
@@ -1040,27 +982,25 @@ private:
     bool replace_one(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t pa, unsigned lg2, prot p,
                      replace_outcome& out) {
         constexpr unsigned item = F::item_lg2(L);
-        const std::uint64_t idx = (va >> item) & mask;
+        cursor<L> c{&cfg_, mem_, table, mask, va, va};
         if (lg2 == item) {
             if constexpr ((F::leaf_sizes(L) & lg2_to_size(item)) != 0) {
-                word* e = wslot(table, idx);
-                if (e == nullptr) return false;
-                const word raw = load_entry(e);
-                switch (F::classify(cfg_, L, raw)) {
+                if (!c.read(true)) return false;
+                switch (c.kind) {
                 case entry_kind::empty:
-                    store_entry(e, F::make_leaf(cfg_, L, item, pa, p));
+                    store_entry(c.entry, F::make_leaf(cfg_, L, item, pa, p));
                     out = {0, true};
                     return true;
                 case entry_kind::leaf: {
-                    if (F::leaf_lg2(cfg_, L, raw) != item) return false;
+                    if (c.leaf_lg2() != item) return false;
                     const word fresh = F::make_leaf(cfg_, L, item, pa, p);
-                    if (F::leaf_address(cfg_, L, raw) == pa && F::leaf_prot(cfg_, L, raw) == F::leaf_prot(cfg_, L, fresh)) {
+                    if (c.leaf_address() == pa && c.leaf_prot() == F::leaf_prot(cfg_, L, fresh)) {
                         out = {0, false};
                         return true;
                     }
-                    store_entry(e, word{0});
-                    if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, va, lg2_to_size(item));
-                    store_entry(e, fresh);
+                    store_entry(c.entry, word{0});
+                    if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, c.pos, lg2_to_size(item));
+                    store_entry(c.entry, fresh);
                     out = {lg2_to_size(item), true};
                     return true;
                 }
@@ -1072,11 +1012,8 @@ private:
         }
         if constexpr (L > 0) {
             if (lg2 < item) {
-                const word* e = slot(table, idx);
-                if (e == nullptr) return false;
-                const word raw = load_entry(e);
-                if (F::classify(cfg_, L, raw) != entry_kind::table) return false;
-                return replace_one<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), va, pa, lg2, p, out);
+                if (!c.read() || c.kind != entry_kind::table) return false;
+                return replace_one<L - 1>(c.child(), detail::index_mask<F>(L - 1), va, pa, lg2, p, out);
             }
         }
         return false;
@@ -1110,85 +1047,48 @@ private:
         return exact && covered ? range_match::exact : range_match::differs;
     }
 
-    /// One entry replace cleared, to write back if the map fails.
-    struct cleared_entry {
-        word* entry;
-        word raw;
-    };
-
-    /// Clears every leaf in [va, last] (every copy of a replicated leaf), freeing no table;
-    /// logs each entry's old word into `cleared` and calls leaf_removed for each leaf. Returns
-    /// the bytes of the leaves removed. Preconditions: no leaf straddles va or last + 1, and
-    /// plan_unmap passed; `cleared` has room for every entry (no allocation here).
-    template <unsigned L>
-    std::uint64_t clear_leaves(std::uint64_t table, std::uint64_t mask, std::uint64_t va, std::uint64_t last,
-                               std::vector<cleared_entry>& cleared) {
-        constexpr unsigned item = F::item_lg2(L);
-        std::uint64_t bytes = 0;
-        std::uint64_t pos = va;
-        for (;;) {
-            const std::uint64_t idx = (pos >> item) & mask;
-            std::uint64_t step_last = std::min(last, pos | low_mask(item));
-            const word* e = slot(table, idx);
-            const word raw = e ? load_entry(e) : word{0};
-            switch (e ? F::classify(cfg_, L, raw) : entry_kind::empty) {
-            case entry_kind::empty:
-                break;
-            case entry_kind::leaf: {
-                const unsigned lg2 = F::leaf_lg2(cfg_, L, raw);
-                const std::uint64_t base = pos & ~low_mask(lg2);
-                const std::uint64_t first_idx = idx - ((pos - base) >> item);
-                for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i) {
-                    if (word* c = wslot(table, first_idx + i)) {
-                        cleared.push_back({c, load_entry(c)});
-                        store_entry(c, word{0});
-                    }
-                }
-                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, base, lg2_to_size(lg2));
-                bytes += lg2_to_size(lg2);
-                step_last = base + low_mask(lg2);
-                break;
-            }
-            case entry_kind::table:
-                if constexpr (L > 0)
-                    bytes += clear_leaves<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), pos,
-                                                 step_last, cleared);
-                break;
-            }
-            if (step_last >= last) return bytes;
-            pos = step_last + 1;
-        }
-    }
-
     /// map's general path over a range replace cleared, from the top. `stored` turns true
     /// when the plan passed and the tables are allocated: a failure after that (the memory
     /// changed under the operation) has stored and undone entries and may have freed tables.
     result<void> map_cleared(std::uint64_t va, std::uint64_t last, std::uint64_t delta, prot p, bool& stored) {
-        return at_top([&]<unsigned L>(level_c<L>) -> result<void> {
-            const std::uint64_t sizes = geo_.pgsize_bitmap;
+        return from_top(va, last, [&](auto& c) -> result<void> {
             need_counts need{};
-            if (auto plan = plan_map<L>(root_.value, top_mask(), va, last, delta, sizes, need); !plan) return plan;
+            map_job j{delta, geo_.pgsize_bitmap, p, &need};
+            if (auto plan = map_level<map_pass::plan>(c, j); !plan) return plan;
             table_pool pool;
             if (auto r = fill_pool(need, pool); !r) return r;
             stored = true;
-            std::uint64_t done = va;  // first address not yet mapped
-            auto applied = apply_map<L>(root_.value, top_mask(), va, last, delta, sizes, p, pool, done);
+            j.pool = &pool;
+            j.done = va;
+            auto applied = map_level<map_pass::apply>(c, j);
             drain_pool(pool);
-            if (!applied && done > va) apply_unmap<L>(root_.value, top_mask(), va, done - 1);
+            if (!applied && j.done > va) unmap_level<unmap_pass::apply>(c.over(va, j.done - 1));
             return applied;
         });
     }
 
     // ---------------------------------------------------------------- split
 
-    /// Makes `boundary` a leaf edge (for both range ends), allocating every table first.
+    /// The modes of a split walk: `check` walks the table as it is and counts the tables the
+    /// split needs, checking that every entry it stores to can be written (nothing written);
+    /// `count` continues a check below a leaf being split, where no table exists yet (reads
+    /// nothing); `write` splits, taking tables from the pool.
+    enum class split_mode : std::uint8_t { check, count, write };
+
+    /// What a split walk needs besides its cursor.
+    struct split_job {
+        need_counts* need;
+        table_pool* pool;  ///< write only
+    };
+
+    /// Makes `va` and `last + 1` leaf edges, allocating every table first.
     result<void> split_ends(std::uint64_t va, std::uint64_t last) {
         need_counts need{}, end_need{};
-        if (auto r = split_at(va, nullptr, need); !r) return r;
+        if (auto r = split_at<split_mode::check>(va, {&need, nullptr}); !r) return r;
         const bool has_end = last + 1 != 0 && in_ias(last + 1);
         if (has_end)
-            if (auto r = split_at(last + 1, nullptr, end_need); !r) return r;
-        // Both dry runs see the unsplit table: a leaf holding both ends becomes one table (at
+            if (auto r = split_at<split_mode::check>(last + 1, {&end_need, nullptr}); !r) return r;
+        // Both checks see the unsplit table: a leaf holding both ends becomes one table (at
         // level l, from the level-l+1 slot both ends share), not two. Count it once, or a
         // split that fits in memory fails with nomem.
         for (unsigned l = 0; l < levels_max; ++l) {
@@ -1199,9 +1099,9 @@ private:
         table_pool pool;
         if (auto r = fill_pool(need, pool); !r) return r;
         // Every split keeps the translation as it was, so a store refused half-way (a memory
-        // changed since the dry run) leaves the same mappings, in other leaf sizes.
-        auto r = split_at(va, &pool, need);
-        if (r && has_end) r = split_at(last + 1, &pool, need);
+        // changed since the check) leaves the same mappings, in other leaf sizes.
+        auto r = split_at<split_mode::write>(va, {&need, &pool});
+        if (r && has_end) r = split_at<split_mode::write>(last + 1, {&need, &pool});
         drain_pool(pool);
         return r;
     }
@@ -1214,64 +1114,54 @@ private:
         return 63 - static_cast<unsigned>(std::countl_zero(cand));
     }
 
-    /// Walks to the leaf holding `boundary` and splits it until `boundary` is a leaf edge.
-    /// With `pool` null, only counts the tables needed into `need` and checks that every entry
-    /// the split stores to can be written (nothing is written). Errors: fault.
-    result<void> split_at(std::uint64_t boundary, table_pool* pool, need_counts& need) {
-        return at_top([&]<unsigned L>(level_c<L>) {
-            return split_level<L>(root_.value, top_mask(), boundary, pool, need, prot::none, false);
-        });
+    /// Walks to the leaf holding `boundary` and splits it until `boundary` is a leaf edge (see
+    /// split_mode). Errors: fault, nomem (write: the pool ran dry, a broken contract).
+    template <split_mode Mode>
+    result<void> split_at(std::uint64_t boundary, split_job j) {
+        return from_top(boundary, boundary, [&](auto& c) { return split_level<Mode>(c, j, prot::none); });
     }
 
-    /// `sim`: a dry run below a leaf being split (nothing in memory describes it yet); `sim_prot`
-    /// is that leaf's permissions.
-    template <unsigned L>
-    result<void> split_level(std::uint64_t table, std::uint64_t mask, std::uint64_t b, table_pool* pool,
-                             need_counts& need, prot sim_prot, bool sim) {
+    /// One level of split_at. `count`: the leaf being split has permissions `sim_prot`.
+    template <split_mode Mode, unsigned L>
+    result<void> split_level(cursor<L> c, split_job& j, prot sim_prot) {
         constexpr unsigned item = F::item_lg2(L);
-        const std::uint64_t idx = (b >> item) & mask;
-        const bool dry = pool == nullptr || sim;  // count and check only
+        const std::uint64_t b = c.pos;
         unsigned lg2;
         prot perm;
         std::uint64_t oa = 0;
-        if (sim) {
-            // A table the split above fills afresh (count_fresh counted its tables): the entry
-            // holding b is a leaf of the largest size usable here, or a table of the level below.
+        if constexpr (Mode == split_mode::count) {
+            // A table the split above fills afresh (map's fresh pass counted its tables): the
+            // entry holding b is a leaf of the largest size usable here, or a table below.
             constexpr unsigned span_lg2 = item + F::index_lg2(L);
             const std::uint64_t span_base = b & ~low_mask(span_lg2);
             lg2 = leaf_choice<L>(span_base, span_base | low_mask(span_lg2), 0, geo_.pgsize_bitmap);
             if (lg2 == 0) {
-                if constexpr (L > 0) return split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, sim_prot, true);
+                if constexpr (L > 0) return split_level<Mode>(c.into(0), j, sim_prot);
                 return success();
             }
             perm = sim_prot;
         } else {
-            const word* e = slot(table, idx);
-            if (e == nullptr) return failure(errc::fault);
-            const word raw = load_entry(e);
-            const entry_kind k = F::classify(cfg_, L, raw);
-            if (k == entry_kind::empty) return success();
-            if (k == entry_kind::table) {
-                if constexpr (L > 0)
-                    return split_level<L - 1>(F::table_address(cfg_, L, raw), detail::index_mask<F>(L - 1), b, pool,
-                                              need, prot::none, false);
+            if (!c.read()) return failure(errc::fault);
+            if (c.kind == entry_kind::empty) return success();
+            if (c.kind == entry_kind::table) {
+                if constexpr (L > 0) return split_level<Mode>(c.descend(), j, prot::none);
                 return failure(errc::fault);
             }
-            lg2 = F::leaf_lg2(cfg_, L, raw);
-            perm = F::leaf_prot(cfg_, L, raw);
-            oa = F::leaf_address(cfg_, L, raw);
+            lg2 = c.leaf_lg2();
+            perm = c.leaf_prot();
+            oa = c.leaf_address();
         }
         if ((b & low_mask(lg2)) == 0) return success();  // already an edge
         // A replicated leaf first becomes smaller leaves on the same level.
         while (lg2 > item && (b & low_mask(lg2)) != 0) {
             const unsigned to = smaller_leaf<L>(lg2);
-            if (!sim) {
-                const std::uint64_t base_va = b & ~low_mask(lg2);
-                const std::uint64_t first_idx = (base_va >> item) & mask;
+            if constexpr (Mode != split_mode::count) {
+                const std::uint64_t first_idx = c.first_copy(lg2);
                 for (std::uint64_t i = 0; i < lg2_to_size(lg2 - item); ++i) {
-                    word* w = wslot(table, first_idx + i);
+                    word* w = c.writable(first_idx + i);
                     if (w == nullptr) return failure(errc::fault);
-                    if (!dry) store_entry(w, F::make_leaf(cfg_, L, to, oa + ((i << item) & ~low_mask(to)), perm));
+                    if constexpr (Mode == split_mode::write)
+                        store_entry(w, F::make_leaf(cfg_, L, to, oa + ((i << item) & ~low_mask(to)), perm));
                 }
                 oa += (b & low_mask(lg2)) & ~low_mask(to);
             }
@@ -1282,26 +1172,27 @@ private:
         // the table's sizes allow (with tables below it where this level has no usable size).
         if constexpr (L > 0) {
             const std::uint64_t base_va = b & ~low_mask(item);
-            word* w = sim ? nullptr : wslot(table, idx);
-            if (!sim && w == nullptr) return failure(errc::fault);
-            if (dry) {
-                ++need[L - 1];
-                count_fresh<L - 1>(base_va, base_va | low_mask(item), 0, geo_.pgsize_bitmap, need);
-                return split_level<L - 1>(0, detail::index_mask<F>(L - 1), b, pool, need, perm, true);
+            word* w = Mode == split_mode::count ? nullptr : c.writable();
+            if (Mode != split_mode::count && w == nullptr) return failure(errc::fault);
+            map_job mj{Mode == split_mode::write ? oa - base_va : 0, geo_.pgsize_bitmap, perm, j.need, j.pool};
+            cursor<L - 1> fresh{&cfg_, mem_, 0, detail::index_mask<F>(L - 1), base_va, base_va | low_mask(item)};
+            if constexpr (Mode != split_mode::write) {
+                ++(*j.need)[L - 1];
+                (void)map_level<map_pass::fresh>(fresh, mj);
+                return split_level<split_mode::count>(c.into(0), j, perm);
+            } else {
+                auto& spare = j.pool->free[L - 1];
+                if (spare.empty()) return failure(errc::nomem);  // check and write disagree: contract broken
+                const std::uint64_t t = spare.back();
+                spare.pop_back();
+                fresh.table = t;
+                if (auto r = map_level<map_pass::apply>(fresh, mj); !r) {
+                    free_subtree(table_at<L - 1>(t));
+                    return r;
+                }
+                store_entry(w, F::make_table(cfg_, L, t));
+                return split_level<Mode>(c.into(t), j, prot::none);
             }
-            auto& spare = pool->free[L - 1];
-            if (spare.empty()) return failure(errc::nomem);  // dry run and split disagree: contract broken
-            const std::uint64_t t = spare.back();
-            spare.pop_back();
-            std::uint64_t done = base_va;
-            if (auto r = apply_map<L - 1>(t, detail::index_mask<F>(L - 1), base_va, base_va | low_mask(item),
-                                          oa - base_va, geo_.pgsize_bitmap, perm, *pool, done);
-                !r) {
-                free_subtree<L - 1>(t);
-                return r;
-            }
-            store_entry(w, F::make_table(cfg_, L, t));
-            return split_level<L - 1>(t, detail::index_mask<F>(L - 1), b, pool, need, prot::none, false);
         }
         return success();
     }
@@ -1315,18 +1206,13 @@ private:
             mem_ = nullptr;
             return;
         }
-        at_top([&]<unsigned L>(level_c<L>) {
+        from_top(0, low_mask(geo_.ias), [&]<unsigned L>(cursor<L>& c) {
             if constexpr (L > 0) {
-                const std::uint64_t n = top_mask() + 1;
-                for (std::uint64_t i = 0; i < n; ++i) {
-                    word* e = slot(root_.value, i);
-                    if (e == nullptr) continue;
-                    const word raw = load_entry(e);
-                    if (F::classify(cfg_, L, raw) == entry_kind::table) {
-                        if (word* w = wslot(root_.value, i)) store_entry(w, word{0});
-                        free_subtree<L - 1>(F::table_address(cfg_, L, raw));
-                    }
-                }
+                do {
+                    if (!c.load() || c.kind != entry_kind::table) continue;
+                    if (word* w = c.writable()) store_entry(w, word{0});
+                    free_subtree(c.descend());
+                } while (c.next());
             }
         });
         mem_->free_table(root_, top_table_bytes());

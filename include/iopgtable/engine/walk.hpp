@@ -12,24 +12,10 @@
 #include <utility>
 
 #include "../mem/memory.hpp"
+#include "cursor.hpp"
 #include "format.hpp"
 
 namespace iopgtable {
-
-template <unsigned L>
-using level_c = std::integral_constant<unsigned, L>;
-
-/// Calls `fn(level_c<L>{})` with L == `level` (< Max). Lets run-time levels reach code that is
-/// compiled once per level with constant geometry.
-template <unsigned Max, class Fn>
-constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
-    if constexpr (Max == 1) {
-        return fn(level_c<0>{});
-    } else {
-        if (level == Max - 1) return fn(level_c<Max - 1>{});
-        return with_level<Max - 1>(level, std::forward<Fn>(fn));
-    }
-}
 
 /// Where a one-address walk ended.
 enum class walk_status : std::uint8_t {
@@ -65,45 +51,33 @@ struct leaf_entry {
 
 namespace detail {
 
-template <class F>
-constexpr std::uint64_t index_mask(unsigned level) noexcept {
-    return low_mask(F::index_lg2(level));
-}
-
 template <class F, class R, unsigned L>
-inline void lookup_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
-                         std::uint64_t va, walk_info<F>& out) noexcept {
-    using word = typename F::word;
-    constexpr unsigned item = F::item_lg2(L);
-    const pa_t at{table + ((va >> item) & mask) * sizeof(word)};
-    word* e = mem.template entry<word>(at);
+[[gnu::always_inline]] inline void lookup_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
     out.level = L;
-    out.entry_address = at;
-    if (e == nullptr) {
+    out.entry_address = c.address();
+    if (!c.read()) {
         out.status = walk_status::bad_table;
         return;
     }
-    const word raw = load_entry(e);
     ++out.accesses;
-    out.raw = raw;
-    switch (F::classify(cfg, L, raw)) {
+    out.raw = c.raw;
+    switch (c.kind) {
     case entry_kind::leaf: {
-        const unsigned lg2 = F::leaf_lg2(cfg, L, raw);
+        const unsigned lg2 = c.leaf_lg2();
         out.status = walk_status::mapped;
         out.size_lg2 = lg2;
-        out.input_base = va & ~low_mask(lg2);
-        out.oa = pa_t{F::leaf_address(cfg, L, raw) + (va & low_mask(lg2))};
-        out.perm = F::leaf_prot(cfg, L, raw);
+        out.input_base = c.pos & ~low_mask(lg2);
+        out.oa = pa_t{c.leaf_address() + (c.pos & low_mask(lg2))};
+        out.perm = c.leaf_prot();
         return;
     }
     case entry_kind::table:
         if constexpr (L > 0) {
-            lookup_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1), va, out);
-            return;
+            lookup_level(c.descend(), out);
         } else {
             out.status = walk_status::bad_table;  // formats never classify a level-0 entry as a table
-            return;
         }
+        return;
     case entry_kind::empty:
         out.status = walk_status::unmapped;
         return;
@@ -111,28 +85,18 @@ inline void lookup_level(const typename F::config& cfg, R& mem, std::uint64_t ta
 }
 
 template <class F, class R, unsigned L, class Fn>
-inline result<bool> visit_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
-                                std::uint64_t va, std::uint64_t last, Fn& fn) {
-    using word = typename F::word;
-    constexpr unsigned item = F::item_lg2(L);
-    std::uint64_t pos = va;
-    for (;;) {
-        const std::uint64_t slot_last = pos | low_mask(item);
-        const std::uint64_t step_last = slot_last < last ? slot_last : last;
-        const pa_t at{table + ((pos >> item) & mask) * sizeof(word)};
-        word* e = mem.template entry<word>(at);
-        if (e == nullptr) return failure(errc::fault);
-        const word raw = load_entry(e);
-        switch (F::classify(cfg, L, raw)) {
+inline result<bool> visit_level(level_cursor<F, R, L> c, Fn& fn) {
+    do {
+        if (!c.load()) return failure(errc::fault);
+        switch (c.kind) {
         case entry_kind::leaf: {
-            leaf_entry<F> le{pos & ~low_mask(item), L, F::leaf_lg2(cfg, L, raw), raw, at};
+            leaf_entry<F> le{c.pos & ~low_mask(c.item), L, c.leaf_lg2(), c.raw, c.address()};
             if (!fn(std::as_const(le))) return false;
             break;
         }
         case entry_kind::table:
             if constexpr (L > 0) {
-                auto r = visit_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1),
-                                                  pos, step_last, fn);
+                auto r = visit_level(c.descend(), fn);
                 if (!r.ok() || !r.value()) return r;
             } else {
                 return failure(errc::fault);
@@ -141,9 +105,8 @@ inline result<bool> visit_level(const typename F::config& cfg, R& mem, std::uint
         case entry_kind::empty:
             break;
         }
-        if (step_last >= last) return true;
-        pos = step_last + 1;
-    }
+    } while (c.next());
+    return true;
 }
 
 /// What translate_level answers for "no translation": no output address is all ones (output
@@ -154,19 +117,14 @@ inline constexpr std::uint64_t no_output = ~std::uint64_t{0};
 /// function it does not inline through the stack, a byte store and a wider reload, and that
 /// store-forwarding stall cost about a third of a 4-level walk.
 template <class F, class R, unsigned L>
-inline std::uint64_t translate_level(const typename F::config& cfg, R& mem, std::uint64_t table, std::uint64_t mask,
-                                     std::uint64_t va) noexcept {
-    using word = typename F::word;
-    constexpr unsigned item = F::item_lg2(L);
-    word* e = mem.template entry<word>(pa_t{table + ((va >> item) & mask) * sizeof(word)});
-    if (e == nullptr) return no_output;
-    const word raw = load_entry(e);
-    switch (F::classify(cfg, L, raw)) {
+[[gnu::always_inline]] inline std::uint64_t translate_level(level_cursor<F, R, L> c) noexcept {
+    if (!c.read()) return no_output;
+    switch (c.kind) {
     case entry_kind::leaf:
-        return F::leaf_address(cfg, L, raw) + (va & low_mask(F::leaf_lg2(cfg, L, raw)));
+        return c.leaf_address() + (c.pos & low_mask(c.leaf_lg2()));
     case entry_kind::table:
         if constexpr (L > 0)
-            return translate_level<F, R, L - 1>(cfg, mem, F::table_address(cfg, L, raw), index_mask<F>(L - 1), va);
+            return translate_level(c.descend());
         else
             return no_output;
     case entry_kind::empty:
@@ -179,9 +137,7 @@ template <class F, class R>
 inline std::uint64_t translate_raw(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
                                    std::uint64_t va) noexcept {
     if (geo.ias < 64 && (va >> geo.ias) != 0) return no_output;
-    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
-        return translate_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), va);
-    });
+    return with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [](auto& c) { return translate_level(c); });
 }
 
 } // namespace detail
@@ -205,9 +161,7 @@ walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, 
         out.level = geo.levels - 1;
         return out;
     }
-    with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
-        detail::lookup_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), va, out);
-    });
+    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { detail::lookup_level(c, out); });
     return out;
 }
 
@@ -219,9 +173,7 @@ template <page_table_format F, table_reader R, class Fn>
 result<void> visit(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t first,
                    std::uint64_t last, Fn&& fn) {
     if (first > last || (geo.ias < 64 && (last >> geo.ias) != 0)) return failure(errc::range);
-    auto r = with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) {
-        return detail::visit_level<F, R, L>(cfg, mem, root.value, low_mask(geo.top_index_lg2), first, last, fn);
-    });
+    auto r = with_top_cursor<F>(cfg, geo, mem, root.value, first, last, [&](auto& c) { return detail::visit_level(c, fn); });
     if (!r.ok()) return failure(r.error());
     return success();
 }

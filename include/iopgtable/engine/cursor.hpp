@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// @file cursor.hpp
+/// The one iteration primitive every walk of the engine is written over: a cursor on one level
+/// of a table, over an input-address range.
+///
+/// A `level_cursor<F, R, L>` holds a table (its table-memory address and index mask), the range
+/// [pos, last] of input addresses the walk covers on that table, and, after `load()`, the entry
+/// at `pos`: its pointer (nullptr when the memory does not back it), raw word and kind. `end` is
+/// the last address the current step covers: `load()` sets it to the end of pos's slot (or
+/// `last`), an algorithm that consumes more at once (every copy of a replicated leaf, a run of
+/// entries) widens it, and `next()` moves to `end + 1`. `descend()` gives the cursor of the
+/// next-lower table over [pos, end]. Every entry is reached through the memory model: one entry
+/// by `entry<W>`, or a run of entries by `run()`, never past the piece of host memory the
+/// memory says is contiguous (mem/memory.hpp `entry_run`). So a walk over a guest's table reads
+/// nothing outside what the memory backs, and descends at most L times.
+///
+/// The level is a template parameter, so every level's geometry is a constant; an algorithm is
+/// one function template over the cursor that recurses through `descend()` (the model is Linux's
+/// generic_pt `pt_state` / `for_each_pt_level_entry` / `pt_descend`). The structure is small
+/// and trivially copyable: compilers keep it in registers across an inlined walk.
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "../core/bits.hpp"
+#include "../mem/memory.hpp"
+#include "format.hpp"
+
+namespace iopgtable {
+
+template <unsigned L>
+using level_c = std::integral_constant<unsigned, L>;
+
+namespace detail {
+template <class F>
+constexpr std::uint64_t index_mask(unsigned level) noexcept {
+    return low_mask(F::index_lg2(level));
+}
+} // namespace detail
+
+template <class F, class R, unsigned L>
+struct level_cursor {
+    using word = typename F::word;
+    using config = typename F::config;
+    static constexpr unsigned level = L;
+    /// log2 of the bytes one entry of this level maps.
+    static constexpr unsigned item = F::item_lg2(L);
+
+    const config* cfg;
+    R* mem;
+    std::uint64_t table;  ///< table-memory address of the table
+    std::uint64_t mask;   ///< index mask (a top table may be smaller than the level's tables)
+    std::uint64_t pos;    ///< the input address looked at
+    std::uint64_t last;   ///< last input address of the range
+    std::uint64_t end = last;       ///< last address the current step covers (see load())
+    word* entry = nullptr;          ///< the entry at pos (nullptr: not backed)
+    word raw = 0;                   ///< its value (0 when not backed)
+    entry_kind kind = entry_kind::empty;  ///< its kind (empty when not backed)
+
+    /// A cursor over the whole of the table at `table` whose first slot maps `base`.
+    [[gnu::always_inline]] static level_cursor whole(const config& c, R& m, std::uint64_t table, std::uint64_t mask, std::uint64_t base) noexcept {
+        return {&c, &m, table, mask, base, base + ((mask << item) | low_mask(item))};
+    }
+
+    /// The same table over another range (nothing read yet).
+    [[gnu::always_inline]] level_cursor over(std::uint64_t first, std::uint64_t l) const noexcept { return {cfg, mem, table, mask, first, l}; }
+
+    [[gnu::always_inline]] std::uint64_t index() const noexcept { return (pos >> item) & mask; }
+    /// Table-memory address of the entry of `idx` (the current one by default).
+    [[gnu::always_inline]] pa_t address(std::uint64_t idx) const noexcept { return pa_t{table + idx * sizeof(word)}; }
+    [[gnu::always_inline]] pa_t address() const noexcept { return address(index()); }
+    /// Last address of pos's slot.
+    [[gnu::always_inline]] std::uint64_t slot_last() const noexcept { return pos | low_mask(item); }
+    /// Whether the range covers all of pos's slot.
+    [[gnu::always_inline]] bool covers_slot() const noexcept { return (pos & low_mask(item)) == 0 && last >= slot_last(); }
+
+    /// Sets `end` to the last address of the step at pos; reads nothing.
+    [[gnu::always_inline]] void step() noexcept { end = std::min(last, slot_last()); }
+    /// Reads the entry at pos, leaving `end` as it is (a one-address walk keeps pos == end ==
+    /// last). `for_store`: through the memory's write check (an entry the walk may store to).
+    /// False when the memory does not back it (or refuses the store).
+    [[gnu::always_inline]] bool read(bool for_store = false) noexcept {
+        entry = for_store ? writable_entry<word>(*mem, address()) : mem->template entry<word>(address());
+        if (entry == nullptr) {
+            raw = 0;
+            kind = entry_kind::empty;
+            return false;
+        }
+        raw = load_entry(entry);
+        kind = F::classify(*cfg, L, raw);
+        return true;
+    }
+    /// Sets `end` to the end of the step at pos and reads the entry there (see read()).
+    [[gnu::always_inline]] bool load(bool for_store = false) noexcept {
+        step();
+        return read(for_store);
+    }
+    /// Moves to the address after `end`; false when the range is done.
+    [[gnu::always_inline]] bool next() noexcept {
+        if (end >= last) return false;
+        pos = end + 1;
+        return true;
+    }
+
+    /// The entry of `idx` (nullptr: not backed; `for_store`: or the memory refuses a store).
+    [[gnu::always_inline]] word* entry_at(std::uint64_t idx, bool for_store = false) const noexcept {
+        return for_store ? writable_entry<word>(*mem, address(idx)) : mem->template entry<word>(address(idx));
+    }
+    /// The entry of `idx` for a store (nullptr: not backed, or the memory refuses writes there).
+    [[gnu::always_inline]] word* writable(std::uint64_t idx) const noexcept { return writable_entry<word>(*mem, address(idx)); }
+    [[gnu::always_inline]] word* writable() const noexcept { return writable(index()); }
+    /// At most `n` entries from `idx` that are contiguous in host memory (count 0: not backed).
+    [[gnu::always_inline]] entry_span<word> run(std::uint64_t idx, std::uint64_t n, bool write) const noexcept {
+        return entry_run<word>(*mem, address(idx), n, write);
+    }
+
+    // The loaded leaf (kind == leaf).
+    unsigned leaf_lg2() const noexcept { return F::leaf_lg2(*cfg, L, raw); }
+    [[gnu::always_inline]] std::uint64_t leaf_address() const noexcept { return F::leaf_address(*cfg, L, raw); }
+    [[gnu::always_inline]] prot leaf_prot() const noexcept { return F::leaf_prot(*cfg, L, raw); }
+    /// Index of the first replicated copy of a leaf of 2^lg2 bytes holding pos.
+    [[gnu::always_inline]] std::uint64_t first_copy(unsigned lg2) const noexcept { return index() - ((pos & low_mask(lg2)) >> item); }
+
+    /// The table the loaded entry points at (kind == table), over [pos, end].
+    [[gnu::always_inline]] level_cursor<F, R, L - 1> descend() const noexcept
+        requires(L > 0)
+    {
+        return into(child());
+    }
+    /// Table-memory address of the table the loaded entry points at (kind == table).
+    [[gnu::always_inline]] std::uint64_t child() const noexcept { return F::table_address(*cfg, L, raw); }
+    /// The table at `child` as the next level's table under pos's slot, over [pos, end].
+    [[gnu::always_inline]] level_cursor<F, R, L - 1> into(std::uint64_t child) const noexcept
+        requires(L > 0)
+    {
+        return {cfg, mem, child, detail::index_mask<F>(L - 1), pos, end};
+    }
+};
+
+/// Calls `fn(level_c<L>{})` with L == `level` (< Max). Lets run-time levels reach code that is
+/// compiled once per level with constant geometry.
+template <unsigned Max, class Fn>
+constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
+    if constexpr (Max == 1) {
+        return fn(level_c<0>{});
+    } else {
+        if (level == Max - 1) return fn(level_c<Max - 1>{});
+        return with_level<Max - 1>(level, std::forward<Fn>(fn));
+    }
+}
+
+/// Calls `fn(level_cursor<F, R, L>&)` with the cursor of the top table of a table with `geo`
+/// at `root`, over [first, last] (nothing read yet).
+template <class F, class R, class Fn>
+constexpr decltype(auto) with_top_cursor(const typename F::config& cfg, const geometry& geo, R& mem, std::uint64_t root,
+                                         std::uint64_t first, std::uint64_t last, Fn&& fn) {
+    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) -> decltype(auto) {
+        level_cursor<F, R, L> c{&cfg, &mem, root, low_mask(geo.top_index_lg2), first, last};
+        return fn(c);
+    });
+}
+
+} // namespace iopgtable
