@@ -141,7 +141,7 @@ struct level_cursor {
 /// Calls `fn(level_c<L>{})` with L == `level` (< Max). Lets run-time levels reach code that is
 /// compiled once per level with constant geometry.
 template <unsigned Max, class Fn>
-constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
+[[gnu::always_inline]] constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
     if constexpr (Max == 1) {
         return fn(level_c<0>{});
     } else {
@@ -153,9 +153,9 @@ constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
 /// Calls `fn(level_cursor<F, R, L>&)` with the cursor of the top table of a table with `geo`
 /// at `root`, over [first, last] (nothing read yet).
 template <class F, class R, class Fn>
-constexpr decltype(auto) with_top_cursor(const typename F::config& cfg, const geometry& geo, R& mem, std::uint64_t root,
+[[gnu::always_inline]] constexpr decltype(auto) with_top_cursor(const typename F::config& cfg, const geometry& geo, R& mem, std::uint64_t root,
                                          std::uint64_t first, std::uint64_t last, Fn&& fn) {
-    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) -> decltype(auto) {
+    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) __attribute__((always_inline)) -> decltype(auto) {
         level_cursor<F, R, L> c{&cfg, &mem, root, low_mask(geo.top_index_lg2), first, last};
         return fn(c);
     });

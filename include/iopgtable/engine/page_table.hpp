@@ -256,6 +256,12 @@ private:
                 from_top(va, va, [&]<unsigned L>(cursor<L>& c) { return unmap_one<L>(c.table, c.mask, va, lg2); });
             if (fast != undecided_bytes) return {fast};
         }
+        return unmap_general(va, last, mode);
+    }
+
+    /// unmap past its one-walk case: a call of its own, so that the fast path above keeps
+    /// its registers (inlined, the general path made every single unmap spill).
+    [[gnu::noinline]] bytes_or_error unmap_general(const std::uint64_t va, const std::uint64_t last, unmap_mode mode) {
         if (mode == unmap_mode::split) {
             auto r = split_ends(va, last);
             if (!r) return bytes_or_error::fail(r.error());
@@ -415,7 +421,7 @@ private:
     using cursor = level_cursor<F, M, L>;
     /// Calls `fn(cursor<L>&)` with the cursor of the top table over [first, last].
     template <class Fn>
-    decltype(auto) from_top(std::uint64_t first, std::uint64_t last, Fn&& fn) const {
+    [[gnu::always_inline]] decltype(auto) from_top(std::uint64_t first, std::uint64_t last, Fn&& fn) const {
         return with_top_cursor<F>(cfg_, geo_, *mem_, root_.value, first, last, std::forward<Fn>(fn));
     }
     bool in_ias(std::uint64_t a) const noexcept { return geo_.ias >= 64 || (a >> geo_.ias) == 0; }
@@ -458,9 +464,8 @@ private:
 
     /// The argument checks of map, in its error order: invalid (size 0, prot, alignment to the
     /// smallest of `sizes`), then range (beyond IAS or OAS, or wrapping). Changes nothing.
-    /// map_range writes the same checks inline: calling this from it changed map's code (clang
-    /// saved two more registers on every map). The replace tests compare the two on bad input.
-    result<void> check_map_args(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p,
+    /// Always inlined: as a call, clang saved two more registers on every map.
+    [[gnu::always_inline]] result<void> check_map_args(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p,
                                 std::uint64_t sizes) const {
         if (size == 0 || !prot_valid(p)) return failure(errc::invalid);
         if (auto c = F::check_prot(cfg_, p); !c) return c;
@@ -474,14 +479,8 @@ private:
     }
 
     result<void> map_range(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p, std::uint64_t sizes) {
-        if (size == 0 || !prot_valid(p)) return failure(errc::invalid);
-        if (auto c = F::check_prot(cfg_, p); !c) return c;
-        const std::uint64_t minp = sizes & (~sizes + 1);
-        if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
+        if (auto c = check_map_args(va, pa, size, p, sizes); !c) return c;
         const std::uint64_t last = va + size - 1;
-        const std::uint64_t pa_last = pa + size - 1;
-        if (last < va || pa_last < pa || !in_ias(last)) return failure(errc::range);
-        if (geo_.oas < 64 && (pa_last >> geo_.oas) != 0) return failure(errc::range);
         const std::uint64_t delta = pa - va;
 
         // One page of a size that is a single entry somewhere, into tables that exist: one walk.
@@ -491,6 +490,12 @@ private:
                 from_top(va, va, [&]<unsigned L>(cursor<L>& c) { return map_one<L>(c.table, c.mask, va, pa, lg2, p); });
             if (fast != fast_path::undecided) return fast == fast_path::done ? success() : result<void>(failure(errc::exists));
         }
+        return map_general(va, last, delta, sizes, p);
+    }
+
+    /// map past its one-walk case (a call of its own: see unmap_general).
+    [[gnu::noinline]] result<void> map_general(std::uint64_t va, std::uint64_t last, std::uint64_t delta,
+                                               std::uint64_t sizes, prot p) {
         return from_top(va, last, [&](auto& c) {
             map_job j{delta, sizes, p};
             return map_from(c, j);
