@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "../core/bits.hpp"
 #include "../mem/memory.hpp"
@@ -57,6 +58,12 @@ struct level_cursor {
     word* entry = nullptr;          ///< the entry at pos (nullptr: not backed)
     word raw = 0;                   ///< its value (0 when not backed)
     entry_kind kind = entry_kind::empty;  ///< its kind (empty when not backed)
+    /// load()'s window: entries [win_idx, win_idx + win_n) lie at win[0 .. win_n), one run the
+    /// memory gave (entry_run), so that a walk along a table asks the memory once per run
+    /// (a stage-2 translation per guest table page, not per entry).
+    word* win = nullptr;
+    std::uint64_t win_idx = 0;
+    std::uint64_t win_n = 0;
 
     /// A cursor over the whole of the table at `table` whose first slot maps `base`.
     [[gnu::always_inline]] static level_cursor whole(const config& c, R& m, std::uint64_t table, std::uint64_t mask, std::uint64_t base) noexcept {
@@ -91,10 +98,29 @@ struct level_cursor {
         kind = F::classify(*cfg, L, raw);
         return true;
     }
-    /// Sets `end` to the end of the step at pos and reads the entry there (see read()).
+    /// Sets `end` to the end of the step at pos and reads the entry there (see read()). Reads
+    /// go through load()'s window: at most the entries left in the range and in the table.
     [[gnu::always_inline]] bool load(bool for_store = false) noexcept {
         step();
-        return read(for_store);
+        if (for_store) return read(true);
+        const std::uint64_t idx = index();
+        if (idx - win_idx >= win_n) {  // outside the window (idx < win_idx wraps)
+            const std::uint64_t left = std::min(mask - idx, (last >> item) - (pos >> item)) + 1;
+            const entry_span<word> s = run(idx, left, false);
+            win = s.first;
+            win_idx = idx;
+            win_n = s.count;
+            if (s.count == 0) {
+                entry = nullptr;
+                raw = 0;
+                kind = entry_kind::empty;
+                return false;
+            }
+        }
+        entry = win + (idx - win_idx);
+        raw = load_entry(entry);
+        kind = F::classify(*cfg, L, raw);
+        return true;
     }
     /// Moves to the address after `end`; false when the range is done.
     [[gnu::always_inline]] bool next() noexcept {

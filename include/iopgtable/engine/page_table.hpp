@@ -4,11 +4,13 @@
 /// The generic engine: one page table of format F in table memory M, with map, map_pages,
 /// unmap, replace, iova_to_phys, lookup, visit and reclaim written once for every format.
 ///
-/// Every operation is compiled once per level with constant geometry (the level is a template
-/// parameter; the run-time top level picks the entry point). map and unmap run in two phases:
-/// a read-only plan that checks the whole range and counts the tables the change needs, then
-/// the change itself with those tables already allocated. So a failed operation (exists,
-/// partial, range, invalid, nomem) leaves the table exactly as it was.
+/// Every operation is a function over one level's `level_cursor` (cursor.hpp), compiled once
+/// per level with constant geometry (the level is a template parameter; the run-time top level
+/// picks the entry point). map and unmap run in two passes over the same loop: a read-only
+/// plan that checks the whole range and counts the tables the change needs, then the change
+/// itself with those tables already allocated. So a failed operation (exists, partial, range,
+/// invalid, nomem) leaves the table exactly as it was. A single leaf into tables that exist,
+/// or the exact unmap of one, is one walk with no allocation (map_one, unmap_one).
 ///
 /// Concurrency: map, unmap, iova_to_phys, lookup and visit may run from several threads at once
 /// on disjoint input ranges of one table. A new table is installed with compare-and-exchange;
@@ -645,9 +647,12 @@ private:
             if (run.count == 0) return false;
             word any = 0;
             // Acquire per word (a plain load on x86 and cheap elsewhere), so ThreadSanitizer
-            // sees the same ordering load_entry gives.
-            for (std::uint64_t i = 0; i < run.count; ++i)
-                any |= std::atomic_ref<word>(run.first[i]).load(std::memory_order_acquire);
+            // sees the same ordering load_entry gives; four at a time.
+            std::uint64_t i = 0;
+            for (; i + 4 <= run.count; i += 4)
+                any |= load_entry(run.first + i) | load_entry(run.first + i + 1) | load_entry(run.first + i + 2) |
+                       load_entry(run.first + i + 3);
+            for (; i < run.count; ++i) any |= load_entry(run.first + i);
             if (any != 0) return false;
             done += run.count;
         }
@@ -781,6 +786,15 @@ private:
                         if (word* w = c.writable(idx + k)) store_entry(w, word{0});
                     return failure(errc::fault);
                 }
+                if (L == 0 && additive) {  // level 0 holds no table to free: one add per entry
+                    word v = static_cast<word>(leaf + (static_cast<word>(i) << item));
+                    for (word *e = span_run.first, *end = span_run.first + span_run.count; e != end; ++e) {
+                        store_entry(e, v);
+                        v = static_cast<word>(v + (word{1} << item));
+                    }
+                    i += span_run.count;
+                    continue;
+                }
                 for (word *e = span_run.first, *end = span_run.first + span_run.count; e != end; ++e, ++i) {
                     if constexpr (L > 0) {
                         const word old = load_entry(e);
@@ -897,22 +911,26 @@ private:
         constexpr unsigned item = F::item_lg2(L);
         const std::uint64_t idx = c.index();
         const std::uint64_t n = std::min(c.mask - idx + 1, full_items<item>(c.pos, c.last));
-        std::uint64_t bytes = 0;
+        const auto removed = hooks_.leaf_removed;
+        void* const cookie = hooks_.cookie;
+        std::uint64_t leaves = 0;
         for (std::uint64_t i = 0; i < n;) {
             const entry_span<word> run = c.run(idx + i, n - i, true);
             if (run.count == 0) {
                 ++i;
                 continue;
             }
-            for (word *e = run.first, *end = run.first + run.count; e != end; ++e, ++i) {
+            std::uint64_t va = c.pos + (i << item);
+            for (word *e = run.first, *end = run.first + run.count; e != end; ++e, va += lg2_to_size(item)) {
                 if (F::classify(cfg_, L, load_entry(e)) != entry_kind::leaf) continue;
                 store_entry(e, word{0});
-                if (hooks_.leaf_removed) hooks_.leaf_removed(hooks_.cookie, c.pos + (i << item), lg2_to_size(item));
-                bytes += lg2_to_size(item);
+                if (removed) removed(cookie, va, lg2_to_size(item));
+                ++leaves;
             }
+            i += run.count;
         }
         c.end = c.pos + ((n << item) - 1);
-        return bytes;
+        return leaves << item;
     }
 
     /// Bytes of leaves in the table `c` covers and below (each replicated copy counts its slot).

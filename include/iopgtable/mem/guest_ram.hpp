@@ -28,6 +28,7 @@ public:
         : base_(base.value), size_(size), skew_(base.value % 8),
           data_(static_cast<std::uint64_t*>(std::calloc((size + 7) / 8 + 1, 8))) {
         if (!data_) throw std::bad_alloc();
+        origin_ = reinterpret_cast<std::uintptr_t>(data_.get()) + skew_ - base_;
         set_table_pool(base, size);
     }
     guest_ram(const guest_ram&) = delete;
@@ -139,7 +140,7 @@ private:
     /// Callers have checked `contains`. Integer arithmetic: the offset is in the buffer, and the
     /// sanitizers' pointer-overflow checks (four compares per entry access) stay off the walk.
     void* host(std::uint64_t pa) const noexcept {
-        return reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(data_.get()) + skew_ + (pa - base_));
+        return reinterpret_cast<void*>(origin_ + pa);
     }
     void give_back_gap(std::uint64_t lo, std::uint64_t hi) {
         // Split [lo, hi) into naturally aligned power-of-two blocks of at least 64 bytes.
@@ -160,6 +161,8 @@ private:
         void operator()(std::uint64_t* p) const noexcept { std::free(p); }
     };
     std::unique_ptr<std::uint64_t[], free_deleter> data_;  // calloc: pages untouched until used
+    /// data_ + skew_ - base_ as an integer (wrapping): host(pa) is one add.
+    std::uintptr_t origin_ = 0;
     mutable std::mutex lock_;
     std::uint64_t pool_lo_ = 0, pool_next_ = 0, pool_end_ = 0, in_use_ = 0;
     std::map<std::uint64_t, std::vector<std::uint64_t>> free_;
