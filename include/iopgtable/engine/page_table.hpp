@@ -248,7 +248,7 @@ private:
         static bytes_or_error fail(errc e) noexcept { return {0, static_cast<std::uint64_t>(e)}; }
     };
 
-    bytes_or_error unmap_range(const std::uint64_t va, length_t size, unmap_mode mode) {
+    [[gnu::always_inline]] bytes_or_error unmap_range(const std::uint64_t va, length_t size, unmap_mode mode) {
         if (size.value == 0 || ((va | size.value) & (min_page() - 1)) != 0) return bytes_or_error::fail(errc::invalid);
         const std::uint64_t last = va + size.value - 1;
         if (last < va || !in_ias(last)) return bytes_or_error::fail(errc::range);
