@@ -147,8 +147,12 @@ template <page_table_format F, table_reader R>
 [[gnu::always_inline]] inline std::optional<pa_t> translate(const typename F::config& cfg, const geometry& geo, R& mem,
                                                              pa_t root, std::uint64_t va) noexcept {
     const std::uint64_t oa = detail::translate_raw<F>(cfg, geo, mem, root, va);
-    if (oa == detail::no_output) return std::nullopt;
-    return pa_t{oa};
+    // The payload is written either way: with the walk inlined into a caller that compares
+    // optionals, g++ 12 -O3 took the disengaged one's payload for uninitialized
+    // (-Wmaybe-uninitialized, a false positive).
+    std::optional<pa_t> out{pa_t{oa}};
+    if (oa == detail::no_output) out.reset();
+    return out;
 }
 
 /// Walks one input address through the table at `root`. Never fails: the status says how the
