@@ -66,28 +66,28 @@ struct level_cursor {
     std::uint64_t win_n = 0;
 
     /// A cursor over the whole of the table at `table` whose first slot maps `base`.
-    [[gnu::always_inline]] static level_cursor whole(const config& c, R& m, std::uint64_t table, std::uint64_t mask, std::uint64_t base) noexcept {
+    IOPGTABLE_ALWAYS_INLINE static level_cursor whole(const config& c, R& m, std::uint64_t table, std::uint64_t mask, std::uint64_t base) noexcept {
         return {&c, &m, table, mask, base, base + ((mask << item) | low_mask(item))};
     }
 
     /// The same table over another range (nothing read yet).
-    [[gnu::always_inline]] level_cursor over(std::uint64_t first, std::uint64_t l) const noexcept { return {cfg, mem, table, mask, first, l}; }
+    IOPGTABLE_ALWAYS_INLINE level_cursor over(std::uint64_t first, std::uint64_t l) const noexcept { return {cfg, mem, table, mask, first, l}; }
 
-    [[gnu::always_inline]] std::uint64_t index() const noexcept { return (pos >> item) & mask; }
+    IOPGTABLE_ALWAYS_INLINE std::uint64_t index() const noexcept { return (pos >> item) & mask; }
     /// Table-memory address of the entry of `idx` (the current one by default).
-    [[gnu::always_inline]] pa_t address(std::uint64_t idx) const noexcept { return pa_t{table + idx * sizeof(word)}; }
-    [[gnu::always_inline]] pa_t address() const noexcept { return address(index()); }
+    IOPGTABLE_ALWAYS_INLINE pa_t address(std::uint64_t idx) const noexcept { return pa_t{table + idx * sizeof(word)}; }
+    IOPGTABLE_ALWAYS_INLINE pa_t address() const noexcept { return address(index()); }
     /// Last address of pos's slot.
-    [[gnu::always_inline]] std::uint64_t slot_last() const noexcept { return pos | low_mask(item); }
+    IOPGTABLE_ALWAYS_INLINE std::uint64_t slot_last() const noexcept { return pos | low_mask(item); }
     /// Whether the range covers all of pos's slot.
-    [[gnu::always_inline]] bool covers_slot() const noexcept { return (pos & low_mask(item)) == 0 && last >= slot_last(); }
+    IOPGTABLE_ALWAYS_INLINE bool covers_slot() const noexcept { return (pos & low_mask(item)) == 0 && last >= slot_last(); }
 
     /// Sets `end` to the last address of the step at pos; reads nothing.
-    [[gnu::always_inline]] void step() noexcept { end = std::min(last, slot_last()); }
+    IOPGTABLE_ALWAYS_INLINE void step() noexcept { end = std::min(last, slot_last()); }
     /// Reads the entry at pos, leaving `end` as it is (a one-address walk keeps pos == end ==
     /// last). `for_store`: through the memory's write check (an entry the walk may store to).
     /// False when the memory does not back it (or refuses the store).
-    [[gnu::always_inline]] bool read(bool for_store = false) noexcept {
+    IOPGTABLE_ALWAYS_INLINE bool read(bool for_store = false) noexcept {
         entry = for_store ? writable_entry<word>(*mem, address()) : mem->template entry<word>(address());
         if (entry == nullptr) {
             raw = 0;
@@ -100,7 +100,7 @@ struct level_cursor {
     }
     /// Sets `end` to the end of the step at pos and reads the entry there (see read()). Reads
     /// go through load()'s window: at most the entries left in the range and in the table.
-    [[gnu::always_inline]] bool load(bool for_store = false) noexcept {
+    IOPGTABLE_ALWAYS_INLINE bool load(bool for_store = false) noexcept {
         step();
         if (for_store) return read(true);
         const std::uint64_t idx = index();
@@ -123,41 +123,41 @@ struct level_cursor {
         return true;
     }
     /// Moves to the address after `end`; false when the range is done.
-    [[gnu::always_inline]] bool next() noexcept {
+    IOPGTABLE_ALWAYS_INLINE bool next() noexcept {
         if (end >= last) return false;
         pos = end + 1;
         return true;
     }
 
     /// The entry of `idx` (nullptr: not backed; `for_store`: or the memory refuses a store).
-    [[gnu::always_inline]] word* entry_at(std::uint64_t idx, bool for_store = false) const noexcept {
+    IOPGTABLE_ALWAYS_INLINE word* entry_at(std::uint64_t idx, bool for_store = false) const noexcept {
         return for_store ? writable_entry<word>(*mem, address(idx)) : mem->template entry<word>(address(idx));
     }
     /// The entry of `idx` for a store (nullptr: not backed, or the memory refuses writes there).
-    [[gnu::always_inline]] word* writable(std::uint64_t idx) const noexcept { return writable_entry<word>(*mem, address(idx)); }
-    [[gnu::always_inline]] word* writable() const noexcept { return writable(index()); }
+    IOPGTABLE_ALWAYS_INLINE word* writable(std::uint64_t idx) const noexcept { return writable_entry<word>(*mem, address(idx)); }
+    IOPGTABLE_ALWAYS_INLINE word* writable() const noexcept { return writable(index()); }
     /// At most `n` entries from `idx` that are contiguous in host memory (count 0: not backed).
-    [[gnu::always_inline]] entry_span<word> run(std::uint64_t idx, std::uint64_t n, bool write) const noexcept {
+    IOPGTABLE_ALWAYS_INLINE entry_span<word> run(std::uint64_t idx, std::uint64_t n, bool write) const noexcept {
         return entry_run<word>(*mem, address(idx), n, write);
     }
 
     // The loaded leaf (kind == leaf).
     unsigned leaf_lg2() const noexcept { return F::leaf_lg2(*cfg, L, raw); }
-    [[gnu::always_inline]] std::uint64_t leaf_address() const noexcept { return F::leaf_address(*cfg, L, raw); }
-    [[gnu::always_inline]] prot leaf_prot() const noexcept { return F::leaf_prot(*cfg, L, raw); }
+    IOPGTABLE_ALWAYS_INLINE std::uint64_t leaf_address() const noexcept { return F::leaf_address(*cfg, L, raw); }
+    IOPGTABLE_ALWAYS_INLINE prot leaf_prot() const noexcept { return F::leaf_prot(*cfg, L, raw); }
     /// Index of the first replicated copy of a leaf of 2^lg2 bytes holding pos.
-    [[gnu::always_inline]] std::uint64_t first_copy(unsigned lg2) const noexcept { return index() - ((pos & low_mask(lg2)) >> item); }
+    IOPGTABLE_ALWAYS_INLINE std::uint64_t first_copy(unsigned lg2) const noexcept { return index() - ((pos & low_mask(lg2)) >> item); }
 
     /// The table the loaded entry points at (kind == table), over [pos, end].
-    [[gnu::always_inline]] level_cursor<F, R, L - 1> descend() const noexcept
+    IOPGTABLE_ALWAYS_INLINE level_cursor<F, R, L - 1> descend() const noexcept
         requires(L > 0)
     {
         return into(child());
     }
     /// Table-memory address of the table the loaded entry points at (kind == table).
-    [[gnu::always_inline]] std::uint64_t child() const noexcept { return F::table_address(*cfg, L, raw); }
+    IOPGTABLE_ALWAYS_INLINE std::uint64_t child() const noexcept { return F::table_address(*cfg, L, raw); }
     /// The table at `child` as the next level's table under pos's slot, over [pos, end].
-    [[gnu::always_inline]] level_cursor<F, R, L - 1> into(std::uint64_t child) const noexcept
+    IOPGTABLE_ALWAYS_INLINE level_cursor<F, R, L - 1> into(std::uint64_t child) const noexcept
         requires(L > 0)
     {
         return {cfg, mem, child, detail::index_mask<F>(L - 1), pos, end};
@@ -167,7 +167,7 @@ struct level_cursor {
 /// Calls `fn(level_c<L>{})` with L == `level` (< Max). Lets run-time levels reach code that is
 /// compiled once per level with constant geometry.
 template <unsigned Max, class Fn>
-[[gnu::always_inline]] constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
+IOPGTABLE_ALWAYS_INLINE constexpr decltype(auto) with_level(unsigned level, Fn&& fn) {
     if constexpr (Max == 1) {
         return fn(level_c<0>{});
     } else {
@@ -179,10 +179,10 @@ template <unsigned Max, class Fn>
 /// Calls `fn(level_cursor<F, R, L>&)` with the cursor of the top table of a table with `geo`
 /// at `root`, over [first, last] (nothing read yet).
 template <class F, class R, class Fn>
-[[gnu::always_inline]] constexpr decltype(auto) with_top_cursor(const typename F::config& cfg, const geometry& geo, R& mem, std::uint64_t root,
+IOPGTABLE_ALWAYS_INLINE constexpr decltype(auto) with_top_cursor(const typename F::config& cfg, const geometry& geo, R& mem, std::uint64_t root,
                                          std::uint64_t first, std::uint64_t last, Fn&& fn) {
-    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) __attribute__((always_inline)) -> decltype(auto) {
-        level_cursor<F, R, L> c{&cfg, &mem, root, low_mask(geo.top_index_lg2), first, last};
+    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) IOPGTABLE_ALWAYS_INLINE_LAMBDA -> decltype(auto) {
+        level_cursor<F, R, L> c{&cfg, &mem, root, geo.top_mask, first, last};
         return fn(c);
     });
 }

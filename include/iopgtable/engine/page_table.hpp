@@ -131,7 +131,7 @@ public:
     /// (always pgsize * pgcount: unlike Linux this never maps short, and on failure nothing
     /// stays mapped). Errors as `map`; `pgsize` not one of the table's page sizes or iova/pa not
     /// aligned to it → invalid.
-    [[gnu::always_inline]] result<length_t> map_pages(input_address iova, pa_t pa, length_t pgsize,
+    IOPGTABLE_ALWAYS_INLINE result<length_t> map_pages(input_address iova, pa_t pa, length_t pgsize,
                                                       std::uint64_t pgcount, prot p) {
         const std::uint64_t sz = pgsize.value;
         if (sz == 0 || (sz & (sz - 1)) != 0 || (sz & geo_.pgsize_bitmap) == 0 || pgcount == 0)
@@ -157,7 +157,7 @@ public:
     /// (walk_flush first). A range that starts or ends inside a leaf fails with errc::partial and
     /// changes nothing, unless `mode` is split (see unmap_mode). Errors: invalid (size 0 or not
     /// aligned to the smallest page), range, partial, nomem (split only), fault.
-    [[gnu::always_inline]] result<length_t> unmap(input_address iova, length_t size,
+    IOPGTABLE_ALWAYS_INLINE result<length_t> unmap(input_address iova, length_t size,
                                                   unmap_mode mode = unmap_mode::exact) {
         const bytes_or_error o = unmap_range(iova.value, size, mode);
         if (o.error != bytes_or_error::none) return failure(static_cast<errc>(o.error));
@@ -248,7 +248,7 @@ private:
         static bytes_or_error fail(errc e) noexcept { return {0, static_cast<std::uint64_t>(e)}; }
     };
 
-    [[gnu::always_inline]] bytes_or_error unmap_range(const std::uint64_t va, length_t size, unmap_mode mode) {
+    IOPGTABLE_ALWAYS_INLINE bytes_or_error unmap_range(const std::uint64_t va, length_t size, unmap_mode mode) {
         if (size.value == 0 || ((va | size.value) & (min_page() - 1)) != 0) return bytes_or_error::fail(errc::invalid);
         const std::uint64_t last = va + size.value - 1;
         if (last < va || !in_ias(last)) return bytes_or_error::fail(errc::range);
@@ -296,7 +296,7 @@ public:
 
     /// The output address `iova` translates to, or nothing (unmapped, out of range, or a bad
     /// table address in a borrowed table).
-    [[gnu::always_inline]] std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
+    IOPGTABLE_ALWAYS_INLINE std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
         return iopgtable::translate<F>(cfg_, geo_, *mem_, root_, iova.value);
     }
     /// The whole story of one walk (leaf level, size, permissions, raw entry, accesses).
@@ -423,10 +423,10 @@ private:
     using cursor = level_cursor<F, M, L>;
     /// Calls `fn(cursor<L>&)` with the cursor of the top table over [first, last].
     template <class Fn>
-    [[gnu::always_inline]] decltype(auto) from_top(std::uint64_t first, std::uint64_t last, Fn&& fn) const {
+    IOPGTABLE_ALWAYS_INLINE decltype(auto) from_top(std::uint64_t first, std::uint64_t last, Fn&& fn) const {
         return with_top_cursor<F>(cfg_, geo_, *mem_, root_.value, first, last, std::forward<Fn>(fn));
     }
-    bool in_ias(std::uint64_t a) const noexcept { return geo_.ias >= 64 || (a >> geo_.ias) == 0; }
+    bool in_ias(std::uint64_t a) const noexcept { return geo_.in_ias(a); }
     /// Memories whose pages may be readable but not writable: checks and plans look at every
     /// entry a change will store to, so that the change cannot stop half-way.
     static constexpr bool checks_writes = has_write_access<M, word>;
@@ -467,7 +467,7 @@ private:
     /// The argument checks of map, in its error order: invalid (size 0, prot, alignment to the
     /// smallest of `sizes`), then range (beyond IAS or OAS, or wrapping). Changes nothing.
     /// Always inlined: as a call, clang saved two more registers on every map.
-    [[gnu::always_inline]] result<void> check_map_args(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p,
+    IOPGTABLE_ALWAYS_INLINE result<void> check_map_args(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p,
                                 std::uint64_t sizes) const {
         if (size == 0 || !prot_valid(p)) return failure(errc::invalid);
         if (auto c = F::check_prot(cfg_, p); !c) return c;

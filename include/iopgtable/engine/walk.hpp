@@ -52,7 +52,7 @@ struct leaf_entry {
 namespace detail {
 
 template <class F, class R, unsigned L>
-[[gnu::always_inline]] inline void lookup_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
+IOPGTABLE_ALWAYS_INLINE inline void lookup_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
     out.level = L;
     out.entry_address = c.address();
     if (!c.read()) {
@@ -117,7 +117,7 @@ inline constexpr std::uint64_t no_output = ~std::uint64_t{0};
 /// function it does not inline through the stack, a byte store and a wider reload, and that
 /// store-forwarding stall cost about a third of a 4-level walk.
 template <class F, class R, unsigned L>
-[[gnu::always_inline]] inline std::uint64_t translate_level(level_cursor<F, R, L> c) noexcept {
+IOPGTABLE_ALWAYS_INLINE inline std::uint64_t translate_level(level_cursor<F, R, L> c) noexcept {
     if (!c.read()) return no_output;
     switch (c.kind) {
     case entry_kind::leaf:
@@ -136,7 +136,7 @@ template <class F, class R, unsigned L>
 template <class F, class R>
 inline std::uint64_t translate_raw(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
                                    std::uint64_t va) noexcept {
-    if (geo.ias < 64 && (va >> geo.ias) != 0) return no_output;
+    if (!geo.in_ias(va)) return no_output;
     return with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [](auto& c) { return translate_level(c); });
 }
 
@@ -144,7 +144,7 @@ inline std::uint64_t translate_raw(const typename F::config& cfg, const geometry
 
 /// The output address `va` translates to, without the rest of `lookup`'s record.
 template <page_table_format F, table_reader R>
-[[gnu::always_inline]] inline std::optional<pa_t> translate(const typename F::config& cfg, const geometry& geo, R& mem,
+IOPGTABLE_ALWAYS_INLINE inline std::optional<pa_t> translate(const typename F::config& cfg, const geometry& geo, R& mem,
                                                              pa_t root, std::uint64_t va) noexcept {
     const std::uint64_t oa = detail::translate_raw<F>(cfg, geo, mem, root, va);
     // The payload is written either way: with the walk inlined into a caller that compares
@@ -160,7 +160,7 @@ template <page_table_format F, table_reader R>
 template <page_table_format F, table_reader R>
 walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
     walk_info<F> out;
-    if (geo.ias < 64 && (va >> geo.ias) != 0) {
+    if (!geo.in_ias(va)) {
         out.status = walk_status::out_of_range;
         out.level = geo.levels - 1;
         return out;
@@ -176,7 +176,7 @@ walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, 
 template <page_table_format F, table_reader R, class Fn>
 result<void> visit(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t first,
                    std::uint64_t last, Fn&& fn) {
-    if (first > last || (geo.ias < 64 && (last >> geo.ias) != 0)) return failure(errc::range);
+    if (first > last || !geo.in_ias(last)) return failure(errc::range);
     auto r = with_top_cursor<F>(cfg, geo, mem, root.value, first, last, [&](auto& c) { return detail::visit_level(c, fn); });
     if (!r.ok()) return failure(r.error());
     return success();

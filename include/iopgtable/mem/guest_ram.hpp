@@ -100,14 +100,14 @@ public:
     /// or not W-aligned.
     template <class W>
     W* entry(pa_t pa) noexcept {
-        if (pa.value % sizeof(W) != 0 || !contains(pa, sizeof(W))) return nullptr;
+        if (pa.value % sizeof(W) != 0 || !holds_word<sizeof(W)>(pa.value)) return nullptr;
         return reinterpret_cast<W*>(host(pa.value));
     }
     /// The words from `pa` on, at most `n`, that lie inside RAM (RAM is one buffer): one
     /// bounds check for a run instead of one per word.
     template <class W>
     entry_span<W> entries(pa_t pa, std::uint64_t n, bool /*write*/) noexcept {
-        if (pa.value % sizeof(W) != 0 || !contains(pa, sizeof(W))) return {};
+        if (pa.value % sizeof(W) != 0 || !holds_word<sizeof(W)>(pa.value)) return {};
         const std::uint64_t room = (size_ - (pa.value - base_)) / sizeof(W);
         return {reinterpret_cast<W*>(host(pa.value)), n < room ? n : room};
     }
@@ -137,6 +137,14 @@ public:
     }
 
 private:
+    /// contains(pa, N) for the entry sizes, with one compare: a pa below base_ wraps to an
+    /// offset above every start (a walk checks each entry it reads).
+    template <std::size_t N>
+    bool holds_word(std::uint64_t pa) const noexcept {
+        if constexpr (N == 4) return pa - base_ < starts4_;
+        else if constexpr (N == 8) return pa - base_ < starts8_;
+        else return contains(pa_t{pa}, N);
+    }
     /// Callers have checked `contains`. Integer arithmetic: the offset is in the buffer, and the
     /// sanitizers' pointer-overflow checks (four compares per entry access) stay off the walk.
     void* host(std::uint64_t pa) const noexcept {
@@ -163,6 +171,9 @@ private:
     std::unique_ptr<std::uint64_t[], free_deleter> data_;  // calloc: pages untouched until used
     /// data_ + skew_ - base_ as an integer (wrapping): host(pa) is one add.
     std::uintptr_t origin_ = 0;
+    /// How many offsets a 4- / 8-byte word can start at inside RAM (size - N + 1, or 0).
+    std::uint64_t starts4_ = size_ >= 4 ? size_ - 3 : 0;
+    std::uint64_t starts8_ = size_ >= 8 ? size_ - 7 : 0;
     mutable std::mutex lock_;
     std::uint64_t pool_lo_ = 0, pool_next_ = 0, pool_end_ = 0, in_use_ = 0;
     std::map<std::uint64_t, std::vector<std::uint64_t>> free_;
