@@ -911,8 +911,6 @@ private:
         constexpr unsigned item = F::item_lg2(L);
         const std::uint64_t idx = c.index();
         const std::uint64_t n = std::min(c.mask - idx + 1, full_items<item>(c.pos, c.last));
-        const auto removed = hooks_.leaf_removed;
-        void* const cookie = hooks_.cookie;
         std::uint64_t leaves = 0;
         for (std::uint64_t i = 0; i < n;) {
             const entry_span<word> run = c.run(idx + i, n - i, true);
@@ -920,17 +918,30 @@ private:
                 ++i;
                 continue;
             }
-            std::uint64_t va = c.pos + (i << item);
-            for (word *e = run.first, *end = run.first + run.count; e != end; ++e, va += lg2_to_size(item)) {
-                if (F::classify(cfg_, L, load_entry(e)) != entry_kind::leaf) continue;
-                store_entry(e, word{0});
-                if (removed) removed(cookie, va, lg2_to_size(item));
-                ++leaves;
-            }
+            leaves += clear_run<L>(run.first, run.first + run.count, c.pos + (i << item));
             i += run.count;
         }
         c.end = c.pos + ((n << item) - 1);
         return leaves << item;
+    }
+
+    /// clear_items' inner loop over one run of item-size entries at [e, end), the first
+    /// mapping `va`: clears the leaves (leaf_removed for each), returns how many. A call of its
+    /// own, so that what lives across the hook's call fits in callee-saved registers: inlined,
+    /// g++ spilled and reloaded two values around every call.
+    template <unsigned L>
+    [[gnu::noinline]] std::uint64_t clear_run(word* e, word* const end, std::uint64_t va) const {
+        constexpr std::uint64_t step = lg2_to_size(F::item_lg2(L));
+        const auto removed = hooks_.leaf_removed;
+        void* const cookie = hooks_.cookie;
+        std::uint64_t leaves = 0;
+        for (; e != end; ++e, va += step) {
+            if (F::classify(cfg_, L, load_entry(e)) != entry_kind::leaf) continue;
+            store_entry(e, word{0});
+            if (removed) removed(cookie, va, step);
+            ++leaves;
+        }
+        return leaves;
     }
 
     /// Bytes of leaves in the table `c` covers and below (each replicated copy counts its slot).
