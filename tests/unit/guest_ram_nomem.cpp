@@ -161,3 +161,31 @@ TEST_CASE("guest_ram::clear gives back a RAM that behaves as a new one, and only
     CHECK(used.bytes_in_use() == fresh.bytes_in_use());
     CHECK(std::ranges::equal(used.bytes(), fresh.bytes()));
 }
+
+TEST_CASE("guest_ram gives an entry only where the whole word lies inside RAM and is aligned", "[guest_ram]") {
+    struct ram_case {
+        std::uint64_t base, size;
+    };
+    // A RAM at an ordinary base, at an unaligned base, ending at the top of the address space,
+    // smaller than one 8-byte word, and empty.
+    const ram_case cases[] = {{0x10000, 4096}, {0x10004, 4096}, {~std::uint64_t{0} - 4095, 4096}, {0x2000, 6}, {0x3000, 0}};
+    for (const auto& c : cases) {
+        INFO("base 0x" << std::hex << c.base << " size 0x" << c.size);
+        guest_ram ram(c.size, pa_t{c.base});
+        // Every 4-aligned address in and around RAM, by the definition: aligned and
+        // [pa, pa + word) inside [base, base + size).
+        for (std::uint64_t d = 0; d < c.size + 32; d += 4) {
+            for (const std::uint64_t pa : {c.base + d, c.base - 4 - d}) {
+                const auto inside = [&](std::uint64_t w) {
+                    return pa >= c.base && pa - c.base <= c.size && c.size - (pa - c.base) >= w;
+                };
+                CHECK((ram.entry<std::uint32_t>(pa_t{pa}) != nullptr) == (pa % 4 == 0 && inside(4)));
+                CHECK((ram.entry<std::uint64_t>(pa_t{pa}) != nullptr) == (pa % 8 == 0 && inside(8)));
+                const auto run = ram.entries<std::uint64_t>(pa_t{pa}, 1000, false);
+                CHECK((run.count != 0) == (pa % 8 == 0 && inside(8)));
+                if (run.count != 0) CHECK(run.count == std::min<std::uint64_t>(1000, (c.size - (pa - c.base)) / 8));
+                CHECK(ram.entry<std::uint32_t>(pa_t{pa + 2}) == nullptr);  // misaligned
+            }
+        }
+    }
+}

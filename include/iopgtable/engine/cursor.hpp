@@ -87,17 +87,7 @@ struct level_cursor {
     /// Reads the entry at pos, leaving `end` as it is (a one-address walk keeps pos == end ==
     /// last). `for_store`: through the memory's write check (an entry the walk may store to).
     /// False when the memory does not back it (or refuses the store).
-    IOPGTABLE_ALWAYS_INLINE bool read(bool for_store = false) noexcept {
-        entry = for_store ? writable_entry<word>(*mem, address()) : mem->template entry<word>(address());
-        if (entry == nullptr) {
-            raw = 0;
-            kind = entry_kind::empty;
-            return false;
-        }
-        raw = load_entry(entry);
-        kind = F::classify(*cfg, L, raw);
-        return true;
-    }
+    IOPGTABLE_ALWAYS_INLINE bool read(bool for_store = false) noexcept { return take(entry_at(index(), for_store)); }
     /// Sets `end` to the end of the step at pos and reads the entry there (see read()). Reads
     /// go through load()'s window: at most the entries left in the range and in the table.
     IOPGTABLE_ALWAYS_INLINE bool load(bool for_store = false) noexcept {
@@ -110,15 +100,25 @@ struct level_cursor {
             win = s.first;
             win_idx = idx;
             win_n = s.count;
-            if (s.count == 0) {
-                entry = nullptr;
-                raw = 0;
-                kind = entry_kind::empty;
-                return false;
-            }
+            if (s.count == 0) return take(nullptr);
         }
-        entry = win + (idx - win_idx);
-        raw = load_entry(entry);
+        return take_backed(win + (idx - win_idx));
+    }
+    /// Makes `e` the current entry: reads and classifies it, or (nullptr: not backed) leaves
+    /// an empty one and answers false.
+    IOPGTABLE_ALWAYS_INLINE bool take(word* e) noexcept {
+        if (e == nullptr) {
+            entry = nullptr;
+            raw = 0;
+            kind = entry_kind::empty;
+            return false;
+        }
+        return take_backed(e);
+    }
+    /// take() of an entry the memory gave.
+    IOPGTABLE_ALWAYS_INLINE bool take_backed(word* e) noexcept {
+        entry = e;
+        raw = load_entry(e);
         kind = F::classify(*cfg, L, raw);
         return true;
     }

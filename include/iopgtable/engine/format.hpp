@@ -65,13 +65,16 @@ struct geometry {
     std::uint64_t pgsize_bitmap = 0;  ///< leaf sizes this table uses (bit n: 2^n bytes)
     /// Derived from the fields above when the geometry is built (formats build it whole, in
     /// make_geometry, and nothing edits one afterwards), so that a walk does not shift by a
-    /// run-time count to find them: the top table's index mask, and the input-address bits
-    /// above ias (an address with any of them set is out of range).
+    /// run-time count to find them: the top table's index mask, and the address bits above ias
+    /// and above oas (an address with any of them set is out of range).
     std::uint64_t top_mask = low_mask(top_index_lg2);
     std::uint64_t beyond_ias = ~low_mask(ias);
+    std::uint64_t beyond_oas = ~low_mask(oas);
 
     /// Whether input address `a` lies within ias bits.
     constexpr bool in_ias(std::uint64_t a) const noexcept { return (a & beyond_ias) == 0; }
+    /// Whether output address `a` lies within oas bits.
+    constexpr bool in_oas(std::uint64_t a) const noexcept { return (a & beyond_oas) == 0; }
 };
 
 template <class F>

@@ -400,7 +400,7 @@ private:
         const std::uint64_t probe = root ? t->value & ~low_mask(F::item_lg2(0)) : t->value;
         bool ok = F::table_address(cfg, parent_level, F::make_table(cfg, parent_level, probe)) == probe &&
                   last >= t->value;
-        if constexpr (!requires { M::software_walk; }) ok = ok && (geo.oas >= 64 || (last >> geo.oas) == 0);
+        if constexpr (!requires { M::software_walk; }) ok = ok && geo.in_oas(last);
         if (!ok) {
             mem.free_table(*t, bytes);
             return failure(errc::nomem);
@@ -476,7 +476,7 @@ private:
         const std::uint64_t last = va + size - 1;
         const std::uint64_t pa_last = pa + size - 1;
         if (last < va || pa_last < pa || !in_ias(last)) return failure(errc::range);
-        if (geo_.oas < 64 && (pa_last >> geo_.oas) != 0) return failure(errc::range);
+        if (!geo_.in_oas(pa_last)) return failure(errc::range);
         return success();
     }
 

@@ -112,7 +112,7 @@ constexpr stage_outcome check_leaf(const typename F::config& cfg, const geometry
     o.level = level;
     const unsigned lg2 = F::leaf_lg2(cfg, level, raw);
     const std::uint64_t oa = F::leaf_address(cfg, level, raw);
-    if (geo.oas < 64 && (oa >> geo.oas) != 0) {
+    if (!geo.in_oas(oa)) {
         o.reason = fault_reason::address_size;
         return o;
     }
