@@ -251,7 +251,7 @@ private:
     IOPGTABLE_ALWAYS_INLINE bytes_or_error unmap_range(const std::uint64_t va, length_t size, unmap_mode mode) {
         if (size.value == 0 || ((va | size.value) & (min_page() - 1)) != 0) return bytes_or_error::fail(errc::invalid);
         const std::uint64_t last = va + size.value - 1;
-        if (last < va || !in_ias(last)) return bytes_or_error::fail(errc::range);
+        if (last < va || !geo_.in_ias(last)) return bytes_or_error::fail(errc::range);
         if (mode == unmap_mode::exact && (size.value & (size.value - 1)) == 0 && (va & (size.value - 1)) == 0) {
             const unsigned lg2 = static_cast<unsigned>(std::countr_zero(size.value));
             const std::uint64_t fast =
@@ -337,7 +337,7 @@ public:
             if (!F::dirty_tracking(cfg_)) return failure(errc::unsupported);
             if (size.value == 0) return failure(errc::invalid);
             const std::uint64_t last = iova.value + size.value - 1;
-            if (last < iova.value || !in_ias(last)) return failure(errc::range);
+            if (last < iova.value || !geo_.in_ias(last)) return failure(errc::range);
             std::uint64_t reported_end = 0;
             bool any = false;
             return visit(iova, input_address{last}, [&](const leaf_entry<F>& e) {
@@ -426,7 +426,6 @@ private:
     IOPGTABLE_ALWAYS_INLINE decltype(auto) from_top(std::uint64_t first, std::uint64_t last, Fn&& fn) const {
         return with_top_cursor<F>(cfg_, geo_, *mem_, root_.value, first, last, std::forward<Fn>(fn));
     }
-    bool in_ias(std::uint64_t a) const noexcept { return geo_.in_ias(a); }
     /// Memories whose pages may be readable but not writable: checks and plans look at every
     /// entry a change will store to, so that the change cannot stop half-way.
     static constexpr bool checks_writes = has_write_access<M, word>;
@@ -475,7 +474,7 @@ private:
         if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
         const std::uint64_t last = va + size - 1;
         const std::uint64_t pa_last = pa + size - 1;
-        if (last < va || pa_last < pa || !in_ias(last)) return failure(errc::range);
+        if (last < va || pa_last < pa || !geo_.in_ias(last)) return failure(errc::range);
         if (!geo_.in_oas(pa_last)) return failure(errc::range);
         return success();
     }
@@ -1119,7 +1118,7 @@ private:
     result<void> split_ends(std::uint64_t va, std::uint64_t last) {
         need_counts need{}, end_need{};
         if (auto r = split_at<split_mode::check>(va, {&need, nullptr}); !r) return r;
-        const bool has_end = last + 1 != 0 && in_ias(last + 1);
+        const bool has_end = last + 1 != 0 && geo_.in_ias(last + 1);
         if (has_end)
             if (auto r = split_at<split_mode::check>(last + 1, {&end_need, nullptr}); !r) return r;
         // Both checks see the unsplit table: a leaf holding both ends becomes one table (at

@@ -155,7 +155,7 @@ public:
     /// range (starts beyond stage 1's input size; a range running past it is clipped).
     result<void> invalidate(iova_t iova, length_t size) {
         if (size.value == 0) return failure(errc::invalid);
-        if (!in_s1(iova.value)) return failure(errc::range);
+        if (!s1_geo_.in_ias(iova.value)) return failure(errc::range);
         const std::uint64_t last = iova.value + (size.value - 1);
         resync(iova.value, last < iova.value ? ~std::uint64_t{0} : last);
         return success();
@@ -241,7 +241,6 @@ private:
         table_block_lg2_ = static_cast<unsigned>(std::bit_width(largest) - 1);
     }
 
-    bool in_s1(std::uint64_t a) const noexcept { return s1_geo_.ias >= 64 || (a >> s1_geo_.ias) == 0; }
     std::uint64_t s1_last() const noexcept { return low_mask(s1_geo_.ias); }
     std::uint64_t s1_min_page() const noexcept { return s1_geo_.pgsize_bitmap & (~s1_geo_.pgsize_bitmap + 1); }
     stage_table<S2, HM> s2_stage() const noexcept { return stage_table<S2, HM>::of(*s2_); }
@@ -345,7 +344,7 @@ private:
             const stage_outcome o = walk_stage(s2, ipa);
             std::uint64_t piece_last;
             if (!o.ok) {
-                if (o.level >= s2.geo.levels || (s2.geo.ias < 64 && (ipa >> s2.geo.ias) != 0)) return;  // beyond stage 2
+                if (o.level >= s2.geo.levels || !s2.geo.in_ias(ipa)) return;  // beyond stage 2
                 const std::uint64_t next = (ipa | low_mask(S2::item_lg2(o.level))) + 1;
                 if (next == 0) return;
                 piece_last = pos + (next - ipa - 1);

@@ -43,8 +43,7 @@ checked<invalidation> decode_invalidate(const virtio::req_invalidate& req, const
     if (size == 0) return refusal{virtio::status::inval, "range_size"};
     const std::uint64_t last = start + (size - 1);
     if (last < start) return refusal{virtio::status::range, "range: wraps"};
-    const unsigned ias = binding.geo().ias;
-    if (ias < 64 && (last >> ias) != 0) return refusal{virtio::status::range, "range: beyond the input address size"};
+    if (!binding.geo().in_ias(last)) return refusal{virtio::status::range, "range: beyond the input address size"};
     inv.first = start;
     inv.last = last;
     return inv;
