@@ -191,7 +191,7 @@ private:
         window_lg2_ = std::min(largest_lg2_ + 2, geo_.ias);
         switch (in_.u8() % 3) {
         case 0: window_base_ = 0; break;
-        case 1: window_base_ = lg2_to_size(geo_.ias) - lg2_to_size(window_lg2_); break;
+        case 1: window_base_ = low_mask(geo_.ias) - low_mask(window_lg2_); break;  // 2^ias - 2^w, ias 64 too
         case 2: window_base_ = (std::uint64_t{in_.u16()} << window_lg2_) & low_mask(geo_.ias); break;
         }
         check_range(0, low_mask(geo_.ias));
@@ -694,7 +694,12 @@ private:
         op_ = max_ops;
         set_context("teardown: unmap everything");
         const auto b4 = before();
-        auto r = pt_->unmap(input{0}, length_t{lg2_to_size(geo_.ias)});
+        // The whole IAS; one that fills 64 bits is longer than a length holds: two halves.
+        auto r = pt_->unmap(input{0}, length_t{geo_.ias >= 64 ? std::uint64_t{1} << 63 : lg2_to_size(geo_.ias)});
+        if (r.ok() && geo_.ias >= 64) {
+            auto hi = pt_->unmap(input{std::uint64_t{1} << 63}, length_t{std::uint64_t{1} << 63});
+            r = hi.ok() ? result<length_t>(length_t{r->value + hi->value}) : hi;
+        }
         FUZZ_CHECK(r.ok() && r->value == model_.mapped_bytes(), "%s: got %s %#" PRIx64 ", model says %#" PRIx64, ctx_,
                    result_name(r), r.ok() ? r->value : 0, model_.mapped_bytes());
         auto& removed = scratch().removed;

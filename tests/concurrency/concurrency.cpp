@@ -32,6 +32,7 @@ std::uint64_t round_stride(const geometry& g) {
         const std::uint64_t s = std::uint64_t{1} << F::item_lg2(l);
         if ((rounds + 1) * s <= ias_end(g)) return s;
     }
+    if (g.levels == 1) return std::bit_floor(ias_end(g) / (rounds + 1));  // one table: within it
     return std::uint64_t{1} << F::item_lg2(1);
 }
 /// Rounds that fit in the input space at that stride.
@@ -169,7 +170,15 @@ void blocks_beside_pages(const typename F::config& cfg, M& mem) {
     const geometry g = pt.geo();
     const auto sizes = page_sizes(g);
     if (sizes.size() < 2) return;
-    const std::uint64_t small = sizes[0], block = sizes[1];
+    // The smallest block that holds the 8 pages the other threads map (a format may have sizes between).
+    const std::uint64_t small = sizes[0];
+    std::uint64_t block = sizes.back();
+    for (std::uint64_t sz : sizes)
+        if (sz >= 8 * small) {
+            block = sz;
+            break;
+        }
+    if (block < 8 * small) return;
     // Region k (one block wide) belongs to thread k % threads; up to four each, from a
     // high-level boundary when the input space has room.
     std::uint64_t base = round_stride<F>(g);

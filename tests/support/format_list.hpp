@@ -82,10 +82,24 @@ inline std::vector<std::uint64_t> page_sizes(const geometry& g) {
 /// log2 of a power of two.
 inline unsigned lg2_of(std::uint64_t size) { return static_cast<unsigned>(std::countr_zero(size)); }
 inline std::uint64_t smallest_page(const geometry& g) { return g.pgsize_bitmap & (~g.pgsize_bitmap + 1); }
-inline std::uint64_t largest_page(const geometry& g) { return std::bit_floor(g.pgsize_bitmap); }
 /// 2^ias (the first input address out of range), saturated at 2^64 - 1 for ias 64.
 inline std::uint64_t ias_end(const geometry& g) { return g.ias >= 64 ? ~std::uint64_t{0} : std::uint64_t{1} << g.ias; }
 inline std::uint64_t oas_end(const geometry& g) { return g.oas >= 64 ? ~std::uint64_t{0} : std::uint64_t{1} << g.oas; }
+/// The last input address in range (2^ias - 1, ias 64 included).
+inline std::uint64_t ias_last(const geometry& g) { return low_mask(g.ias); }
+/// The largest page size of which `n` fit in the input space and in the output space. Most
+/// formats' largest page fits four times over; where a format's pages reach half the input
+/// space, the tests that lay out several of the largest pages use the largest that fits.
+inline std::uint64_t largest_page(const geometry& g, std::uint64_t n = 4) {
+    const std::uint64_t room = std::min(ias_end(g), oas_end(g)) / n;
+    return std::bit_floor(g.pgsize_bitmap & (room | (room - 1)));
+}
+/// The page sizes up to `largest`, ascending.
+inline std::vector<std::uint64_t> page_sizes_upto(const geometry& g, std::uint64_t largest) {
+    auto v = page_sizes(g);
+    while (!v.empty() && v.back() > largest) v.pop_back();
+    return v;
+}
 
 /// The level at which the engine places a leaf of 2^size_lg2 bytes: the highest level in use
 /// whose leaf sizes include it (nullopt when none does).

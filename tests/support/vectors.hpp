@@ -29,7 +29,7 @@ inline const std::map<std::string, std::set<std::string>, std::less<>>& vector_k
     static const std::map<std::string, std::set<std::string>, std::less<>> kinds = {
         {"geom", {"levels", "top_entries", "start_level", "error"}},
         {"leaf", {"size", "oa", "prot", "raw"}},
-        {"table", {"pa", "raw"}},
+        {"table", {"pa", "raw", "level"}},
         {"reg", {"root", "name", "value"}},
     };
     return kinds;

@@ -58,7 +58,7 @@ TEMPLATE_LIST_TEST_CASE("a dirty leaf is reported once, then clean; blocks repor
         const std::uint64_t base = 4 * page;
         REQUIRE(pt->map(input<F>{base}, pa_t{base}, length_t{2 * page}, prot::read | prot::write).ok());
         std::uint64_t block = 0;
-        for (std::uint64_t s = page << 1; s != 0 && s < (std::uint64_t{1} << g.ias) / 2; s <<= 1)
+        for (std::uint64_t s = page << 3; s != 0 && s < test::ias_end(g) / 2; s <<= 1)  // above the pages at 4 page
             if (g.pgsize_bitmap & s) {
                 block = s;
                 break;

@@ -70,8 +70,14 @@ void check_table(const vector_record& r, const typename F::config& cfg, const ge
     using word = typename F::word;
     const std::uint64_t pa = r.number("pa"), raw = r.number("raw");
     REQUIRE(g.levels >= 2);
-    // Records name no level: the entry must be the same at every level that holds tables.
-    for (unsigned level = 1; level < g.levels; ++level) {
+    // A record that names no level: the entry must be the same at every level that holds
+    // tables. One that does (formats whose table entries name their level, such as AMD-Vi's Next
+    // Level): that level only.
+    const unsigned first = r.has("level") ? static_cast<unsigned>(r.number("level")) : 1;
+    const unsigned end = r.has("level") ? first + 1 : g.levels;
+    REQUIRE(first >= 1);
+    REQUIRE(end <= g.levels);
+    for (unsigned level = first; level < end; ++level) {
         INFO("level " << level);
         CHECK(static_cast<std::uint64_t>(F::make_table(cfg, level, pa)) == raw);
         CHECK(F::classify(cfg, level, static_cast<word>(raw)) == entry_kind::table);

@@ -37,11 +37,13 @@ void random_operations() {
     const auto geo_r = F::make_geometry(cfg);
     RC_ASSERT(geo_r.ok());
     const geometry g = *geo_r;
-    const auto sizes = page_sizes(g);
+    // The largest size of which `regions` fit (all of them unless pages reach near the top of the input space) and those below.
+    const auto sizes = page_sizes_upto(g, largest_page(g, regions));
+    RC_ASSERT(!sizes.empty());
     const std::uint64_t small = sizes.front(), big = sizes.back();
     RC_ASSERT(ias_end(g) / regions >= big);
     const bool at_top = *rc::gen::resize(100, rc::gen::arbitrary<bool>());
-    const std::uint64_t window = at_top ? ias_end(g) - regions * big : 0;
+    const std::uint64_t window = at_top ? ias_last(g) - (regions * big - 1) : 0;
     RC_LOG() << F::name << " " << describe(g) << (at_top ? " window at the top" : " window at 0") << "\n";
 
     auto mem = make_test_memory<F>();
@@ -115,7 +117,7 @@ void random_operations() {
                 case 0: iova += small / 2; break;
                 case 1: len = *rc::gen::arbitrary<bool>() ? 0 : len + small / 2; break;
                 case 2: p = prot::none; break;
-                default: iova = ias_end(g) - small; break;
+                default: iova = ias_last(g) - (small - 1); break;
                 }
             }
             RC_LOG() << "map 0x" << std::hex << iova << " -> 0x" << pa << " size 0x" << len << " prot 0x" << to_bits(p);

@@ -34,7 +34,9 @@ void random_replaces() {
     const auto geo_r = F::make_geometry(cfg);
     RC_ASSERT(geo_r.ok());
     const geometry g = *geo_r;
-    const auto sizes = page_sizes(g);
+    // The largest size of which `regions` fit (all of them unless pages reach near the top of the input space) and those below.
+    const auto sizes = page_sizes_upto(g, largest_page(g, regions));
+    RC_ASSERT(!sizes.empty());
     const std::uint64_t small = sizes.front(), big = sizes.back();
     RC_ASSERT(ias_end(g) / regions >= big);
     RC_LOG() << F::name << " " << describe(g) << "\n";

@@ -77,6 +77,11 @@ struct geometry {
     constexpr bool in_oas(std::uint64_t a) const noexcept { return (a & beyond_oas) == 0; }
 };
 
+/// The most levels a format may have. Walk records of fixed size (the IOTLB's stage-1 table
+/// IPAs, a nested walk's fetch trace) hold this many; `page_table_format` refuses a format
+/// with more, and formats/all.hpp checks the list's largest against it.
+inline constexpr unsigned max_table_levels = 6;
+
 template <class F>
 concept page_table_format = requires(const typename F::config& c, unsigned level, typename F::word w,
                                      std::uint64_t a, prot p) {
@@ -98,6 +103,7 @@ concept page_table_format = requires(const typename F::config& c, unsigned level
     { F::make_leaf(c, level, level, a, p) } -> std::same_as<typename F::word>;
     { F::leaf_prot(c, level, w) } -> std::same_as<prot>;
     { F::check_prot(c, p) } -> std::same_as<result<void>>;
+    requires F::max_levels >= 1 && F::max_levels <= max_table_levels;
 };
 
 template <class F>

@@ -24,6 +24,7 @@
 
 #include "../core/bits.hpp"
 #include "../core/prot.hpp"
+#include "../engine/format.hpp"
 #include "types.hpp"
 
 namespace iopgtable::nested {
@@ -41,8 +42,8 @@ struct iotlb_entry {
     stage_leaf s1, s2;
     prot perm = prot::none;
     memory_type memory = memory_type::write_back;
-    /// IPAs of the stage-1 table entries the walk read (a 5-level walk reads 5).
-    std::array<std::uint64_t, 5> table_ipas{};
+    /// IPAs of the stage-1 table entries the walk read (an n-level walk reads n).
+    std::array<std::uint64_t, max_table_levels> table_ipas{};
     unsigned tables = 0;
 };
 

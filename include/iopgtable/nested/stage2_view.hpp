@@ -78,7 +78,7 @@ template <page_table_format S2, table_reader HM>
 class stage2_view {
 public:
     /// Most fetches one walk's trace keeps (the deepest format has 5 levels).
-    static constexpr unsigned trace_capacity = 8;
+    static constexpr unsigned trace_capacity = max_table_levels;
 
     stage2_view(const stage_table<S2, HM>& s2, const view_settings& s = {}) noexcept : s2_(s2), set_(s) {}
 
@@ -164,6 +164,8 @@ public:
     unsigned accesses() const noexcept { return accesses_; }
     /// The last fetch that failed since begin_walk(), if any.
     const std::optional<fetch_fault>& last_fault() const noexcept { return fault_; }
+    /// How many fetches since begin_walk(), recorded in the trace or not.
+    unsigned fetches() const noexcept { return trace_count_; }
     /// IPAs fetched since begin_walk(), oldest first (the first trace_capacity of them).
     std::span<const std::uint64_t> trace() const noexcept {
         return {trace_, std::min<unsigned>(trace_count_, trace_capacity)};

@@ -181,8 +181,12 @@ private:
         e.s2 = t.s2;
         e.perm = t.perm;
         e.memory = t.memory;
+        // A walk reads at most S1::max_levels ≤ max_table_levels table entries (the format
+        // concept), so every one of them is recorded: a stage-2 change under any of them finds
+        // this entry. Should a trace ever be longer, the translation is not cached at all.
         const auto trace = view_.trace();
-        e.tables = static_cast<unsigned>(std::min(trace.size(), e.table_ipas.size()));
+        if (view_.fetches() > e.table_ipas.size()) return;
+        e.tables = static_cast<unsigned>(trace.size());
         std::copy_n(trace.begin(), e.tables, e.table_ipas.begin());
         try {
             caches_.iotlb->insert(e);
