@@ -15,6 +15,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <iopgtable/formats/amd_v1.hpp>
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/formats/vtd_fl.hpp>
 #include <iopgtable/formats/vtd_sl.hpp>
@@ -248,6 +249,7 @@ void register_pair(const std::string& pair) {
 const bool registered = [] {
     register_pair<arm_lpae_s1_4k, arm_lpae_s2_4k>("lpae-4k");
     register_pair<vtd_fl, vtd_sl>("vtd");
+    register_pair<vtd_fl, amd_v1>("amd");
     return true;
 }();
 

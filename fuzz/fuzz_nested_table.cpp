@@ -44,6 +44,7 @@
 #include <vector>
 
 #include <iopgtable/engine/page_table.hpp>
+#include <iopgtable/formats/amd_v1.hpp>
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/formats/vtd_fl.hpp>
 #include <iopgtable/formats/vtd_sl.hpp>
@@ -79,7 +80,7 @@ using pairs = std::tuple<
     pair_of<arm_lpae_s1_4k, arm_lpae_s2_64k>, pair_of<arm_lpae_s1_16k, arm_lpae_s2_4k>,
     pair_of<arm_lpae_s1_16k, arm_lpae_s2_16k>, pair_of<arm_lpae_s1_16k, arm_lpae_s2_64k>,
     pair_of<arm_lpae_s1_64k, arm_lpae_s2_4k>, pair_of<arm_lpae_s1_64k, arm_lpae_s2_16k>,
-    pair_of<arm_lpae_s1_64k, arm_lpae_s2_64k>, pair_of<vtd_fl, vtd_sl>>;
+    pair_of<arm_lpae_s1_64k, arm_lpae_s2_64k>, pair_of<vtd_fl, vtd_sl>, pair_of<vtd_fl, amd_v1>>;
 
 template <std::size_t I = 0, class Fn>
 void with_pair(std::size_t index, Fn&& fn) {

@@ -193,7 +193,8 @@ HOSTILE_SEEDS = {
 
 # ---------------------------------------------------------------- fuzz_nested_table
 # Pair index (fuzz_nested_table.cpp `pairs`: 0 = s1 4K over s2 4K, 4 = 16K/16K, 6 = 64K over
-# 4K, 9 = VT-d FL over SL), stage-2 and stage-1 configuration indices, span byte; then steps.
+# 4K, 9 = VT-d FL over SL, 10 = VT-d FL over AMD-Vi v1), stage-2 and stage-1 configuration
+# indices, span byte; then steps.
 WINDOW_OUT = 2  # prot byte bit 1: the output lies in the table window (stage 2 maps it)
 
 
@@ -268,6 +269,15 @@ NESTED_SEEDS = {
     + nt_stage2(2, 2, struct.pack("<H", 6))
     + nt_map(0x400, nt_len(0), 12)
     + nt_lookup(0x400),
+    # VT-d first stage over an AMD-Vi host table (pair 10): map, a stage-2 change, split, reclaim.
+    "vtd_fl_over_amd_v1": nested_header(10, 0, 0)
+    + nt_map(1, nt_len(1, 7), 4)
+    + nt_map(0x200, nt_len(3, 9), 0x200)
+    + nt_stage2(3, 1)
+    + nt_lookup(0x201)
+    + nt_stage2(3, 4)
+    + nt_unmap(0x203, nt_len(0), True)
+    + nt_lookup(0x204),
 }
 
 

@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include <catch2/catch.hpp>
+#include <iopgtable/formats/amd_v1.hpp>
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/formats/arm_v7s.hpp>
 #include <iopgtable/formats/vtd_fl.hpp>
@@ -556,4 +557,6 @@ TEST_CASE("every stage pair translates", "[nested]") {
     check_pair<vtd_fl, vtd_sl>(vtd_fl_config{5}, vtd_sl_config{57});
     check_pair<arm_lpae_s1_4k, vtd_sl>();
     check_pair<vtd_fl, arm_lpae_s2_4k>();
+    check_pair<vtd_fl, amd_v1>();
+    check_pair<vtd_fl, amd_v1>(vtd_fl_config{5}, amd_v1_config{6});
 }

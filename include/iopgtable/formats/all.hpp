@@ -7,6 +7,7 @@
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
 
+#include "amd_v1.hpp"
 #include "arm_lpae.hpp"
 #include "arm_v7s.hpp"
 #include "vtd_fl.hpp"
@@ -19,7 +20,15 @@ inline constexpr auto all_formats = boost::hana::tuple_t<
     arm_lpae_s1_4k, arm_lpae_s1_16k, arm_lpae_s1_64k,
     arm_lpae_s2_4k, arm_lpae_s2_16k, arm_lpae_s2_64k,
     arm_v7s,
-    vtd_sl, vtd_fl>;
+    vtd_sl, vtd_fl,
+    amd_v1>;
+
+/// The most levels any listed format has. Fixed-size walk records hold max_table_levels
+/// (engine/format.hpp); a format with more levels does not fit them.
+inline constexpr unsigned largest_max_levels = boost::hana::fold(all_formats, 0u, [](unsigned m, auto t) {
+    return m > decltype(t)::type::max_levels ? m : decltype(t)::type::max_levels;
+});
+static_assert(largest_max_levels <= max_table_levels, "a listed format has more levels than walk records hold");
 
 /// The most levels any listed format has. Fixed-size walk records hold max_table_levels
 /// (engine/format.hpp); a format with more levels does not fit them.
