@@ -32,7 +32,8 @@ std::uint64_t round_stride(const geometry& g) {
         const std::uint64_t s = std::uint64_t{1} << F::item_lg2(l);
         if ((rounds + 1) * s <= ias_end(g)) return s;
     }
-    if (g.levels == 1) return std::bit_floor(ias_end(g) / (rounds + 1));  // one table: within it
+    if (g.levels == 1)  // one table: strides within it, each round's pages inside its stride
+        return std::max(std::bit_floor(ias_end(g) / (rounds + 1)), std::bit_ceil(pages_per_round * smallest_page(g)));
     return std::uint64_t{1} << F::item_lg2(1);
 }
 /// Rounds that fit in the input space at that stride.

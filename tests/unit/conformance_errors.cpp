@@ -110,7 +110,7 @@ TEMPLATE_LIST_TEST_CASE("a page maps over a table that unmaps left empty", "[con
     for (const auto& s : samples<F>()) {
         INFO(s.label);
         const std::uint64_t small = smallest_page(s.geo), big = largest_page(s.geo);
-        for (std::uint64_t sz : page_sizes(s.geo)) {
+        for (std::uint64_t sz : page_sizes_upto(s.geo, big)) {
             if (sz == small) continue;
             INFO("page 0x" << std::hex << sz);
             auto mem = make_test_memory<F>();
@@ -139,7 +139,7 @@ TEMPLATE_LIST_TEST_CASE("unmap refuses bad ranges and cutting a leaf, changing n
         const std::uint64_t small = smallest_page(s.geo), big = largest_page(s.geo);
         const std::uint64_t end = ias_end(s.geo), top = ~std::uint64_t{0};
         REQUIRE(end / 4 >= big);
-        for (std::uint64_t sz : page_sizes(s.geo)) {
+        for (std::uint64_t sz : page_sizes_upto(s.geo, big)) {
             INFO("leaf 0x" << std::hex << sz);
             auto mem = make_test_memory<F>();
             auto pt = make_table<F>(s.cfg, *mem);
@@ -219,7 +219,7 @@ TEMPLATE_LIST_TEST_CASE("unmap with split removes only the range; every other pa
         const std::uint64_t small = smallest_page(s.geo), big = largest_page(s.geo);
         REQUIRE(ias_end(s.geo) / 4 >= big);
         REQUIRE(oas_end(s.geo) / 4 >= big);
-        for (std::uint64_t sz : page_sizes(s.geo)) {
+        for (std::uint64_t sz : page_sizes_upto(s.geo, big)) {
             if (sz == small) continue;
             const std::uint64_t x = big, pa = 2 * big;
             struct cut {
@@ -236,6 +236,7 @@ TEMPLATE_LIST_TEST_CASE("unmap with split removes only the range; every other pa
                 {"exactly one leaf", x, sz, sz},
             };
             for (const auto& c : cuts) {
+                if (c.size == 0) continue;  // a leaf of two smallest pages has no inside
                 INFO("leaf 0x" << std::hex << sz << ", " << c.what << ": iova 0x" << c.iova << " size 0x" << c.size);
                 auto mem = make_test_memory<F>();
                 auto pt = make_table<F>(s.cfg, *mem);

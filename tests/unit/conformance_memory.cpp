@@ -233,8 +233,10 @@ TEMPLATE_LIST_TEST_CASE("after unmapping everything, reclaim leaves the root alo
                 }
             }
             CHECK(dump_difference(dump(pt), model.expected_dump<F>(s.cfg)) == "");
-            CHECK(pt.table_bytes() > pt.top_table_bytes());
-            CHECK(mem->bytes_in_use() > root_only_bytes(pt));
+            if (s.geo.levels > 1) {  // a single-level table never allocates
+                CHECK(pt.table_bytes() > pt.top_table_bytes());
+                CHECK(mem->bytes_in_use() > root_only_bytes(pt));
+            }
 
             // Reclaim keeps tables that still hold something.
             const std::uint64_t keep = model.leaves().begin()->first;
@@ -254,7 +256,7 @@ TEMPLATE_LIST_TEST_CASE("after unmapping everything, reclaim leaves the root alo
 
             // Live mappings at destruction.
             REQUIRE(pt.map(in_addr<F>(small), pa_t{0}, length_t{small}, prot::read).ok());
-            REQUIRE(pt.map(in_addr<F>(end - big), pa_t{0}, length_t{big}, prot::read).ok());
+            REQUIRE(pt.map(in_addr<F>(ias_last(s.geo) - (big - 1)), pa_t{0}, length_t{big}, prot::read).ok());
             // Move-assignment destroys the target's tables and takes the source's.
             auto other = make_table<F>(s.cfg, *mem);
             REQUIRE(other.map(in_addr<F>(2 * big), pa_t{0}, length_t{small}, prot::read).ok());

@@ -116,7 +116,7 @@ TEMPLATE_LIST_TEST_CASE("out of guest-RAM table memory, a splitting unmap fails 
             CHECK(translation_mismatch(pt, x, pa, big) == "");
         }
         CHECK(split);
-        CHECK(failures >= 1);
+        if (s.geo.levels > 1) CHECK(failures >= 1);  // a single-level table splits in place
     }
 }
 

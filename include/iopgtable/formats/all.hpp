@@ -30,11 +30,4 @@ inline constexpr unsigned largest_max_levels = boost::hana::fold(all_formats, 0u
 });
 static_assert(largest_max_levels <= max_table_levels, "a listed format has more levels than walk records hold");
 
-/// The most levels any listed format has. Fixed-size walk records hold max_table_levels
-/// (engine/format.hpp); a format with more levels does not fit them.
-inline constexpr unsigned largest_max_levels = boost::hana::fold(all_formats, 0u, [](unsigned m, auto t) {
-    return m > decltype(t)::type::max_levels ? m : decltype(t)::type::max_levels;
-});
-static_assert(largest_max_levels <= max_table_levels, "a listed format has more levels than walk records hold");
-
 } // namespace iopgtable

@@ -23,7 +23,9 @@
 ///   Root Pointer 51:12, IR 61, IW 62.
 /// Where the spec leaves a choice we write what Linux writes (generic_pt fmt/amdv1.h): tables
 /// PR|IR|IW|Next Level|address, leaves PR|address|IR/IW|FC, 512 GiB pages never (a hardware
-/// erratum), no page above 2^51. See formats/amd-v1/README.md.
+/// erratum), no page above 2^51. Unlike Linux we write no 1T–128T page either: the engine
+/// splits a Next-Level-7 page through its level's own size, which at level 3 is the 512G page
+/// we may not write. See formats/amd-v1/README.md.
 ///
 /// Levels, ours and the spec's (ours = spec − 1):
 ///
@@ -32,7 +34,7 @@
 /// | 0 | 1 | 4K | 4K | 8K–1M |
 /// | 1 | 2 | 2M | 2M | 4M–512M |
 /// | 2 | 3 | 1G | 1G | 2G–256G |
-/// | 3 | 4 | 512G | (512G: not written) | 1T–128T |
+/// | 3 | 4 | 512G | (512G: not written) | 1T–128T (read, not written: see make_geometry) |
 /// | 4 | 5 | 256T | 256T | 512T–2^51 |
 /// | 5 | 6 | 2^57 | none (top of a 6-level table) | none |
 ///
@@ -117,7 +119,8 @@ struct amd_v1 {
 
     // ---- geometry (2.2.3) ----
     /// Refused (errc::invalid): levels outside 1..6, oas outside 32..52, a page-size
-    /// restriction that leaves no size or drops 4K (splits and every table need the granule).
+    /// restriction that drops 4K (splits and every table need the granule). A level whose own
+    /// size is left out keeps none of its Next-Level-7 sizes (always so at level 3: 512G).
     static constexpr result<geometry> make_geometry(const config& c) noexcept {
         if (c.levels < 1 || c.levels > max_levels) return failure(errc::invalid);
         if (c.oas < min_oas || c.oas > max_oas) return failure(errc::invalid);
@@ -272,7 +275,7 @@ static_assert([] {
     constexpr auto w16k = amd_v1::make_leaf(amd_v1_config{}, 0, 14, 0x8000, prot::read);
     return g1.ok() && g1->ias == 21 && g1->pgsize_bitmap == 0x1ff000 && g3.ok() && g3->ias == 39 &&
            g3->pgsize_bitmap == 0x7ffffff000 && g6.ok() && g6->ias == 64 &&
-           g6->pgsize_bitmap == (bit_range(51, 12) & ~amd_v1::erratum_sizes) && w16k == 0x2000000000009e01 &&
+           g6->pgsize_bitmap == (bit_range(51, 12) & ~bit_range(47, 39)) && w16k == 0x2000000000009e01 &&
            amd_v1::leaf_lg2(amd_v1_config{}, 0, w16k) == 14 && !amd_v1::make_geometry(amd_v1_config{7}).ok();
 }());
 
