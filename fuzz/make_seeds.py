@@ -122,6 +122,23 @@ OPS_SEEDS = {
     + op_map(addr(1, 0, 3), size(0, 4))
     + op_unmap(addr(0, 0, 9), size(0), split=True)
     + op_reclaim(),
+    # Index 9, AMD-Vi v1 with 3 levels (configuration 2): Next-Level-7 pages of 8K and 16K,
+    # a split of one, map_pages of 8K pages, reclaim.
+    "amd_v1_nl7": ops_header(9, 2, 8)
+    + op_map(addr(0), size(2, 2))
+    + op_map(addr(1, 1, 1), size(1, 3))
+    + op_unmap(addr(0, 0, 1), size(0), split=True)
+    + op_map_pages(addr(2, 1, 2), 1, 4)
+    + op_lookup_leaf(1, 1)
+    + op_unmap(addr(1), size(1, 4), split=True)
+    + op_reclaim(),
+    # AMD-Vi v1 with 6 levels (configuration 5): the window at the top of the 64-bit space.
+    "amd_v1_64bit_top": ops_header(9, 5, 12, 0, 1)
+    + op_map(addr(3), size(3))
+    + op_map(addr(3, 0, 7), size(0, 4), pa_mode=1, pa_k=1)
+    + op_unmap(addr(3, 0, 1), size(0), split=True)
+    + op_translate_leaf(0)
+    + op_unmap(addr(3), size(special=0xd)),
 }
 
 # ---------------------------------------------------------------- fuzz_hostile_table
@@ -149,9 +166,27 @@ def table_image(entries, size):
 
 
 ROOT0 = (0, struct.pack("<H", 0))  # root at RAM base + 0
+AMD_PR, AMD_IR, AMD_IW = 1, 1 << 61, 1 << 62
+AMD_RW = AMD_IR | AMD_IW
 BASE0 = (0, b"")
 
 HOSTILE_SEEDS = {
+    # AMD-Vi v1, 3 levels (configuration 2): PDEs with the right Next Level, a 4M Next-Level-7
+    # page (two copies), a 4K page, an 8K page (two copies), a level-0 entry that skips levels
+    # (reserved) and a level-0 entry coding 2M (out of its range: reserved).
+    "amd_v1_levels_and_codes": hostile(
+        9, 2, 0, BASE0, ROOT0, 0,
+        [0x0, 0x2000, 0x3000, 0x4000, 0x5000, 0x400000, 0x7FFFFF],
+        [(0, 1100)],
+        table_image({0x0: 0x1000 | AMD_PR | AMD_RW | (2 << 9),
+                     0x1000: 0x2000 | AMD_PR | AMD_RW | (1 << 9),
+                     0x1010: 0x400000 | 0x1FF000 | AMD_PR | AMD_IR | (7 << 9),
+                     0x1018: 0x400000 | 0x1FF000 | AMD_PR | AMD_IR | (7 << 9),
+                     0x2000: 0x5000 | AMD_PR | AMD_RW,
+                     0x2010: 0x6000 | AMD_PR | AMD_IR | (7 << 9),
+                     0x2018: 0x6000 | AMD_PR | AMD_IR | (7 << 9),
+                     0x2020: 0x9000 | AMD_PR | AMD_RW | (1 << 9),
+                     0x2028: 0xA000 | 0xFF000 | AMD_PR | AMD_RW | (7 << 9)}, 0x3000)),
     # LPAE s1 4K, IAS 48 (4 levels): root -> L2 -> L1 (a 2M block) -> L0 (pages).
     "lpae4k_wellformed": hostile(
         0, 6, 0, BASE0, ROOT0, 0,
@@ -269,8 +304,9 @@ NESTED_SEEDS = {
     + nt_stage2(2, 2, struct.pack("<H", 6))
     + nt_map(0x400, nt_len(0), 12)
     + nt_lookup(0x400),
-    # VT-d first stage over an AMD-Vi host table (pair 10): map, a stage-2 change, split, reclaim.
-    "vtd_fl_over_amd_v1": nested_header(10, 0, 0)
+    # VT-d first stage over an AMD-Vi host table of 4 levels (pair 10, stage-2 configuration 3):
+    # maps, a stage-2 change, a split.
+    "vtd_fl_over_amd_v1": nested_header(10, 3, 0)
     + nt_map(1, nt_len(1, 7), 4)
     + nt_map(0x200, nt_len(3, 9), 0x200)
     + nt_stage2(3, 1)
