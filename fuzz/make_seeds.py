@@ -122,9 +122,9 @@ OPS_SEEDS = {
     + op_map(addr(1, 0, 3), size(0, 4))
     + op_unmap(addr(0, 0, 9), size(0), split=True)
     + op_reclaim(),
-    # Index 9, AMD-Vi v1 with 3 levels (configuration 2): Next-Level-7 pages of 8K and 16K,
+    # Index 9, AMD-Vi v1 with 3 levels (configuration 1): Next-Level-7 pages of 8K and 16K,
     # a split of one, map_pages of 8K pages, reclaim.
-    "amd_v1_nl7": ops_header(9, 2, 8)
+    "amd_v1_nl7": ops_header(9, 1, 8)
     + op_map(addr(0), size(2, 2))
     + op_map(addr(1, 1, 1), size(1, 3))
     + op_unmap(addr(0, 0, 1), size(0), split=True)
@@ -132,8 +132,8 @@ OPS_SEEDS = {
     + op_lookup_leaf(1, 1)
     + op_unmap(addr(1), size(1, 4), split=True)
     + op_reclaim(),
-    # AMD-Vi v1 with 6 levels (configuration 5): the window at the top of the 64-bit space.
-    "amd_v1_64bit_top": ops_header(9, 5, 12, 0, 1)
+    # AMD-Vi v1 with 6 levels (configuration 3): the window at the top of the 64-bit space.
+    "amd_v1_64bit_top": ops_header(9, 3, 12, 0, 1)
     + op_map(addr(3), size(3))
     + op_map(addr(3, 0, 7), size(0, 4), pa_mode=1, pa_k=1)
     + op_unmap(addr(3, 0, 1), size(0), split=True)
@@ -171,11 +171,11 @@ AMD_RW = AMD_IR | AMD_IW
 BASE0 = (0, b"")
 
 HOSTILE_SEEDS = {
-    # AMD-Vi v1, 3 levels (configuration 2): PDEs with the right Next Level, a 4M Next-Level-7
+    # AMD-Vi v1, 3 levels (configuration 1): PDEs with the right Next Level, a 4M Next-Level-7
     # page (two copies), a 4K page, an 8K page (two copies), a level-0 entry that skips levels
     # (reserved) and a level-0 entry coding 2M (out of its range: reserved).
     "amd_v1_levels_and_codes": hostile(
-        9, 2, 0, BASE0, ROOT0, 0,
+        9, 1, 0, BASE0, ROOT0, 0,
         [0x0, 0x2000, 0x3000, 0x4000, 0x5000, 0x400000, 0x7FFFFF],
         [(0, 1100)],
         table_image({0x0: 0x1000 | AMD_PR | AMD_RW | (2 << 9),
@@ -304,9 +304,9 @@ NESTED_SEEDS = {
     + nt_stage2(2, 2, struct.pack("<H", 6))
     + nt_map(0x400, nt_len(0), 12)
     + nt_lookup(0x400),
-    # VT-d first stage over an AMD-Vi host table of 4 levels (pair 10, stage-2 configuration 3):
+    # VT-d first stage over an AMD-Vi host table of 4 levels (pair 10, stage-2 configuration 2):
     # maps, a stage-2 change, a split.
-    "vtd_fl_over_amd_v1": nested_header(10, 3, 0)
+    "vtd_fl_over_amd_v1": nested_header(10, 2, 0)
     + nt_map(1, nt_len(1, 7), 4)
     + nt_map(0x200, nt_len(3, 9), 0x200)
     + nt_stage2(3, 1)

@@ -83,9 +83,13 @@ run_ctest() {
   step ctest --test-dir "$dir" -j"$parallel" --output-on-failure --no-tests=error --timeout 1200 "$@"
 }
 
+# The release stage builds at -O2 (CMake's Release default is -O3, which a user's own Release
+# build keeps): with ten formats instantiated in every test file the stage took 13 min of the
+# test command's 31 on the 2-core machine (2026-12-05), and -O2 compiles the heaviest test
+# file about 14% faster. The price: warnings only -O3's inlining provokes are not seen here.
 stage_release() {
   local dir=build/release
-  step cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release || return 1
+  step cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O2 -DNDEBUG" || return 1
   step cmake --build "$dir" -j"$parallel" || return 1
   run_ctest "$dir"
 }

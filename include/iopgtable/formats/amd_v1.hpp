@@ -253,11 +253,12 @@ struct amd_v1 {
         return c;
     }
 
-    /// Configurations the conformance suite runs: every level count, FC and dirty tracking,
-    /// a narrow output, and the pages x86 CPUs use (4K/2M/1G) alone.
+    /// Configurations the conformance suite runs: one level (a single table), 3, 4 and 6 levels
+    /// (the whole 64-bit input space; it holds 5 levels' page sizes too), FC and dirty
+    /// tracking, a narrow output, and the pages x86 CPUs use (4K/2M/1G) alone.
     static std::vector<config> sample_configs() {
         std::vector<config> v;
-        for (unsigned levels = 1; levels <= max_levels; ++levels) v.push_back(config{levels});
+        for (unsigned levels : {1u, 3u, 4u, 6u}) v.push_back(config{levels});
         v.push_back(config{3, max_oas, true, true});
         v.push_back(config{4, 40, false, true});
         v.push_back(config{4, max_oas, false, false, 0x40201000});
