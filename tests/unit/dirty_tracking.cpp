@@ -60,7 +60,7 @@ TEMPLATE_LIST_TEST_CASE("a dirty leaf is reported once, then clean; blocks repor
         REQUIRE(pt->map(input<F>{base}, pa_t{base}, length_t{page}, prot::read | prot::write).ok());
         REQUIRE(pt->map(input<F>{base + page}, pa_t{base + page}, length_t{page}, prot::read | prot::write).ok());
         std::uint64_t block = 0;
-        for (std::uint64_t s = page << 3; s != 0 && s < test::ias_end(g) / 2; s <<= 1)  // above the pages at 4 page
+        for (std::uint64_t s = page << 3; s != 0 && s < test::ias_end(g) / 2; s <<= 1)  // 8 pages up: past the two at 4 pages
             if (g.pgsize_bitmap & s) {
                 block = s;
                 break;

@@ -78,8 +78,8 @@ struct geometry {
 };
 
 /// The most levels a format may have. Walk records of fixed size (the IOTLB's stage-1 table
-/// IPAs, a nested walk's fetch trace) hold this many; `page_table_format` refuses a format
-/// with more, and formats/all.hpp checks the list's largest against it.
+/// IPAs, a nested walk's fetch trace) hold this many; `page_table_format`, which every format
+/// header static_asserts, refuses a format with more.
 inline constexpr unsigned max_table_levels = 6;
 
 template <class F>

@@ -3,7 +3,6 @@
 /// @file all.hpp
 /// The one list of formats. Tests, benchmarks, fuzzers and `iopt` iterate it; adding a format
 /// means adding its header and one entry here.
-#include <boost/hana/fold.hpp>
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
 
@@ -22,12 +21,5 @@ inline constexpr auto all_formats = boost::hana::tuple_t<
     arm_v7s,
     vtd_sl, vtd_fl,
     amd_v1>;
-
-/// The most levels any listed format has. Fixed-size walk records hold max_table_levels
-/// (engine/format.hpp); a format with more levels does not fit them.
-inline constexpr unsigned largest_max_levels = boost::hana::fold(all_formats, 0u, [](unsigned m, auto t) {
-    return m > decltype(t)::type::max_levels ? m : decltype(t)::type::max_levels;
-});
-static_assert(largest_max_levels <= max_table_levels, "a listed format has more levels than walk records hold");
 
 } // namespace iopgtable

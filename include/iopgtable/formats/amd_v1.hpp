@@ -126,13 +126,12 @@ struct amd_v1 {
         if (c.oas < min_oas || c.oas > max_oas) return failure(errc::invalid);
         const unsigned span = item_lg2(c.levels - 1) + bits_per_level;
         const unsigned ias = span < 64 ? span : 64;
+        const std::uint64_t allowed = low_mask(ias) & low_mask(c.oas) & c.pgsize_bitmap;
         std::uint64_t sizes = 0;
-        for (unsigned lv = 0; lv < c.levels; ++lv) sizes |= leaf_sizes(lv);
-        sizes &= low_mask(ias) & low_mask(c.oas) & c.pgsize_bitmap;
         // The engine splits a Next-Level-7 page through its level's own size: a level whose own
         // size is out (512G always) keeps none of its larger sizes either.
         for (unsigned lv = 0; lv < c.levels; ++lv)
-            if ((sizes & lg2_to_size(item_lg2(lv))) == 0) sizes &= ~leaf_sizes(lv);
+            if (const std::uint64_t here = leaf_sizes(lv) & allowed; (here & lg2_to_size(item_lg2(lv))) != 0) sizes |= here;
         if ((sizes & lg2_to_size(granule_lg2)) == 0) return failure(errc::invalid);
         return geometry{c.levels, bits_per_level, ias, c.oas, sizes};
     }

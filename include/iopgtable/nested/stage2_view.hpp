@@ -77,7 +77,7 @@ struct view_settings {
 template <page_table_format S2, table_reader HM>
 class stage2_view {
 public:
-    /// Most fetches one walk's trace keeps (the deepest format has 5 levels).
+    /// Most fetches one walk's trace keeps: one per level of the deepest format the contract allows.
     static constexpr unsigned trace_capacity = max_table_levels;
 
     stage2_view(const stage_table<S2, HM>& s2, const view_settings& s = {}) noexcept : s2_(s2), set_(s) {}
