@@ -129,27 +129,28 @@ TEST_CASE("amd-v1: DTE registers to configuration and back", "[amd]") {
 
 TEST_CASE("amd-v1: six levels map and unmap at both ends of the 64-bit input space", "[amd]") {
     host_heap mem;
-    auto pt = page_table<F, host_heap>::create(amd_v1_config{6}, mem);
-    REQUIRE(pt.ok());
-    CHECK(pt->geo().ias == 64);
-    CHECK(pt->top_table_bytes() == 4096);  // a whole table, 4K aligned as the DTE requires
+    auto created = page_table<F, host_heap>::create(amd_v1_config{6}, mem);
+    REQUIRE(created.ok());
+    auto pt = std::move(created).value();
+    CHECK(pt.geo().ias == 64);
+    CHECK(pt.top_table_bytes() == 4096);  // a whole table, 4K aligned as the DTE requires
     const std::uint64_t top = ~std::uint64_t{0} - 0xfff, big = std::uint64_t{1} << 51;
-    REQUIRE(pt->map(ipa_t{top}, pa_t{0x5000}, length_t{0x1000}, prot::read).ok());
-    REQUIRE(pt->map(ipa_t{big}, pa_t{big}, length_t{big}, prot::read | prot::write).ok());
-    CHECK(pt->iova_to_phys(ipa_t{~std::uint64_t{0}})->value == 0x5fff);
-    const auto w = pt->lookup(ipa_t{big + 42});
+    REQUIRE(pt.map(ipa_t{top}, pa_t{0x5000}, length_t{0x1000}, prot::read).ok());
+    REQUIRE(pt.map(ipa_t{big}, pa_t{big}, length_t{big}, prot::read | prot::write).ok());
+    CHECK(pt.iova_to_phys(ipa_t{~std::uint64_t{0}})->value == 0x5fff);
+    const auto w = pt.lookup(ipa_t{big + 42});
     CHECK(w.status == walk_status::mapped);
     CHECK(w.size_lg2 == 51);
     CHECK(w.level == 4);
     CHECK(w.accesses == 2);  // the top table and one level-4 copy of the page
-    CHECK(pt->iova_to_phys(ipa_t{top - 1}) == std::nullopt);
+    CHECK(pt.iova_to_phys(ipa_t{top - 1}) == std::nullopt);
     // Every input address is in range: an unmap of everything, in two halves.
     const std::uint64_t half = std::uint64_t{1} << 63;
-    auto lo = pt->unmap(ipa_t{0}, length_t{half});
-    auto hi = pt->unmap(ipa_t{half}, length_t{half});
+    auto lo = pt.unmap(ipa_t{0}, length_t{half});
+    auto hi = pt.unmap(ipa_t{half}, length_t{half});
     REQUIRE(lo.ok());
     REQUIRE(hi.ok());
     CHECK(lo->value + hi->value == big + 0x1000);
-    pt->reclaim();
-    CHECK(pt->table_bytes() == pt->top_table_bytes());
+    pt.reclaim();
+    CHECK(pt.table_bytes() == pt.top_table_bytes());
 }
