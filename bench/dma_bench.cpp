@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// @file dma_bench.cpp
 /// DMA workloads driven end to end through the virtio-iommu device's requestq (the simulated VM
-/// of virtio/machine.hpp): the guest builds each request in guest memory and sends it as a
+/// of sim/machine.hpp): the guest builds each request in guest memory and sends it as a
 /// descriptor chain, the device answers, and the device's DMA path translates every page the
 /// workload touches through its IOTLB. Named `dma/<shape>/<mode>`; bench/README.md ("DMA
 /// workloads: the fast protocol") has the figures.
@@ -51,7 +51,7 @@
 #include <benchmark/benchmark.h>
 
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "format_benches.hpp"

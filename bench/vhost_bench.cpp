@@ -20,7 +20,7 @@
 #include <benchmark/benchmark.h>
 
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "format_benches.hpp"

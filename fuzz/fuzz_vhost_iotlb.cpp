@@ -37,7 +37,7 @@
 #include <vector>
 
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "fuzz_support.hpp"

@@ -34,7 +34,7 @@
 
 #include <catch2/catch.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The virtio-iommu device (virtio/device.hpp) end to end, as a guest drives it: every request
-// goes through the real requestq of the simulated VM (virtio/machine.hpp) and every answer is
+// goes through the real requestq of the simulated VM (sim/machine.hpp) and every answer is
 // read back from guest memory. Config space and features; ATTACH, DETACH, MAP, UNMAP and PROBE
 // with every status each can return (in the order the handlers document), the specification's
 // UNMAP examples, framing (unknown types, short and long requests, hand-made malformed chains,
@@ -29,7 +29,7 @@
 
 #include <catch2/catch.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 

@@ -19,7 +19,7 @@
 
 #include <catch2/catch.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 

@@ -8,7 +8,7 @@
 #include <ostream>
 #include <vector>
 
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 
 namespace virtio_test {
 

@@ -23,7 +23,7 @@
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "virtio_fixture.hpp"
@@ -51,6 +51,7 @@ machine_settings pr_settings(shared_mode mode = shared_mode::nested, page_reques
 
 /// An Arm host whose one shareable format cannot stall.
 struct nostall_host {
+    static constexpr const char* name = "arm-nostall";
     using domain_format = arm_lpae_s1_4k;
     using stage2_format = arm_lpae_s2_4k;
     static auto table_formats() {

@@ -2,7 +2,7 @@
 // Page-table sharing through the virtio-iommu device (virtio/device.hpp, shared_space.hpp) end
 // to end: the guest builds its own stage-1 table in its RAM (through stage 2, as a guest CPU
 // would), shares it with ATTACH_TABLE and keeps the device in step with INVALIDATE, every
-// request going through the requestq of the simulated VM (virtio/machine.hpp). PROBE_TABLE,
+// request going through the requestq of the simulated VM (sim/machine.hpp). PROBE_TABLE,
 // ATTACH_TABLE and INVALIDATE with their refusals; the IOTLB contract of shared tables for both
 // translation modes (nested over stage 2, folded shadow); a hostile guest table (a DAG) against
 // the folding budget; the Intel host's VT-d first-stage sharing.
@@ -25,7 +25,7 @@
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 
 #include "virtio_fixture.hpp"
 
@@ -156,7 +156,7 @@ TEST_CASE("virtio sharing: PROBE_TABLE", "[virtio]") {
     REQUIRE(reply->len >= 1);
     CHECK(reply->formats.size() == reply->len);
     bool arm = false;
-    for (const auto& f : reply->formats) arm |= f.model.get() == static_cast<std::uint32_t>(table_model::arm);
+    for (const auto& f : reply->formats) arm |= f.model.get() == sharing::model_arm;
     CHECK(arm);
 
     auto status_of = [&](const bytes& in, std::uint32_t w) {
@@ -197,9 +197,9 @@ TEST_CASE("virtio sharing: ATTACH_TABLE refusals; a domain holds MAP/UNMAP mappi
     };
     CHECK(with([](req_attach_table& x) { x.model = 0u; }) == st::inval);
     CHECK(with([](req_attach_table& x) { x.model = 99u; }) == st::unsupp);
-    CHECK(with([](req_attach_table& x) { x.model = static_cast<std::uint32_t>(table_model::x86); }) == st::inval);
+    CHECK(with([](req_attach_table& x) { x.model = sharing::model_x86; }) == st::inval);
     CHECK(with([](req_attach_table& x) {  // a well-formed VT-d blob: no x86 format on this host
-              x.model = static_cast<std::uint32_t>(table_model::x86);
+              x.model = sharing::model_x86;
               std::memset(x.config, 0, sizeof x.config);
               const le32 words[2] = {1u, 48u};  // variant, address width
               std::memcpy(x.config, words, sizeof words);

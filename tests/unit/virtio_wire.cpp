@@ -20,6 +20,7 @@
 #pragma GCC diagnostic pop
 
 #include <catch2/catch.hpp>
+#include <iopgtable/formats/sharing_models.hpp>
 #include <iopgtable/virtio/wire.hpp>
 
 using namespace iopgtable;
@@ -195,8 +196,8 @@ static_assert(virtio::table_f_indirect == 1 && virtio::table_f_native == 2 && vi
 static_assert(static_cast<unsigned>(virtio::invalidate_kind::vaddr) == 0 &&
               static_cast<unsigned>(virtio::invalidate_kind::single) == 1 &&
               static_cast<unsigned>(virtio::invalidate_kind::table) == 2 && virtio::invalidate_kind_mask == 0xff);
-static_assert(static_cast<unsigned>(virtio::table_model::invalid) == 0 &&
-              static_cast<unsigned>(virtio::table_model::arm) == 1 && static_cast<unsigned>(virtio::table_model::x86) == 2);
+// The model registry (formats/sharing_models.hpp) as formats/README.md records it.
+static_assert(sharing::model_arm == 1 && sharing::model_x86 == 2 && !sharing::find_model(0));
 
 // Wire structures: byte-aligned, copyable as bytes, nothing hidden.
 template <class T>

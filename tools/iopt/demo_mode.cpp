@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /// @file demo_mode.cpp
-/// `iopt demo`: a guest drives the virtio-iommu device of a simulated VM (virtio/machine.hpp)
+/// `iopt demo`: a guest drives the virtio-iommu device of a simulated VM (sim/machine.hpp)
 /// with the library's driver (virtio/driver.hpp): every request goes through the requestq,
 /// the shared table is written through stage 2, and the devices' DMA goes through translate
 /// into host memory, checked back through the guest's view of its RAM.
@@ -16,7 +16,7 @@
 #include <boost/hana/tuple.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 
 #include "command_line.hpp"
 #include "hex.hpp"

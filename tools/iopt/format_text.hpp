@@ -8,40 +8,60 @@
 #include <string>
 #include <string_view>
 
+#include <iopgtable/formats/sharing_models.hpp>
 #include <iopgtable/sharing/descriptors.hpp>
 
 #include "hex.hpp"
 
 namespace iopt {
 
-/// The sizes field of a format: ARM granules as `4k,16k,64k`, X86 level counts as `4,5`.
+/// The sizes field of a format, read as its model's registry entry says: granules as
+/// `4k,16k,64k`, level counts (and an unknown model's bits) as `4,5`.
 inline std::string size_list(std::uint32_t model, std::uint32_t sizes) {
     namespace sharing = iopgtable::sharing;
+    const auto* m = sharing::find_model(model);
+    const bool bytes = m && m->sizes == sharing::size_meaning::granule_bytes;
     std::string s;
     for (unsigned b = 0; b < 32; ++b) {
         if (!(sizes & (1u << b))) continue;
         if (!s.empty()) s += ',';
-        if (model == sharing::model_arm) s += b >= 10 ? std::to_string(1u << (b - 10)) + "k" : std::to_string(1u << b);
+        if (bytes) s += b >= 10 ? std::to_string(1u << (b - 10)) + "k" : std::to_string(1u << b);
         else s += std::to_string(b);
     }
     return s.empty() ? "none" : s;
 }
 
-/// `arm lpae-64`, `x86 vtd-first-stage`, ... (`model N` for an unknown model).
+/// The sizes field's name (`granules`, `levels`); `levels` for an unknown model.
+inline std::string sizes_name(std::uint32_t model) {
+    const auto* m = iopgtable::sharing::find_model(model);
+    return std::string(m ? m->sizes_name : "levels");
+}
+
+/// The tag_bits field's name (`asid_bits`, `domain_bits`); `domain_bits` for an unknown model.
+inline std::string tag_name(std::uint32_t model) {
+    const auto* m = iopgtable::sharing::find_model(model);
+    return std::string(m ? m->tag_name : "domain_bits");
+}
+
+/// `arm lpae-64`, `x86 vtd-first-stage`, ... from the registry; `arm variant N` for a variant
+/// it does not list, `model N` for an unknown model.
 inline std::string variant_name(std::uint32_t model, std::uint32_t variant) {
     namespace sharing = iopgtable::sharing;
-    if (model == sharing::model_arm) {
-        if (variant == sharing::arm_lpae64) return "arm lpae-64";
-        if (variant == sharing::arm_lpae32) return "arm lpae-32";
-        if (variant == sharing::arm_short) return "arm short-descriptor";
-        return "arm variant " + std::to_string(variant);
+    const auto* m = sharing::find_model(model);
+    if (!m) return "model " + std::to_string(model);
+    if (const auto* v = sharing::find_variant(model, variant)) return std::string(m->name) + " " + std::string(v->name);
+    return std::string(m->name) + " variant " + std::to_string(variant);
+}
+
+/// `1 ARM, 2 X86`: the registered models, for messages.
+inline std::string model_list() {
+    std::string s;
+    for (const auto& m : iopgtable::sharing::models) {
+        if (!s.empty()) s += ", ";
+        s += std::to_string(m.id) + " ";
+        for (char c : m.name) s += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
     }
-    if (model == sharing::model_x86) {
-        if (variant == sharing::x86_vtd_first_stage) return "x86 vtd-first-stage";
-        if (variant == sharing::x86_vtd_second_stage) return "x86 vtd-second-stage";
-        return "x86 variant " + std::to_string(variant);
-    }
-    return "model " + std::to_string(model);
+    return s;
 }
 
 /// A 64-byte config blob from up to 128 hex digits (wire order, `0x` optional); shorter input

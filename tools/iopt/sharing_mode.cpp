@@ -106,9 +106,9 @@ std::string describe(std::size_t index, const iopgtable::virtio::pg_format& f) {
     auto c = sharing::decode_format(f);
     if (!c) return line + " invalid " + std::string(c.why().field);
     line += " " + variant_name(c->model, c->variant);
-    line += std::string(c->model == sharing::model_arm ? " granules " : " levels ") + size_list(c->model, c->sizes);
+    line += " " + sizes_name(c->model) + " " + size_list(c->model, c->sizes);
     line += " max_ias " + std::to_string(c->max_ias) + " max_oas " + std::to_string(c->max_oas);
-    line += std::string(c->model == sharing::model_arm ? " asid_bits " : " domain_bits ") + std::to_string(c->tag_bits);
+    line += " " + tag_name(c->model) + " " + std::to_string(c->tag_bits);
     std::string flags;
     if (c->flags & sharing::cap_access_flag) flags += "access,";
     if (c->flags & sharing::cap_dirty) flags += "dirty,";
@@ -157,7 +157,7 @@ int attach_command(std::span<char* const> args) {
     auto contexts = o.number("nr-contexts", 0);
     auto ram_base = o.number("ram-base", 0x40000000);
     auto ram_size = o.number("ram-size", 0x40000000);
-    if (!model || !o.has("model") || *model > 0xffffffffu) return fail("--model N is required (1 ARM, 2 X86)");
+    if (!model || !o.has("model") || *model > 0xffffffffu) return fail("--model N is required (" + model_list() + ")");
     if (!config) return fail("--config HEX is required (up to 64 bytes, wire order)");
     auto b = parse_blob(*config);
     if (!b) return fail("--config must be an even number of hex digits, at most 128");

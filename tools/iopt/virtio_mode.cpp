@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// @file virtio_mode.cpp
 /// `iopt virtio`: the script's requests go through the requestq of a simulated VM as a guest
-/// sends them (virtio/machine.hpp); guest-side operations write the guest's own stage-1 tables
+/// sends them (sim/machine.hpp); guest-side operations write the guest's own stage-1 tables
 /// through stage 2; `translate` is a device's DMA (virtio.md).
 #include "virtio_mode.hpp"
 
@@ -22,7 +22,7 @@
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
-#include <iopgtable/virtio/machine.hpp>
+#include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
 #include "command_line.hpp"
@@ -360,10 +360,9 @@ std::string format_line(std::size_t index, const vio::pg_format& f) {
     std::string line = "format " + std::to_string(index);
     auto c = sharing::decode_format(f);
     if (!c) return line + " invalid " + std::string(c.why().field);
-    const bool arm = c->model == sharing::model_arm;
-    if (arm || c->model == sharing::model_x86) line += " " + variant_name(c->model, c->variant);
+    if (sharing::find_model(c->model)) line += " " + variant_name(c->model, c->variant);
     else line += " model " + std::to_string(c->model) + " variant " + std::to_string(c->variant);
-    line += std::string(arm ? " granules " : " levels ") + size_list(c->model, c->sizes);
+    line += " " + sizes_name(c->model) + " " + size_list(c->model, c->sizes);
     line += " max_ias " + std::to_string(c->max_ias) + " max_oas " + std::to_string(c->max_oas) + " tag_bits " +
             std::to_string(c->tag_bits);
     std::string flags;

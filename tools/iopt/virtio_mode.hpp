@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// @file virtio_mode.hpp
-/// `iopt virtio [options] < script`: a simulated VM (include/iopgtable/virtio/machine.hpp) whose
+/// `iopt virtio [options] < script`: a simulated VM (include/iopgtable/sim/machine.hpp) whose
 /// guest sends the script's virtio-iommu requests through the requestq, writes its own stage-1
 /// tables for page-table sharing, and whose devices do DMA through `translate`. virtio.md
 /// describes the options, the operations and the output.

@@ -53,6 +53,8 @@
 #include "../core/result.hpp"
 #include "../engine/format.hpp"
 #include "../engine/options.hpp"
+#include "../engine/profile.hpp"
+#include "sharing_models.hpp"
 
 namespace iopgtable {
 
@@ -74,7 +76,7 @@ struct amd_v1 {
     static constexpr const char* folder = "amd-v1";  ///< formats/<folder>/
     /// Page-table sharing registry (formats/README.md): model X86 (2), variant AMD-Vi host
     /// table (3). The host's table: never offered for guest tables.
-    static constexpr std::uint32_t sharing_model = 2, sharing_variant = 3;
+    static constexpr std::uint32_t sharing_model = sharing::model_x86, sharing_variant = sharing::x86_amd_v1;
     static constexpr bool guest_shareable = false;
     static bool matches_registers(const register_set&) noexcept { return true; }
 
@@ -266,6 +268,7 @@ struct amd_v1 {
 };
 
 static_assert(page_table_format<amd_v1>);
+static_assert(complete_format<amd_v1>);
 static_assert(has_dirty_tracking<amd_v1>);
 static_assert([] {
     constexpr auto g1 = amd_v1::make_geometry(amd_v1_config{1});

@@ -34,6 +34,8 @@
 #include "../core/result.hpp"
 #include "../engine/format.hpp"
 #include "../engine/options.hpp"
+#include "../engine/profile.hpp"
+#include "sharing_models.hpp"
 
 namespace iopgtable {
 
@@ -71,8 +73,16 @@ struct arm_lpae {
     static constexpr const char* folder = "arm-lpae";  ///< formats/<folder>/
     /// Page-table sharing registry (formats/README.md): model ARM (1), variant LPAE 64-bit (1).
     /// Only stage-1 tables are offered to guests.
-    static constexpr std::uint32_t sharing_model = 1, sharing_variant = 1;
+    static constexpr std::uint32_t sharing_model = sharing::model_arm, sharing_variant = sharing::arm_lpae64;
     static constexpr bool guest_shareable = Stage == lpae_stage::s1;
+    /// Leaf permissions as the Arm ARM decides them per stage (engine/format.hpp).
+    static constexpr permission_rule leaf_permissions =
+        Stage == lpae_stage::s1 ? permission_rule::arm_stage1 : permission_rule::arm_stage2;
+    /// An input beyond the IAS is a translation fault at Arm's level 0 (pseudocode
+    /// AArch64.S1Translate / S2Translate: VAIsOutOfRange, IPAIsOutOfRange), our level 3 for
+    /// every granule, above the top level when the walk starts lower (IAS 39 with 4K: top level
+    /// 2; the 64K granule has no level-0 table but still reports 0).
+    static constexpr unsigned input_fault_level(const geometry&) noexcept { return 3; }
     static constexpr const char* granule_name = GranuleLg2 == 12 ? "4k" : GranuleLg2 == 14 ? "16k" : "64k";
 
     /// Bits resolved per level: a table is one granule of 8-byte entries.
@@ -419,6 +429,30 @@ struct arm_lpae {
         return ctl && tg0::get(*ctl) == tg0_encoding;
     }
 
+    // ---- page-table sharing (formats/README.md, "Config blobs"; stage 1 only) ----
+    /// PROBE_TABLE `sizes` (model ARM): the granule, bit log2(granule).
+    static constexpr unsigned sharing_size_bit(const geometry&) noexcept requires(Stage == lpae_stage::s1) {
+        return GranuleLg2;
+    }
+    /// ATTACH_TABLE config, variant LPAE 64-bit: le32 0 @4, le64 tcr @8 (TCR_EL1 layout),
+    /// le64 mair @16, le32 asid @24; bytes 28–63 reserved.
+    static void config_to_blob(const register_set& r, std::uint32_t asid, blob& b) noexcept
+        requires(Stage == lpae_stage::s1) {
+        blob_put<std::uint64_t>(b, 8, r.get("tcr").value_or(0));
+        blob_put<std::uint64_t>(b, 16, r.get("mair").value_or(0));
+        blob_put<std::uint32_t>(b, 24, asid);
+    }
+    static result<register_set> config_from_blob(const std::uint8_t* b, std::uint32_t& asid,
+                                                 std::string_view& why) noexcept requires(Stage == lpae_stage::s1) {
+        if (blob_take<std::uint32_t>(b, 4) != 0 || !blob_zero_from(b, 28))
+            return why = "config.reserved", failure(errc::invalid);
+        register_set r;
+        r.add("tcr", blob_take<std::uint64_t>(b, 8));
+        r.add("mair", blob_take<std::uint64_t>(b, 16));
+        asid = blob_take<std::uint32_t>(b, 24);
+        return r;
+    }
+
     // ---- options (iopt) ----
     /// Selects this granule: `granule` = 4k|16k|64k.
     static bool accepts(const options& o) { return o.text("granule").value_or("4k") == granule_name; }
@@ -488,6 +522,7 @@ using arm_lpae_s2_16k = arm_lpae<lpae_stage::s2, 14>;
 using arm_lpae_s2_64k = arm_lpae<lpae_stage::s2, 16>;
 
 static_assert(page_table_format<arm_lpae_s1_4k>);
+static_assert(complete_format<arm_lpae_s1_4k>);
 static_assert(has_dirty_tracking<arm_lpae_s2_64k>);
 static_assert(has_access_flag<arm_lpae_s1_4k> && has_memory_type<arm_lpae_s2_4k>);
 static_assert(arm_lpae_s1_4k::max_levels == 4 && arm_lpae_s1_16k::max_levels == 4 && arm_lpae_s1_64k::max_levels == 3);

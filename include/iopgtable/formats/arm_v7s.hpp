@@ -32,6 +32,8 @@
 #include "../core/result.hpp"
 #include "../engine/format.hpp"
 #include "../engine/options.hpp"
+#include "../engine/profile.hpp"
+#include "sharing_models.hpp"
 
 namespace iopgtable {
 
@@ -58,7 +60,7 @@ struct arm_v7s {
     static constexpr const char* name = "arm-v7s";
     static constexpr const char* folder = "arm-v7s";
     /// Page-table sharing registry (formats/README.md): model ARM (1), variant short-descriptor (3).
-    static constexpr std::uint32_t sharing_model = 1, sharing_variant = 3;
+    static constexpr std::uint32_t sharing_model = sharing::model_arm, sharing_variant = sharing::arm_short;
     static constexpr bool guest_shareable = true;
     static bool matches_registers(const register_set&) noexcept { return true; }
     static constexpr unsigned max_levels = 2;
@@ -248,6 +250,28 @@ struct arm_v7s {
         return c;
     }
 
+    // ---- page-table sharing (formats/README.md, "Config blobs") ----
+    /// PROBE_TABLE `sizes` (model ARM): the 4K granule, bit 12.
+    static constexpr unsigned sharing_size_bit(const geometry&) noexcept { return 12; }
+    /// ATTACH_TABLE config, variant short-descriptor: le32 tcr @4 (TTBCR), le32 prrr @8, le32
+    /// nmrr @12, le32 asid @16; bytes 20–63 reserved.
+    static void config_to_blob(const register_set& r, std::uint32_t asid, blob& b) noexcept {
+        blob_put<std::uint32_t>(b, 4, static_cast<std::uint32_t>(r.get("tcr").value_or(0)));
+        blob_put<std::uint32_t>(b, 8, static_cast<std::uint32_t>(r.get("prrr").value_or(0)));
+        blob_put<std::uint32_t>(b, 12, static_cast<std::uint32_t>(r.get("nmrr").value_or(0)));
+        blob_put<std::uint32_t>(b, 16, asid);
+    }
+    static result<register_set> config_from_blob(const std::uint8_t* b, std::uint32_t& asid,
+                                                 std::string_view& why) noexcept {
+        if (!blob_zero_from(b, 20)) return why = "config.reserved", failure(errc::invalid);
+        register_set r;
+        r.add("tcr", blob_take<std::uint32_t>(b, 4));
+        r.add("prrr", blob_take<std::uint32_t>(b, 8));
+        r.add("nmrr", blob_take<std::uint32_t>(b, 12));
+        asid = blob_take<std::uint32_t>(b, 16);
+        return r;
+    }
+
     // ---- options (iopt) ----
     static bool accepts(const options&) { return true; }
     /// `ias`, `oas` (default 32), `coherent` 0|1, `quirks` (comma list: ns, no_perms, mtk_ext, none).
@@ -292,6 +316,7 @@ struct arm_v7s {
 };
 
 static_assert(page_table_format<arm_v7s>);
+static_assert(complete_format<arm_v7s>);
 static_assert(has_access_flag<arm_v7s> && has_memory_type<arm_v7s>);
 static_assert(arm_v7s::item_lg2(1) == arm_v7s::item_lg2(0) + arm_v7s::index_lg2(0), "levels tile the input space");
 

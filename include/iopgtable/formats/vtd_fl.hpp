@@ -39,6 +39,8 @@
 #include "../core/result.hpp"
 #include "../engine/format.hpp"
 #include "../engine/options.hpp"
+#include "../engine/profile.hpp"
+#include "sharing_models.hpp"
 
 namespace iopgtable {
 
@@ -61,7 +63,7 @@ struct vtd_fl {
     static constexpr const char* name = "vtd-fl";
     static constexpr const char* folder = "vtd-fl";  ///< formats/<folder>/
     /// Page-table sharing registry (formats/README.md): model X86 (2), variant VT-d first-stage (1).
-    static constexpr std::uint32_t sharing_model = 2, sharing_variant = 1;
+    static constexpr std::uint32_t sharing_model = sharing::model_x86, sharing_variant = sharing::x86_vtd_first_stage;
     static constexpr bool guest_shareable = true;
     static bool matches_registers(const register_set&) noexcept { return true; }
 
@@ -183,6 +185,26 @@ struct vtd_fl {
         return c;
     }
 
+    // ---- page-table sharing (formats/README.md, "Config blobs") ----
+    /// PROBE_TABLE `sizes` (model X86): the table's level count, bit 4 or 5.
+    static constexpr unsigned sharing_size_bit(const geometry& g) noexcept { return g.levels; }
+    /// ATTACH_TABLE config, variant VT-d first stage: le32 address width @4 (48 or 57, from
+    /// FLPM), le32 domain id @8; bytes 12–63 reserved.
+    static void config_to_blob(const register_set& r, std::uint32_t domain, blob& b) noexcept {
+        blob_put<std::uint32_t>(b, 4, r.get("flpm").value_or(0) ? 57u : 48u);
+        blob_put<std::uint32_t>(b, 8, domain);
+    }
+    static result<register_set> config_from_blob(const std::uint8_t* b, std::uint32_t& domain,
+                                                 std::string_view& why) noexcept {
+        if (!blob_zero_from(b, 12)) return why = "config.reserved", failure(errc::invalid);
+        const std::uint32_t aw = blob_take<std::uint32_t>(b, 4);
+        if (aw != 48 && aw != 57) return why = "config.address_width", failure(errc::invalid);
+        register_set r;
+        r.add("flpm", aw == 57 ? 1 : 0);
+        domain = blob_take<std::uint32_t>(b, 8);
+        return r;
+    }
+
     // ---- options (iopt, vectors) ----
     /// One variant: accepts anything but a granule other than 4k.
     static bool accepts(const options& o) { return o.text("granule").value_or("4k") == "4k"; }
@@ -223,6 +245,7 @@ struct vtd_fl {
 };
 
 static_assert(page_table_format<vtd_fl>);
+static_assert(complete_format<vtd_fl>);
 static_assert(has_dirty_tracking<vtd_fl>);
 static_assert(vtd_fl::item_lg2(vtd_fl::max_levels - 1) + vtd_fl::bits_per_level == 57, "levels tile a 57-bit input space");
 static_assert([] {

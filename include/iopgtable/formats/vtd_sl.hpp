@@ -36,6 +36,8 @@
 #include "../core/result.hpp"
 #include "../engine/format.hpp"
 #include "../engine/options.hpp"
+#include "../engine/profile.hpp"
+#include "sharing_models.hpp"
 
 namespace iopgtable {
 
@@ -63,7 +65,7 @@ struct vtd_sl {
     static constexpr const char* folder = "vtd-sl";  ///< formats/<folder>/
     /// Page-table sharing registry (formats/README.md): model X86 (2), variant VT-d second-stage (2).
     /// A second-stage table is the host's: never offered for guest tables.
-    static constexpr std::uint32_t sharing_model = 2, sharing_variant = 2;
+    static constexpr std::uint32_t sharing_model = sharing::model_x86, sharing_variant = sharing::x86_vtd_second_stage;
     static constexpr bool guest_shareable = false;
     static bool matches_registers(const register_set&) noexcept { return true; }
 
@@ -232,6 +234,7 @@ struct vtd_sl {
 };
 
 static_assert(page_table_format<vtd_sl>);
+static_assert(complete_format<vtd_sl>);
 static_assert(has_dirty_tracking<vtd_sl>);
 static_assert(vtd_sl::item_lg2(vtd_sl::max_levels - 1) + vtd_sl::bits_per_level == 57, "levels tile a 57-bit input space");
 static_assert([] {

@@ -6,8 +6,6 @@
 /// leaf or a fault with the checks hardware makes (`check_leaf`, `finish_walk`, `walk_stage`).
 #include <concepts>
 #include <cstdint>
-#include <string_view>
-#include <type_traits>
 
 #include "../engine/format.hpp"
 #include "../engine/page_table.hpp"
@@ -17,25 +15,24 @@
 
 namespace iopgtable::nested {
 
-/// The permission rule of format F's leaves (types.hpp `permission_rule`): Arm LPAE stage 1 or
-/// stage 2, else the IOMMU_* rule (VT-d, v7s).
+/// The permission rule of format F's leaves (engine/format.hpp `permission_rule`): the
+/// format's `leaf_permissions`, else the IOMMU_* rule.
 template <page_table_format F>
 constexpr permission_rule permission_rule_of() noexcept {
-    if (std::string_view(F::folder) == "arm-lpae")
-        return std::is_same_v<typename F::input_address, ipa_t> ? permission_rule::arm_stage2 : permission_rule::arm_stage1;
-    return permission_rule::iommu_prot;
+    if constexpr (requires { { F::leaf_permissions } -> std::convertible_to<permission_rule>; })
+        return F::leaf_permissions;
+    else
+        return permission_rule::iommu_prot;
 }
 
-/// The level a translation fault for an input beyond the input size reports. Arm reports
-/// architectural level 0 (pseudocode AArch64.S1Translate / S2Translate: VAIsOutOfRange,
-/// IPAIsOutOfRange → Fault_Translation, level 0); in our numbering (arm_lpae.hpp: ours = 3 −
-/// Arm's) that is level 3 for every granule, above the top level when the walk starts lower
-/// (IAS 39 with 4K: top level 2; 64K granule: Arm has no level 0 table but still reports 0).
-/// Formats without such a convention (VT-d, v7s) report their top level.
+/// The level a translation fault for an input beyond the input size reports: the format's
+/// `input_fault_level`, else its top level.
 template <page_table_format F>
 constexpr unsigned input_fault_level(const geometry& geo) noexcept {
-    if (std::string_view(F::folder) == "arm-lpae") return 3;
-    return geo.levels == 0 ? 0 : geo.levels - 1;
+    if constexpr (requires { { F::input_fault_level(geo) } -> std::same_as<unsigned>; })
+        return F::input_fault_level(geo);
+    else
+        return geo.levels == 0 ? 0 : geo.levels - 1;
 }
 
 /// Where one table of format F is: its configuration, geometry, table memory and root. A plain

@@ -44,31 +44,8 @@ struct access_rights {
     friend constexpr bool operator==(const access_rights&, const access_rights&) = default;
 };
 
-/// The rule that turns a leaf's prot flags (F::leaf_prot) into access rights. Each rule is the
-/// architecture's for leaves written for those flags (formats/<folder>/README.md, prot mapping).
-enum class permission_rule : std::uint8_t {
-    /// Arm VMSAv8-64 stage 1, EL1&0 regime (Arm ARM D8.4.1 and the pseudocode
-    /// AArch64.S1DirectBasePermissions; io-pgtable-arm writes AP[1] = !PRIV, AP[2] = !WRITE,
-    /// UXN = PXN = NOEXEC): privileged read always, write with WRITE; unprivileged read and
-    /// write only without PRIV; unprivileged instruction fetch governed by UXN alone
-    /// (ux = !NOEXEC, whatever PRIV and the read bits say); privileged by PXN and by the rule
-    /// that a location unprivileged software can write is never privileged-executable
-    /// (px = !NOEXEC and not (WRITE and not PRIV)). SCTLR.WXN / CD.WXN is 0 (Linux).
-    arm_stage1,
-    /// Arm VMSAv8-64 stage 2 (AArch64.S2DirectBasePermissions): read S2AP[0], write S2AP[1] for
-    /// either privilege; execute by XN[1:0] alone, independent of S2AP, decoded with FEAT_XNX
-    /// (mandatory in SMMUv3.1 with stage 2, SMMU_IDR3.XNX): 0b00 both, 0b01 unprivileged
-    /// only, 0b10 neither, 0b11 privileged only. io-pgtable-arm writes XN = 0b11 for NOEXEC,
-    /// so a NOEXEC stage-2 leaf refuses unprivileged fetches and lets privileged ones through.
-    arm_stage2,
-    /// The IOMMU_* meaning without an architecture's finer rule: VT-d (3.6.1 first-stage and
-    /// 3.7.1 second-stage access rights: a read needs R (first stage: present), a write W,
-    /// an execute request R and not XD (x86 paging: every present page is readable; execute
-    /// requests are deprecated, ECAP.ERS), a supervisor page (U/S = 0, our PRIV) refuses user
-    /// requests), and Arm's short descriptor (v7s, B3.7.1: an instruction fetch needs read
-    /// permission at the current privilege and no XN; PRIV = AP[1] clear).
-    iommu_prot,
-};
+/// `permission_rule` (engine/format.hpp) is part of the format contract: each format names its own.
+using iopgtable::permission_rule;
 
 /// The nested configuration: what the IOMMU does that neither stage's tables say.
 struct nested_settings {

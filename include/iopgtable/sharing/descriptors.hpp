@@ -5,34 +5,41 @@
 /// PROBE_TABLE pg_format entry, and the 64-byte `config` blob a driver puts in ATTACH_TABLE.
 /// Both are defined per (model, variant) in formats/README.md, the project's registry:
 ///
-/// format blob (every model): le32 variant @0, le32 sizes @4 (ARM: bit n set = 2^n-byte granule;
-/// X86: bit n set = n-level tables), u8 max_ias @8, u8 max_oas @9, u8 tag_bits @10 (ARM ASID,
-/// X86 domain-id bits), u8 flags @11 (bit 0 hardware access flag, bit 1 hardware dirty state,
-/// bit 2 snoop control, bit 7 stall: page requests with F_FAULT), le64 pgsize_bitmap @12, zero to 63.
+/// format blob (every model): le32 variant @0, le32 sizes @4 (read as the model's size_meaning
+/// says: bit n = a 2^n-byte granule, or n-level tables), u8 max_ias @8, u8 max_oas @9, u8
+/// tag_bits @10 (ASID / domain-id bits), u8 flags @11 (bit 0 hardware access flag, bit 1 hardware
+/// dirty state, bit 2 snoop control, bit 7 stall: page requests with F_FAULT), le64
+/// pgsize_bitmap @12, zero to 63.
 ///
-/// config blobs: ARM LPAE 64-bit (variant 1): le32 variant @0, le32 0 @4, le64 tcr @8 (TCR_EL1
-/// layout), le64 mair @16, le32 asid @24. ARM short-descriptor (variant 3): le32 variant @0, le32
-/// tcr @4, le32 prrr @8, le32 nmrr @12, le32 asid @16. X86 VT-d first-stage (variant 1): le32
-/// variant @0, le32 address width @4 (48 or 57), le32 domain id @8. Every other byte is reserved
-/// and must be zero.
+/// config blob: le32 variant @0; the rest is the format's own layout (its `config_to_blob` /
+/// `config_from_blob`, documented in its header and folder). The model and variant numbers are
+/// the registry's (formats/sharing_models.hpp); which format reads which blob comes from the
+/// format list: nothing here names a format or a model.
 #include <array>
+#include <optional>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
 #include <variant>
 
-#include "../core/le.hpp"
+#include <boost/hana/for_each.hpp>
+
+#include "../core/blob.hpp"
 #include "../core/result.hpp"
 #include "../engine/options.hpp"
+#include "../engine/profile.hpp"
+#include "../formats/all.hpp"
+#include "../formats/sharing_models.hpp"
+#include "../virtio/status.hpp"
 #include "../virtio/wire.hpp"
 
 namespace iopgtable::sharing {
 
-using blob = std::array<std::uint8_t, 64>;
-
-inline constexpr std::uint32_t model_arm = 1, model_x86 = 2;
-inline constexpr std::uint32_t arm_lpae64 = 1, arm_lpae32 = 2, arm_short = 3;
-inline constexpr std::uint32_t x86_vtd_first_stage = 1, x86_vtd_second_stage = 2;
+using iopgtable::blob;
+// The status vocabulary is virtio's (virtio/status.hpp); these names stay for callers.
+using virtio::checked;
+using virtio::refusal;
+using virtio::to_status;
 
 inline constexpr std::uint8_t cap_access_flag = 1u << 0, cap_dirty = 1u << 1, cap_snoop = 1u << 2;
 /// The device can stall DMA through a table of this format and ask the guest for the page
@@ -40,86 +47,28 @@ inline constexpr std::uint8_t cap_access_flag = 1u << 0, cap_dirty = 1u << 1, ca
 /// when the host can stall and the driver accepted PAGE_REQUESTS.
 inline constexpr std::uint8_t cap_stall = 1u << 7;
 
-/// A refusal: the virtio status to answer with and the field at fault.
-struct refusal {
-    virtio::status code = virtio::status::inval;
-    std::string_view field;
-};
-
-/// A value, or the refusal that stands in its way.
-template <class T>
-class checked {
-public:
-    checked(T v) : v_(std::move(v)) {}  // NOLINT
-    checked(refusal r) : v_(r) {}       // NOLINT
-    bool ok() const noexcept { return v_.index() == 0; }
-    explicit operator bool() const noexcept { return ok(); }
-    T& value() noexcept { return std::get<0>(v_); }
-    const T& value() const noexcept { return std::get<0>(v_); }
-    T* operator->() noexcept { return &value(); }
-    const T* operator->() const noexcept { return &value(); }
-    T& operator*() noexcept { return value(); }
-    const refusal& why() const noexcept { return std::get<1>(v_); }
-
-private:
-    std::variant<T, refusal> v_;
-};
-
-/// The virtio status an engine error becomes.
-constexpr virtio::status to_status(errc e) noexcept {
-    switch (e) {
-    case errc::invalid: return virtio::status::inval;
-    case errc::range: return virtio::status::range;
-    case errc::unsupported: return virtio::status::unsupp;
-    case errc::nomem: return virtio::status::nomem;
-    case errc::exists: return virtio::status::inval;
-    case errc::partial: return virtio::status::range;
-    case errc::fault: return virtio::status::fault;
-    }
-    return virtio::status::deverr;
-}
-
 /// The decoded `format` blob of one pg_format entry.
 struct format_caps {
     std::uint32_t model = 0;
     std::uint32_t variant = 0;
-    std::uint32_t sizes = 0;  ///< ARM: granules (bit n = 2^n bytes); X86: level counts (bit n = n levels)
+    std::uint32_t sizes = 0;  ///< bit n: a 2^n-byte granule or n-level tables, as the model's size_meaning says
     std::uint8_t max_ias = 0, max_oas = 0, tag_bits = 0, flags = 0;
     std::uint64_t pgsize_bitmap = 0;
     friend bool operator==(const format_caps&, const format_caps&) = default;
 };
-
-namespace detail {
-template <class T>
-inline void put(blob& b, std::size_t at, T v) noexcept {
-    le<T> x(v);
-    std::memcpy(b.data() + at, x.bytes.data(), sizeof(T));
-}
-template <class T>
-inline T take(const std::uint8_t* b, std::size_t at) noexcept {
-    le<T> x;
-    std::memcpy(x.bytes.data(), b + at, sizeof(T));
-    return x.get();
-}
-inline bool zero_from(const std::uint8_t* b, std::size_t from) noexcept {
-    for (std::size_t i = from; i < 64; ++i)
-        if (b[i] != 0) return false;
-    return true;
-}
-} // namespace detail
 
 /// Writes a pg_format entry for `c`.
 inline virtio::pg_format encode_format(const format_caps& c) noexcept {
     virtio::pg_format f;
     f.model = c.model;
     blob b{};
-    detail::put<std::uint32_t>(b, 0, c.variant);
-    detail::put<std::uint32_t>(b, 4, c.sizes);
+    blob_put<std::uint32_t>(b, 0, c.variant);
+    blob_put<std::uint32_t>(b, 4, c.sizes);
     b[8] = c.max_ias;
     b[9] = c.max_oas;
     b[10] = c.tag_bits;
     b[11] = c.flags;
-    detail::put<std::uint64_t>(b, 12, c.pgsize_bitmap);
+    blob_put<std::uint64_t>(b, 12, c.pgsize_bitmap);
     std::memcpy(f.format, b.data(), 64);
     return f;
 }
@@ -130,14 +79,14 @@ inline checked<format_caps> decode_format(const virtio::pg_format& f) noexcept {
     c.model = f.model;
     if (c.model == 0) return refusal{virtio::status::inval, "model"};
     const std::uint8_t* b = f.format;
-    c.variant = detail::take<std::uint32_t>(b, 0);
-    c.sizes = detail::take<std::uint32_t>(b, 4);
+    c.variant = blob_take<std::uint32_t>(b, 0);
+    c.sizes = blob_take<std::uint32_t>(b, 4);
     c.max_ias = b[8];
     c.max_oas = b[9];
     c.tag_bits = b[10];
     c.flags = b[11];
-    c.pgsize_bitmap = detail::take<std::uint64_t>(b, 12);
-    if (!detail::zero_from(b, 20)) return refusal{virtio::status::inval, "format.reserved"};
+    c.pgsize_bitmap = blob_take<std::uint64_t>(b, 12);
+    if (!blob_zero_from(b, 20)) return refusal{virtio::status::inval, "format.reserved"};
     return c;
 }
 
@@ -149,59 +98,66 @@ struct table_config {
     std::uint32_t tag = 0;
 };
 
-/// Builds the config blob. Registers the variant does not carry are ignored.
-inline checked<blob> encode_config(const table_config& t) noexcept {
+/// Builds the config blob of a table of format F (guest-shareable).
+template <shareable_format F>
+blob encode_config_for(const table_config& t) noexcept {
     blob b{};
-    detail::put<std::uint32_t>(b, 0, t.variant);
-    auto reg = [&](std::string_view n) { return t.regs.get(n).value_or(0); };
-    if (t.model == model_arm && t.variant == arm_lpae64) {
-        detail::put<std::uint64_t>(b, 8, reg("tcr"));
-        detail::put<std::uint64_t>(b, 16, reg("mair"));
-        detail::put<std::uint32_t>(b, 24, t.tag);
-    } else if (t.model == model_arm && t.variant == arm_short) {
-        detail::put<std::uint32_t>(b, 4, static_cast<std::uint32_t>(reg("tcr")));
-        detail::put<std::uint32_t>(b, 8, static_cast<std::uint32_t>(reg("prrr")));
-        detail::put<std::uint32_t>(b, 12, static_cast<std::uint32_t>(reg("nmrr")));
-        detail::put<std::uint32_t>(b, 16, t.tag);
-    } else if (t.model == model_x86 && t.variant == x86_vtd_first_stage) {
-        detail::put<std::uint32_t>(b, 4, reg("flpm") ? 57u : 48u);
-        detail::put<std::uint32_t>(b, 8, t.tag);
-    } else {
-        return refusal{virtio::status::unsupp, "config.variant"};
-    }
+    blob_put<std::uint32_t>(b, 0, F::sharing_variant);
+    F::config_to_blob(t.regs, t.tag, b);
     return b;
 }
 
-/// Reads a config blob for `model`. Refuses unknown variants (UNSUPP), reserved bytes set and
+/// Reads a config blob as format F's (its variant already matched). Refuses reserved bytes set
+/// and malformed fields (INVAL), as the format's `config_from_blob` says.
+template <shareable_format F>
+checked<table_config> decode_config_for(const std::uint8_t* b) noexcept {
+    table_config t;
+    t.model = F::sharing_model;
+    t.variant = blob_take<std::uint32_t>(b, 0);
+    std::string_view why;
+    auto regs = F::config_from_blob(b, t.tag, why);
+    if (!regs) return refusal{to_status(regs.error()), why};
+    t.regs = *regs;
+    return t;
+}
+
+/// Calls `fn(boost::hana::type_c<F>)` for the first guest-shareable format of the list with
+/// this model and variant; false when none has them.
+template <class Fn>
+bool with_shareable_format(std::uint32_t model, std::uint32_t variant, Fn&& fn) {
+    bool found = false;
+    boost::hana::for_each(all_formats, [&](auto t) {
+        using F = typename decltype(t)::type;
+        if constexpr (F::guest_shareable) {
+            if (!found && F::sharing_model == model && F::sharing_variant == variant) {
+                found = true;
+                fn(t);
+            }
+        }
+    });
+    return found;
+}
+
+/// Builds the config blob for `t` (model, variant, registers, tag) through the format list.
+/// Refuses (UNSUPP) a variant no guest-shareable format implements. Registers the variant does
+/// not carry are ignored.
+inline checked<blob> encode_config(const table_config& t) noexcept {
+    std::optional<blob> out;
+    with_shareable_format(t.model, t.variant, [&](auto ty) { out = encode_config_for<typename decltype(ty)::type>(t); });
+    if (!out) return refusal{virtio::status::unsupp, "config.variant"};
+    return *out;
+}
+
+/// Reads a config blob for `model` through the format list. Refuses models the registry does
+/// not know and variants no guest-shareable format implements (UNSUPP), reserved bytes set and
 /// malformed fields (INVAL).
 inline checked<table_config> decode_config(std::uint32_t model, const std::uint8_t* b) noexcept {
-    table_config t;
-    t.model = model;
-    t.variant = detail::take<std::uint32_t>(b, 0);
-    if (model == model_arm && t.variant == arm_lpae64) {
-        if (detail::take<std::uint32_t>(b, 4) != 0 || !detail::zero_from(b, 28))
-            return refusal{virtio::status::inval, "config.reserved"};
-        t.regs.add("tcr", detail::take<std::uint64_t>(b, 8));
-        t.regs.add("mair", detail::take<std::uint64_t>(b, 16));
-        t.tag = detail::take<std::uint32_t>(b, 24);
-    } else if (model == model_arm && t.variant == arm_short) {
-        if (!detail::zero_from(b, 20)) return refusal{virtio::status::inval, "config.reserved"};
-        t.regs.add("tcr", detail::take<std::uint32_t>(b, 4));
-        t.regs.add("prrr", detail::take<std::uint32_t>(b, 8));
-        t.regs.add("nmrr", detail::take<std::uint32_t>(b, 12));
-        t.tag = detail::take<std::uint32_t>(b, 16);
-    } else if (model == model_x86 && t.variant == x86_vtd_first_stage) {
-        if (!detail::zero_from(b, 12)) return refusal{virtio::status::inval, "config.reserved"};
-        const std::uint32_t aw = detail::take<std::uint32_t>(b, 4);
-        if (aw != 48 && aw != 57) return refusal{virtio::status::inval, "config.address_width"};
-        t.regs.add("flpm", aw == 57 ? 1 : 0);
-        t.tag = detail::take<std::uint32_t>(b, 8);
-    } else if (model != model_arm && model != model_x86) {
-        return refusal{virtio::status::unsupp, "model"};
-    } else {
-        return refusal{virtio::status::unsupp, "config.variant"};
-    }
-    return t;
+    std::optional<checked<table_config>> out;
+    const std::uint32_t variant = blob_take<std::uint32_t>(b, 0);
+    with_shareable_format(model, variant, [&](auto ty) { out.emplace(decode_config_for<typename decltype(ty)::type>(b)); });
+    if (out) return std::move(*out);
+    if (!find_model(model)) return refusal{virtio::status::unsupp, "model"};
+    return refusal{virtio::status::unsupp, "config.variant"};
 }
 
 } // namespace iopgtable::sharing

@@ -54,20 +54,21 @@ struct attach_limits {
 };
 
 /// What one format contributes to its pg_format entry.
-template <class F>
+template <shareable_format F>
 format_caps caps_of(const device_format<F>& d) noexcept {
     format_caps c;
     auto g = F::make_geometry(d.limits);
     if (!g) return c;
     c.model = F::sharing_model;
     c.variant = F::sharing_variant;
-    if constexpr (F::sharing_model == model_arm) {
-        c.sizes = 1u << F::item_lg2(0);  // the granule
-    } else {  // every table depth the format has up to the limit's (SAGAW-like)
-        c.sizes = 1u << g->levels;
-        for (const auto& s : F::sample_configs())
-            if (auto sg = F::make_geometry(s); sg && sg->levels <= g->levels) c.sizes |= 1u << sg->levels;
-    }
+    // The limit's own bit, and those of the sample configurations within its input size (a
+    // granule, or every table depth up to the limit's: SAGAW-like).
+    auto add_size = [&](const geometry& x) {
+        if (const unsigned bit = F::sharing_size_bit(x); bit < 32) c.sizes |= 1u << bit;
+    };
+    add_size(*g);
+    for (const auto& s : F::sample_configs())
+        if (auto sg = F::make_geometry(s); sg && sg->ias <= g->ias) add_size(*sg);
     c.max_ias = static_cast<std::uint8_t>(g->ias);
     c.max_oas = static_cast<std::uint8_t>(g->oas);
     c.tag_bits = d.tag_bits;
@@ -298,7 +299,7 @@ checked<binding_for<Formats>> validate_attach(const Formats& formats, const virt
     if (!tc) return tc.why();
 
     std::optional<checked<binding>> out;
-    refusal best{virtio::status::unsupp, model == model_arm || model == model_x86 ? "config.variant" : "model"};
+    refusal best{virtio::status::unsupp, find_model(model) ? "config.variant" : "model"};
     auto try_one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
         const auto& d = boost::hana::at_c<I>(formats);
         using F = typename std::decay_t<decltype(d)>::format;
@@ -378,8 +379,8 @@ struct guest_format {
 
 /// Driver side: walks `guest` (a hana tuple of guest_format<F>, most preferred first) and calls
 /// `fn(F{}-typed guest_format<F> with the configuration to use)` for the first format an entry
-/// of `offered` supports: same model and variant, the format's granule (ARM) or level count
-/// (X86) among the entry's sizes, and the wanted IAS/OAS, lowered to the entry's maxima where
+/// of `offered` supports: same model and variant, the format's size bit (`sharing_size_bit`:
+/// its granule or its level count) among the entry's sizes, and the wanted IAS/OAS, lowered to the entry's maxima where
 /// larger, still a valid configuration. Returns false when no format matches (the guest then
 /// falls back to MAP/UNMAP).
 template <class Guest, class Fn>
@@ -397,7 +398,7 @@ bool pick_format(const Guest& guest, std::span<const virtio::pg_format> offered,
                 if constexpr (requires { cfg.oas; }) cfg.oas = std::min<unsigned>(cfg.oas, caps->max_oas);
                 auto geo = F::make_geometry(cfg);
                 if (!geo || geo->ias > caps->max_ias || geo->oas > caps->max_oas) continue;
-                const unsigned size_bit = F::sharing_model == model_arm ? F::item_lg2(0) : geo->levels;
+                const unsigned size_bit = F::sharing_size_bit(*geo);
                 if (size_bit >= 32 || (caps->sizes & (1u << size_bit)) == 0) continue;
                 found = true;
                 fn(guest_format<F>{cfg});
@@ -408,15 +409,10 @@ bool pick_format(const Guest& guest, std::span<const virtio::pg_format> offered,
     return found;
 }
 
-/// Driver side: the ATTACH_TABLE request for a table of format F at `root` (or a context table
-/// with `nr_contexts` slots when `flags` has F_INDIRECT), tagged `tag` (ASID / domain id).
-/// Refused (UNSUPP): stage-2-only formats, and configurations the config blob cannot carry —
-/// those the device would read back (decode_config, F::config_from_registers) as a table of
-/// another shape (levels, top table, IAS) or with other quirks (e.g. v7s with IAS < 32).
-template <class F>
-checked<virtio::req_attach_table> make_attach_table(const typename F::config& cfg, pa_t root, std::uint32_t tag,
-                                                    std::uint32_t flags = 0, std::uint32_t nr_contexts = 0) {
-    if constexpr (!F::guest_shareable) return refusal{virtio::status::unsupp, "format: stage-2 only"};
+namespace detail {
+template <shareable_format F>
+checked<virtio::req_attach_table> make_shareable_attach(const typename F::config& cfg, pa_t root, std::uint32_t tag,
+                                                        std::uint32_t flags, std::uint32_t nr_contexts) {
     auto geo = F::make_geometry(cfg);
     if (!geo) return refusal{to_status(geo.error()), "config"};
     table_config tc;
@@ -424,9 +420,8 @@ checked<virtio::req_attach_table> make_attach_table(const typename F::config& cf
     tc.variant = F::sharing_variant;
     tc.regs = F::registers(cfg, *geo, root);
     tc.tag = tag;
-    auto b = encode_config(tc);
-    if (!b) return b.why();
-    auto seen = decode_config(F::sharing_model, b->data());
+    const blob b = encode_config_for<F>(tc);
+    auto seen = decode_config_for<F>(b.data());
     if (!seen) return seen.why();
     std::string_view why;
     auto back = F::config_from_registers(seen->regs, why);
@@ -442,8 +437,24 @@ checked<virtio::req_attach_table> make_attach_table(const typename F::config& cf
     req.table = root.value;
     req.nr_contexts = nr_contexts;
     req.model = F::sharing_model;
-    std::copy(b->begin(), b->end(), req.config);
+    std::copy(b.begin(), b.end(), req.config);
     return req;
+}
+} // namespace detail
+
+/// Driver side: the ATTACH_TABLE request for a table of format F at `root` (or a context table
+/// with `nr_contexts` slots when `flags` has F_INDIRECT), tagged `tag` (ASID / domain id).
+/// Refused (UNSUPP): stage-2-only formats, and configurations the config blob cannot carry —
+/// those the device would read back (decode_config, F::config_from_registers) as a table of
+/// another shape (levels, top table, IAS) or with other quirks (e.g. v7s with IAS < 32).
+template <class F>
+checked<virtio::req_attach_table> make_attach_table(const typename F::config& cfg, pa_t root, std::uint32_t tag,
+                                                    std::uint32_t flags = 0, std::uint32_t nr_contexts = 0) {
+    if constexpr (!F::guest_shareable) {
+        return refusal{virtio::status::unsupp, "format: stage-2 only"};
+    } else {
+        return detail::make_shareable_attach<F>(cfg, root, tag, flags, nr_contexts);
+    }
 }
 
 } // namespace iopgtable::sharing

@@ -25,6 +25,7 @@
 /// puts a lock around both).
 #include <algorithm>
 #include <array>
+#include <concepts>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -217,11 +218,24 @@ result<void> map_slot(page_table<S2, M>& stage2, const guest_view& guest) {
                       prot::read | prot::write | prot::cache);
 }
 
-/// The device. `Host` names the host's IOMMU:
+/// What a device's `Host` names: the host's IOMMU.
+///   name                         // how tools name it (`iopt virtio --host NAME`)
 ///   using domain_format = ...;  // MAP/UNMAP tables and folded shadows (a stage-1 format)
 ///   using stage2_format = ...;  // the VMM's stage 2
 ///   static auto table_formats(); // hana tuple of sharing::device_format<F>: what guests may attach
-template <class Host>
+/// (sim/hosts.hpp has the simulated ones.)
+template <class H>
+concept device_host = requires {
+    { H::name } -> std::convertible_to<const char*>;
+    requires page_table_format<typename H::domain_format>;
+    requires page_table_format<typename H::stage2_format>;
+    requires std::same_as<typename H::domain_format::input_address, iova_t>;
+    requires std::same_as<typename H::stage2_format::input_address, ipa_t>;
+    H::table_formats();
+};
+
+/// The device for the host IOMMU `Host` (`device_host`).
+template <device_host Host>
 class device {
 public:
     using D = typename Host::domain_format;
@@ -244,27 +258,27 @@ public:
     /// overlap ("reserved regions: overlap") or more than one MSI region ("reserved regions:
     /// more than one MSI"): the device SHOULD NOT present either (5.13.6.8.1.2); PAGE_REQUESTS
     /// offered without TABLE_SHARING ("features: PAGE_REQUESTS without TABLE_SHARING").
-    static sharing::checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
+    static checked<std::unique_ptr<device>> create(guest_ram& host, guest_view guest, stage2_table& stage2,
                                                    const typename D::config& domain_cfg, device_settings s = {}) {
         auto geo = D::make_geometry(domain_cfg);
-        if (!geo) return sharing::refusal{status::inval, "domain configuration"};
+        if (!geo) return refusal{status::inval, "domain configuration"};
         const std::uint64_t granule = s.page_size_mask & (~s.page_size_mask + 1);
         const std::uint64_t min_page = geo->pgsize_bitmap & (~geo->pgsize_bitmap + 1);
         const std::uint64_t table_last = geo->ias >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << geo->ias) - 1;
         if (!s.input_end) s.input_end = table_last;
-        if ((s.features & feature(f_version_1)) == 0) return sharing::refusal{status::inval, "features: VERSION_1"};
+        if ((s.features & feature(f_version_1)) == 0) return refusal{status::inval, "features: VERSION_1"};
         if ((s.features & feature(f_bypass)) != 0 && (s.features & feature(f_bypass_config)) != 0)
-            return sharing::refusal{status::inval, "features: BYPASS with BYPASS_CONFIG"};
+            return refusal{status::inval, "features: BYPASS with BYPASS_CONFIG"};
         if ((s.features & feature(f_page_requests)) != 0 && (s.features & feature(f_table_sharing)) == 0)
-            return sharing::refusal{status::inval, "features: PAGE_REQUESTS without TABLE_SHARING"};
-        if (granule == 0 || granule < min_page) return sharing::refusal{status::inval, "page_size_mask"};
-        if (*s.input_end < s.input_start) return sharing::refusal{status::inval, "input range"};
-        if (*s.input_end > table_last) return sharing::refusal{status::inval, "input range: beyond the domain table"};
-        if (s.domain_end < s.domain_start) return sharing::refusal{status::inval, "domain range"};
-        if (s.endpoints == 0) return sharing::refusal{status::inval, "endpoints"};
+            return refusal{status::inval, "features: PAGE_REQUESTS without TABLE_SHARING"};
+        if (granule == 0 || granule < min_page) return refusal{status::inval, "page_size_mask"};
+        if (*s.input_end < s.input_start) return refusal{status::inval, "input range"};
+        if (*s.input_end > table_last) return refusal{status::inval, "input range: beyond the domain table"};
+        if (s.domain_end < s.domain_start) return refusal{status::inval, "domain range"};
+        if (s.endpoints == 0) return refusal{status::inval, "endpoints"};
         if (s.probe_size % 4 != 0 || s.probe_size < s.reserved.size() * sizeof(probe_resv_mem))
-            return sharing::refusal{status::inval, "probe_size"};
-        if (auto why = check_reserved(s.reserved)) return sharing::refusal{status::inval, *why};
+            return refusal{status::inval, "probe_size"};
+        if (auto why = check_reserved(s.reserved)) return refusal{status::inval, *why};
         return std::unique_ptr<device>(new device(host, guest, stage2, domain_cfg, std::move(s)));
     }
     device(const device&) = delete;
@@ -1197,8 +1211,8 @@ private:
         return s;
     }
 
-    sharing::checked<std::unique_ptr<shared_space>> make_space(const binding& b) {
-        return b.with_engine([&](const auto& bound) -> sharing::checked<std::unique_ptr<shared_space>> {
+    checked<std::unique_ptr<shared_space>> make_space(const binding& b) {
+        return b.with_engine([&](const auto& bound) -> checked<std::unique_ptr<shared_space>> {
             using F = typename std::decay_t<decltype(bound)>::format;
             if constexpr (F::guest_shareable) {
                 if (set_.sharing == shared_mode::nested)
@@ -1206,7 +1220,7 @@ private:
                 return folded_space<F, S2, D, binding>::create(b, bound.cfg, guest_, s2_, domain_cfg_,
                                                                set_.max_table_bytes, set_.fold_fetch_budget);
             } else {
-                return sharing::refusal{status::unsupp, "format: stage-2 only"};
+                return refusal{status::unsupp, "format: stage-2 only"};
             }
         });
     }

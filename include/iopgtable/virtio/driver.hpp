@@ -224,14 +224,14 @@ inline request map_sg_request(std::uint32_t domain, std::uint64_t virt_start, st
 /// not exactly a tail, or whose readable part is shorter than a head ("group: part"), such as
 /// PROBE or PROBE_TABLE. A part of a type the device does not group (`groupable`) is built as
 /// given, so that tests can send what a buggy guest would; the device's group_max likewise.
-inline sharing::checked<request> group_request(std::span<const request> parts) {
-    if (parts.empty()) return sharing::refusal{status::inval, "group: empty"};
+inline checked<request> group_request(std::span<const request> parts) {
+    if (parts.empty()) return refusal{status::inval, "group: empty"};
     request out;
     out.writable_len = sizeof(req_tail);
     for (std::size_t i = 0; i < parts.size(); ++i) {
         const request& p = parts[i];
         if (p.writable_len != sizeof(req_tail) || p.readable.size() < sizeof(req_head))
-            return sharing::refusal{status::inval, "group: part"};
+            return refusal{status::inval, "group: part"};
         const std::size_t at = out.readable.size();
         out.readable.insert(out.readable.end(), p.readable.begin(), p.readable.end());
         const std::uint32_t flags = req_f_group | (i + 1 == parts.size() ? req_f_last : 0u);
@@ -339,7 +339,7 @@ struct probe_info {
 ///   ignored. Overlapping regions are kept as reported (each is reserved; see `overlaps`).
 /// Refusal (IOERR, "properties: ..."): a property whose value runs past the end of the area.
 /// Nothing is read outside `properties`.
-inline sharing::checked<probe_info> parse_probe(std::span<const std::uint8_t> properties) {
+inline checked<probe_info> parse_probe(std::span<const std::uint8_t> properties) {
     probe_info info;
     constexpr std::size_t header = sizeof(probe_property);
     constexpr std::size_t resv_value = sizeof(probe_resv_mem) - sizeof(probe_property);  // 20
@@ -351,7 +351,7 @@ inline sharing::checked<probe_info> parse_probe(std::span<const std::uint8_t> pr
         if (type == probe_t_none) break;
         const std::size_t value = pos + header;
         if (length > properties.size() - value)
-            return sharing::refusal{status::ioerr, "properties: a property runs past the end"};
+            return refusal{status::ioerr, "properties: a property runs past the end"};
         if ((raw_type & ~probe_t_mask) != 0) {
             ++info.ignored;
         } else if (type == probe_t_resv_mem) {
@@ -543,20 +543,20 @@ public:
     /// PROBE (5.13.6.7) of `endpoint` with `probe_size` bytes of properties (the config
     /// field), parsed by `parse_probe`. Refusals: probe_size above max_probe_size (INVAL, not
     /// sent), the device's status ("PROBE"), parse_probe's.
-    sharing::checked<probe_info> probe(std::uint32_t endpoint, std::uint32_t probe_size) {
-        if (probe_size > max_probe_size) return sharing::refusal{status::inval, "probe_size"};
+    checked<probe_info> probe(std::uint32_t endpoint, std::uint32_t probe_size) {
+        if (probe_size > max_probe_size) return refusal{status::inval, "probe_size"};
         auto r = send(probe_request(endpoint, probe_size));
-        if (!r.ok()) return sharing::refusal{r.code, "PROBE"};
+        if (!r.ok()) return refusal{r.code, "PROBE"};
         return parse_probe(std::span<const std::uint8_t>(r.writable).first(probe_size));
     }
     /// PROBE_TABLE of `endpoint` with room for `n_formats` entries (formats/README.md).
     /// Refusals: n_formats above max_probe_formats (INVAL, not sent), the device's status
     /// ("PROBE_TABLE"), sharing::parse_probe_table's.
-    sharing::checked<sharing::probe_table_result> probe_table(std::uint32_t endpoint, std::uint32_t n_formats,
+    checked<sharing::probe_table_result> probe_table(std::uint32_t endpoint, std::uint32_t n_formats,
                                                      std::uint32_t flags = 0) {
-        if (n_formats > max_probe_formats) return sharing::refusal{status::inval, "n_formats"};
+        if (n_formats > max_probe_formats) return refusal{status::inval, "n_formats"};
         auto r = send(probe_table_request(endpoint, flags, n_formats));
-        if (!r.ok()) return sharing::refusal{r.code, "PROBE_TABLE"};
+        if (!r.ok()) return refusal{r.code, "PROBE_TABLE"};
         const std::size_t bytes = sizeof(probe_table_reply) + std::size_t{n_formats} * sizeof(pg_format);
         return sharing::parse_probe_table(std::span<const std::uint8_t>(r.writable).first(bytes));
     }
@@ -969,18 +969,18 @@ public:
     /// PAGE_REQUESTS; serve them with `resolve`).
     /// Refusals: the table's (engine error as a status, "table"), make_attach_table's, the
     /// device's status ("ATTACH_TABLE").
-    static sharing::checked<shared_table> create(driver<T>& drv, const nested::stage_table<S2, HM>& stage2, ipa_t window,
+    static checked<shared_table> create(driver<T>& drv, const nested::stage_table<S2, HM>& stage2, ipa_t window,
                                         std::uint64_t window_size, const typename S1::config& cfg,
                                         std::uint32_t domain, std::uint32_t tag = 0,
                                         nested::walk_cache* cache = nullptr, std::uint32_t attach_flags = 0) {
         auto st = std::make_unique<state>(stage2, window, window_size, cache);
         auto t = table_type::create(cfg, st->mem, st->gather.hooks());
-        if (!t) return sharing::refusal{sharing::to_status(t.error()), "table"};
+        if (!t) return refusal{to_status(t.error()), "table"};
         auto req = sharing::make_attach_table<S1>(cfg, t->root(), tag);
         if (!req) return req.why();
         req->flags = req->flags.get() | attach_flags;
         const status s = drv.attach_table(domain, *req);
-        if (s != status::ok) return sharing::refusal{s, "ATTACH_TABLE"};
+        if (s != status::ok) return refusal{s, "ATTACH_TABLE"};
         return shared_table(drv, std::move(st), std::move(*t), domain);
     }
 
@@ -988,13 +988,13 @@ public:
     /// Returns `size`. Refusals: the engine's error as a status (field: the errc's name), or
     /// the device's status for the one INVALIDATE a table freed on the way needs ("INVALIDATE";
     /// the mapping stands).
-    sharing::checked<length_t> map(input_address iova, ipa_t ipa, length_t size, prot p) {
+    checked<length_t> map(input_address iova, ipa_t ipa, length_t size, prot p) {
         st_->gather.reset();
         auto r = table_.map(iova, pa_t{ipa.value}, size, p);
-        if (!r) return sharing::refusal{sharing::to_status(r.error()), iopgtable::to_string(r.error())};
+        if (!r) return refusal{to_status(r.error()), iopgtable::to_string(r.error())};
         if (st_->gather.walks != 0) {
             const status s = invalidate(st_->gather.start, st_->gather.last - st_->gather.start + 1);
-            if (s != status::ok) return sharing::refusal{s, "INVALIDATE"};
+            if (s != status::ok) return refusal{s, "INVALIDATE"};
         }
         return size;
     }
@@ -1004,13 +1004,13 @@ public:
     /// [iova, iova + size). Returns the bytes removed. Refusals: the engine's error as a status,
     /// or the device's status for the INVALIDATE ("INVALIDATE": the entries are gone but the
     /// device may still use them; retry, invalidate_all, or detach).
-    sharing::checked<length_t> unmap(input_address iova, length_t size) {
+    checked<length_t> unmap(input_address iova, length_t size) {
         st_->gather.reset();
         auto r = table_.unmap(iova, size);
-        if (!r) return sharing::refusal{sharing::to_status(r.error()), iopgtable::to_string(r.error())};
+        if (!r) return refusal{to_status(r.error()), iopgtable::to_string(r.error())};
         if (!st_->gather.empty()) {
             const status s = invalidate(iova.value, size.value);
-            if (s != status::ok) return sharing::refusal{s, "INVALIDATE"};
+            if (s != status::ok) return refusal{s, "INVALIDATE"};
         }
         return *r;
     }

@@ -24,7 +24,7 @@
 
 #include "../engine/page_table.hpp"
 #include "../mem/host_heap.hpp"
-#include "../sharing/descriptors.hpp"
+#include "status.hpp"
 #include "wire.hpp"
 
 namespace iopgtable::virtio {
@@ -83,7 +83,7 @@ public:
             const std::uint64_t len = last - first + 1;
             if (len == 0) return status::range;  // the whole 64-bit space: no table holds it
             auto r = table_->map(typename D::input_address{first}, pa_t{phys}, length_t{len}, p);
-            if (!r) return r.error() == errc::exists ? status::inval : sharing::to_status(r.error());
+            if (!r) return r.error() == errc::exists ? status::inval : to_status(r.error());
         }
         if (!spare_.empty()) {  // a node UNMAP freed: no allocation
             auto node = std::move(spare_.back());
@@ -281,7 +281,7 @@ private:
         const prot p = map_flags_to_prot(flags);
         if (p == prot::none) return clear_run(b, e, first, last, removed);
         auto r = table_->replace(typename D::input_address{first}, pa_t{phys}, length_t{last - first + 1}, p);
-        if (!r) return sharing::to_status(r.error());
+        if (!r) return to_status(r.error());
         removed = r->removed;
         return status::ok;
     }
@@ -293,7 +293,7 @@ private:
         if (!any) return status::ok;
         const std::uint64_t lo = std::max(first, b->second.first), hi = std::min(last, std::prev(e)->second.last);
         auto r = table_->unmap(typename D::input_address{lo}, length_t{hi - lo + 1}, unmap_mode::split);
-        if (!r) return sharing::to_status(r.error());
+        if (!r) return to_status(r.error());
         removed = r->value;
         return status::ok;
     }

@@ -71,7 +71,7 @@ struct space_base {
     const guest_view* guest;
     page_table<S2, guest_ram>* s2;
     /// The page directory of context 0 (read through the guest's RAM slot).
-    sharing::checked<pa_t> root() const { return binding.root(*guest, 0); }
+    checked<pa_t> root() const { return binding.root(*guest, 0); }
 };
 
 } // namespace detail
@@ -80,7 +80,7 @@ template <page_table_format S1, page_table_format S2, class Binding>
 class nested_space final : public shared_space {
 public:
     /// Checks that context 0's table can be found (the refusal otherwise).
-    static sharing::checked<std::unique_ptr<shared_space>> create(Binding b, const typename S1::config& cfg,
+    static checked<std::unique_ptr<shared_space>> create(Binding b, const typename S1::config& cfg,
                                                           const guest_view& guest, page_table<S2, guest_ram>& s2) {
         auto p = std::unique_ptr<nested_space>(new nested_space({std::move(b), &guest, &s2}, cfg));
         if (auto r = p->rebind(); r.code != status::ok) return r;
@@ -111,13 +111,13 @@ public:
 
 private:
     nested_space(detail::space_base<Binding, S2> base, const typename S1::config& cfg) : base_(std::move(base)), cfg_(cfg) {}
-    sharing::refusal rebind() {
+    refusal rebind() {
         tr_.reset();
         auto root = base_.root();
         if (!root) return root.why();
         auto t = nested::nested_translator<S1, S2, guest_ram>::create(
             cfg_, ipa_t{root->value}, nested::stage_table<S2, guest_ram>::of(*base_.s2), nested::nested_caches{&walk_cache_, nullptr, 0});
-        if (!t) return {sharing::to_status(t.error()), "config"};
+        if (!t) return {to_status(t.error()), "config"};
         tr_.emplace(std::move(*t));
         return {status::ok, {}};
     }
@@ -137,7 +137,7 @@ public:
     /// Builds the shadow at once. Refusals: context 0's table not found (its refusal), a
     /// shadow that cannot hold the guest's table (UNSUPP), table memory or the fetch budget
     /// running out (NOMEM).
-    static sharing::checked<std::unique_ptr<shared_space>> create(Binding b, const typename S1::config& cfg,
+    static checked<std::unique_ptr<shared_space>> create(Binding b, const typename S1::config& cfg,
                                                           const guest_view& guest, page_table<S2, guest_ram>& s2,
                                                           const typename D::config& shadow_cfg,
                                                           std::uint64_t table_bytes, std::uint64_t fetch_budget) {
@@ -159,7 +159,7 @@ public:
         case virtio::invalidate_kind::vaddr:
             if (inv.context != 0) return status::ok;
             if (auto r = fold_->invalidate(iova_t{inv.first}, length_t{inv.last - inv.first + 1}); !r)
-                return sharing::to_status(r.error());
+                return to_status(r.error());
             break;
         case virtio::invalidate_kind::single:
             if (inv.context != 0) return status::ok;
@@ -183,15 +183,15 @@ private:
                  std::uint64_t table_bytes, std::uint64_t fetch_budget)
         : base_(std::move(base)), cfg_(cfg), shadow_cfg_(shadow_cfg), heap_(table_bytes), budget_(fetch_budget) {}
     bool shadow_full() const noexcept { return fold_ && fold_->stats().map_failures > failures_before_; }
-    sharing::refusal rebind() {
+    refusal rebind() {
         fold_.reset();
         auto root = base_.root();
         if (!root) return root.why();
         auto shadow = shadow_store::create(shadow_cfg_, heap_);
-        if (!shadow) return {sharing::to_status(shadow.error()), "shadow"};
+        if (!shadow) return {to_status(shadow.error()), "shadow"};
         // Created empty (sync deferred) so that the budget applies to the first re-read too.
         auto f = fold_type::create(cfg_, ipa_t{root->value}, *base_.s2, std::move(*shadow), nullptr, budget_);
-        if (!f) return {f.error() == errc::invalid ? status::unsupp : sharing::to_status(f.error()), "shadow"};
+        if (!f) return {f.error() == errc::invalid ? status::unsupp : to_status(f.error()), "shadow"};
         fold_.emplace(std::move(*f));
         if (fold_->truncated()) return {status::nomem, "fetch budget"};
         if (fold_->stats().map_failures != 0) return {status::nomem, "shadow table memory"};

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "../core/le.hpp"
+#include "status.hpp"
 
 namespace iopgtable::virtio {
 
@@ -58,34 +59,6 @@ enum class req_type : std::uint8_t {
     /// PAGE_RESP (8).
     page_reply = 0x44,
 };
-
-enum class status : std::uint8_t {
-    ok = 0,
-    ioerr = 1,
-    unsupp = 2,
-    deverr = 3,
-    inval = 4,
-    range = 5,
-    noent = 6,
-    fault = 7,
-    nomem = 8,
-};
-
-/// Status names as `iopt virtio` prints them (OK, INVAL, ...).
-constexpr std::string_view to_string(status s) noexcept {
-    switch (s) {
-    case status::ok: return "OK";
-    case status::ioerr: return "IOERR";
-    case status::unsupp: return "UNSUPP";
-    case status::deverr: return "DEVERR";
-    case status::inval: return "INVAL";
-    case status::range: return "RANGE";
-    case status::noent: return "NOENT";
-    case status::fault: return "FAULT";
-    case status::nomem: return "NOMEM";
-    }
-    return "UNKNOWN";
-}
 
 struct req_head {
     std::uint8_t type = 0;
@@ -242,10 +215,8 @@ inline constexpr std::uint32_t table_f_native = 1u << 1;    ///< the guest's MMU
 inline constexpr std::uint32_t table_f_fault = 1u << 2;     ///< recoverable faults reported to the guest
 inline constexpr std::uint32_t table_f_mask = table_f_indirect | table_f_native | table_f_fault;
 
-/// Page-table models.
-enum class table_model : std::uint32_t { invalid = 0, arm = 1, x86 = 2 };
-
-/// One format the device's IOMMU walks: the model and a model-defined 64-byte descriptor.
+/// One format the device's IOMMU walks: the model (registry: formats/sharing_models.hpp) and a
+/// model-defined 64-byte descriptor.
 struct pg_format {
     le32 model;
     std::uint8_t format[64]{};

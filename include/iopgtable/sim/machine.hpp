@@ -20,6 +20,9 @@
 /// RAM holds at least the fixed part below `min_ram_size` (2 MiB: both queues, the request
 /// and event buffers); the table window and the DMA area are there when RAM reaches them.
 ///
+/// sim/ holds the simulated machine and its hosts (hosts.hpp), apart from the device headers a
+/// VMM embeds (virtio/); the types stay in namespace iopgtable::virtio.
+///
 /// Host memory: the guest slot at HPA `host_base`, then `stage2_pool` bytes for the VMM's
 /// stage-2 tables (outside the slot: the guest cannot reach them).
 #include <array>
@@ -33,37 +36,13 @@
 
 #include <boost/hana/tuple.hpp>
 
-#include "../formats/arm_lpae.hpp"
-#include "../formats/arm_v7s.hpp"
-#include "../formats/vtd_fl.hpp"
-#include "../formats/vtd_sl.hpp"
 #include "../nested/stage.hpp"
-#include "device.hpp"
-#include "guest_memory.hpp"
-#include "virtqueue.hpp"
+#include "../virtio/device.hpp"
+#include "../virtio/guest_memory.hpp"
+#include "../virtio/virtqueue.hpp"
+#include "hosts.hpp"
 
 namespace iopgtable::virtio {
-
-/// An Arm host: SMMU-style LPAE. MAP/UNMAP domains and folded shadows are LPAE stage-1 4K
-/// tables, the VMM's stage 2 is LPAE stage-2 4K, and guests may attach LPAE stage-1 tables of
-/// any granule or short-descriptor (v7s) tables.
-struct arm_host {
-    using domain_format = arm_lpae_s1_4k;
-    using stage2_format = arm_lpae_s2_4k;
-    static auto table_formats() {
-        return boost::hana::make_tuple(sharing::device_format<arm_lpae_s1_4k>{}, sharing::device_format<arm_lpae_s1_16k>{},
-                                       sharing::device_format<arm_lpae_s1_64k>{}, sharing::device_format<arm_v7s>{});
-    }
-};
-
-/// An Intel host: VT-d. MAP/UNMAP domains and folded shadows are first-stage tables (they hold
-/// IOVA → GPA, nested over the VMM's second stage), the VMM's stage 2 is VT-d second-stage,
-/// guests attach VT-d first-stage tables.
-struct intel_host {
-    using domain_format = vtd_fl;
-    using stage2_format = vtd_sl;
-    static auto table_formats() { return boost::hana::make_tuple(sharing::device_format<vtd_fl>{}); }
-};
 
 struct machine_settings {
     std::uint64_t ram_size = 64ull << 20;     ///< guest RAM, GPA [0, ram_size)
@@ -90,9 +69,9 @@ public:
     /// Builds the machine, negotiates features (what the device offers, masked by
     /// settings.driver_features) and sets up both queues. Refusals: the device's; INVAL when
     /// RAM is smaller than `min_ram_size` or stage 2 cannot map it.
-    static sharing::checked<std::unique_ptr<machine>> create(machine_settings s = {}) {
+    static checked<std::unique_ptr<machine>> create(machine_settings s = {}) {
         if (s.ram_size < min_ram_size || s.host_base + s.ram_size < s.host_base)
-            return sharing::refusal{status::inval, "ram_size"};
+            return refusal{status::inval, "ram_size"};
         auto m = std::unique_ptr<machine>(new machine(s));
         if (auto why = m->build()) return *why;
         return m;
@@ -112,9 +91,9 @@ public:
     /// where resets are frequent: fuzz_device runs 2 MiB) and building the device; no system
     /// call, no page fault once the memory has been touched (fuzz/README.md has the
     /// measurements that chose this over handing pages back to the kernel).
-    std::optional<sharing::refusal> reset(const machine_settings& s) {
+    std::optional<refusal> reset(const machine_settings& s) {
         if (s.ram_size != set_.ram_size || s.host_base != set_.host_base || s.stage2_pool != set_.stage2_pool)
-            return sharing::refusal{status::inval, "host memory"};
+            return refusal{status::inval, "host memory"};
         requestq_.reset();
         eventq_.reset();
         dev_.reset();  // before the stage 2 it walks
@@ -227,25 +206,25 @@ private:
     /// Everything but the host memory, over a guest RAM that is all zero: stage 2 mapping the
     /// slot (unless it is there as built, over a pool that was empty and zero), the device,
     /// features, both queues, event buffers.
-    std::optional<sharing::refusal> build() {
+    std::optional<refusal> build() {
         if (!stage2_as_built_) {
             auto s2 = page_table<S2, guest_ram>::create(typename S2::config{}, host_);
-            if (!s2) return sharing::refusal{status::inval, "stage 2"};
+            if (!s2) return refusal{status::inval, "stage 2"};
             s2_.emplace(std::move(*s2));
-            if (!map_slot(*s2_, guest_)) return sharing::refusal{status::inval, "stage 2 slot"};
+            if (!map_slot(*s2_, guest_)) return refusal{status::inval, "stage 2 slot"};
             stage2_as_built_ = true;
         }
         auto dev = device_type::create(host_, guest_, *s2_, typename D::config{}, set_.device);
         if (!dev) return dev.why();
         dev_ = std::move(*dev);
         if (!dev_->set_driver_features(dev_->device_features() & set_.driver_features))
-            return sharing::refusal{status::inval, "features"};
+            return refusal{status::inval, "features"};
         const queue_features qf = queue_features::from_bits(dev_->driver_features());
         const queue_layout rq = layout_at(pa_t{requestq_gpa}, set_.queue_size, qf.event_idx);
         const queue_layout eq = layout_at(pa_t{eventq_gpa}, set_.queue_size, qf.event_idx);
         requestq_.emplace(guest_, rq, qf);
         eventq_.emplace(guest_, eq, qf);
-        if (!dev_->set_queue(0, rq) || !dev_->set_queue(1, eq)) return sharing::refusal{status::inval, "queues"};
+        if (!dev_->set_queue(0, rq) || !dev_->set_queue(1, eq)) return refusal{status::inval, "queues"};
         post_event_buffers(set_.event_buffers);
         return std::nullopt;
     }
