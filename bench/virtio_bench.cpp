@@ -24,12 +24,14 @@
 #include <vector>
 
 #include <benchmark/benchmark.h>
+#include <boost/hana/for_each.hpp>
 
 #include <iopgtable/formats/arm_lpae.hpp>
 #include <iopgtable/mem/host_heap.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
+#include <iopgtable/sim/hosts.hpp>
 #include <iopgtable/sim/machine.hpp>
 
 #include "format_benches.hpp"
@@ -290,8 +292,11 @@ void register_host(const std::string& host) {
 }
 
 const bool registered = [] {
-    register_host<arm_host>("arm");
-    register_host<intel_host>("intel");
+    // Every simulated host (sim/hosts.hpp all_hosts), named as `iopt virtio --host` names it.
+    boost::hana::for_each(all_hosts, [](auto h) {
+        using Host = typename decltype(h)::type;
+        register_host<Host>(Host::name);
+    });
     return true;
 }();
 

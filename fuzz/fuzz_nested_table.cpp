@@ -9,8 +9,9 @@
 ///   lookups and nested translations,
 ///   stage-2 changes to one window page: taken away (a hole), read-only, aliased onto another
 ///   window page's host memory, moved to spare host memory, given back, Device-typed.
-/// Pairs: every Arm stage-1 granule over every Arm stage-2 granule, and VT-d first stage over
-/// second stage.
+/// Pairs: every pair of the format list (formats/all.hpp `nested_pairs`: every Arm stage-1
+/// granule and the short descriptor over every Arm stage-2 granule, VT-d first stage over VT-d
+/// second stage and over AMD-Vi v1), chosen by the input's first byte (modulo their number).
 ///
 /// Invariants checked:
 /// - nothing crashes or reads outside host memory (one buffer: ASan sees stray accesses), and no
@@ -43,11 +44,9 @@
 #include <tuple>
 #include <vector>
 
+#include <boost/hana/unpack.hpp>
 #include <iopgtable/engine/page_table.hpp>
-#include <iopgtable/formats/amd_v1.hpp>
-#include <iopgtable/formats/arm_lpae.hpp>
-#include <iopgtable/formats/vtd_fl.hpp>
-#include <iopgtable/formats/vtd_sl.hpp>
+#include <iopgtable/formats/all.hpp>
 #include <iopgtable/mem/guest_ram.hpp>
 #include <iopgtable/mem/host_heap.hpp>
 #include <iopgtable/nested/folding.hpp>
@@ -70,17 +69,10 @@ guest_ram& reference_ram() {
     return ram;
 }
 
-template <class S1, class S2>
-struct pair_of {
-    using stage1 = S1;
-    using stage2 = S2;
-};
-using pairs = std::tuple<
-    pair_of<arm_lpae_s1_4k, arm_lpae_s2_4k>, pair_of<arm_lpae_s1_4k, arm_lpae_s2_16k>,
-    pair_of<arm_lpae_s1_4k, arm_lpae_s2_64k>, pair_of<arm_lpae_s1_16k, arm_lpae_s2_4k>,
-    pair_of<arm_lpae_s1_16k, arm_lpae_s2_16k>, pair_of<arm_lpae_s1_16k, arm_lpae_s2_64k>,
-    pair_of<arm_lpae_s1_64k, arm_lpae_s2_4k>, pair_of<arm_lpae_s1_64k, arm_lpae_s2_16k>,
-    pair_of<arm_lpae_s1_64k, arm_lpae_s2_64k>, pair_of<vtd_fl, vtd_sl>, pair_of<vtd_fl, amd_v1>>;
+/// The pairs: every one of the format list (formats/all.hpp nested_pairs), in its order.
+using pairs = decltype(boost::hana::unpack(nested_pairs, [](auto... t) {
+    return boost::hana::type_c<std::tuple<typename decltype(t)::type...>>;
+}))::type;
 
 template <std::size_t I = 0, class Fn>
 void with_pair(std::size_t index, Fn&& fn) {
@@ -382,6 +374,12 @@ private:
 
 } // namespace
 } // namespace iopgtable::fuzz
+
+/// `IOPGTABLE_FUZZ_LIST=1`: the names of what the input picks by index (fuzz_support.hpp).
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    iopgtable::fuzz::list_names_if_asked(iopgtable::fuzz::pair_names());
+    return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace iopgtable;

@@ -8,8 +8,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <span>
+#include <string>
+#include <vector>
 
 #include <boost/hana/for_each.hpp>
 #include <boost/hana/length.hpp>
@@ -76,6 +79,34 @@ void with_format(std::size_t index, Fn&& fn) {
     boost::hana::for_each(all_formats, [&](auto type) {
         if (i++ == want) fn(type);
     });
+}
+
+/// `IOPGTABLE_FUZZ_LIST=1 fuzz_<target>`: prints the names the target picks formats (or format
+/// pairs) by, one a line in input-byte order, and exits. fuzz/CMakeLists.txt compares them
+/// with fuzz/format_names.txt, which fuzz/make_seeds.py reads so that seeds name formats by
+/// name, not by a list position that moves when a format is added.
+inline void list_names_if_asked(const std::vector<std::string>& names) {
+    if (!std::getenv("IOPGTABLE_FUZZ_LIST")) return;
+    for (const auto& n : names) std::printf("%s\n", n.c_str());
+    std::fflush(stdout);
+    std::exit(0);
+}
+
+/// `format arm-lpae-s1/4k`, ...: the formats fuzz_ops and fuzz_hostile_table pick by index.
+inline std::vector<std::string> format_names() {
+    std::vector<std::string> v;
+    boost::hana::for_each(all_formats, [&](auto t) { v.push_back("format " + variant_name<typename decltype(t)::type>()); });
+    return v;
+}
+
+/// `pair arm-lpae-s1/4k over arm-lpae-s2/4k`, ...: the pairs fuzz_nested_table picks by index.
+inline std::vector<std::string> pair_names() {
+    std::vector<std::string> v;
+    boost::hana::for_each(nested_pairs, [&](auto t) {
+        using P = typename decltype(t)::type;
+        v.push_back("pair " + variant_name<typename P::stage1>() + " over " + variant_name<typename P::stage2>());
+    });
+    return v;
 }
 
 /// True when `x` does not fit in `bits` bits.

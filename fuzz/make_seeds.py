@@ -3,14 +3,32 @@
 """Writes the hand-made seed corpora under fuzz/corpus/ (small files; run from anywhere).
 
 The byte layouts are the ones fuzz_ops.cpp and fuzz_hostile_table.cpp read (see
-fuzz/README.md). Format indices follow formats/all.hpp: 0..5 are ARM LPAE s1 4k/16k/64k and
-s2 4k/16k/64k; the fuzzers take the index modulo the number of formats, so later formats
-are reached by mutation.
+fuzz/README.md). Seeds name formats and nested pairs by name (`F("vtd-fl/4k")`,
+`P("vtd-fl/4k", "amd-v1/4k")`); the index byte is the name's position in fuzz/format_names.txt,
+which each target's `<target>_names` test checks against the target's own list.
 """
 import os
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _names(kind):
+    with open(os.path.join(HERE, "format_names.txt")) as f:
+        return [line.split(" ", 1)[1].strip() for line in f if line.startswith(kind + " ")]
+
+
+FORMATS, PAIRS = _names("format"), _names("pair")
+
+
+def F(name):
+    """The index byte that picks format `name` (fuzz_ops, fuzz_hostile_table)."""
+    return FORMATS.index(name)
+
+
+def P(stage1, stage2):
+    """The index byte that picks the nested pair `stage1 over stage2` (fuzz_nested_table)."""
+    return PAIRS.index(stage1 + " over " + stage2)
 
 # ---------------------------------------------------------------- fuzz_ops
 
@@ -65,13 +83,13 @@ def op_lookup(a):
 
 OPS_SEEDS = {
     # Map a page, unmap it (its table stays, empty), then a block over the empty table.
-    "block_over_empty_table": ops_header(0, 6, 8)
+    "block_over_empty_table": ops_header(F("arm-lpae-s1/4k"), 6, 8)
     + op_map(addr(), size(0))
     + op_unmap(addr(), size(0))
     + op_map(addr(), size(1))
     + op_lookup(addr()),
     # Blocks, pages next to them, a split unmap inside a block, reclaim.
-    "split_and_reclaim": ops_header(0, 5, 12)
+    "split_and_reclaim": ops_header(F("arm-lpae-s1/4k"), 5, 12)
     + op_map(addr(1), size(1, 2))
     + op_map(addr(1, 1, 2), size(0, 3))
     + op_unmap(addr(1, 0, 1), size(0), split=True)
@@ -80,35 +98,35 @@ OPS_SEEDS = {
     + op_reclaim()
     + op_lookup_leaf(0, 3),
     # Exact unmap that cuts a block (partial), then an overlapping map (exists).
-    "partial_and_exists": ops_header(3, 1, 6)
+    "partial_and_exists": ops_header(F("arm-lpae-s2/4k"), 1, 6)
     + op_map(addr(2), size(1))
     + op_unmap(addr(2, 0, 1), size(0))
     + op_map(addr(2, 0, 3), size(0))
     + op_map_pages(addr(2, 0, 0, 2, True), 0, 4)
     + op_unmap(addr(2), size(1)),
     # Too little RAM: nomem on a map and on a split.
-    "nomem": ops_header(1, 3, 1)
+    "nomem": ops_header(F("arm-lpae-s1/16k"), 3, 1)
     + op_map(addr(0), size(1))
     + op_map(addr(1, 0, 1), size(0))
     + op_map(addr(2, 0, 1), size(0))
     + op_unmap(addr(0, 0, 1), size(0), split=True)
     + op_reclaim(),
     # 64K granule: map_pages, ragged sizes, misaligned pa, range errors at the window's top.
-    "64k_ragged": ops_header(2, 2, 6, 2, 1)
+    "64k_ragged": ops_header(F("arm-lpae-s1/64k"), 2, 6, 2, 1)
     + op_map_pages(addr(3, 0, 2), 0, 8)
     + op_map(addr(3, 0, 7), size(0, 2, 3), pa_mode=1, pa_k=3)
     + op_map(addr(3, 1, 1), size(1, 4), pa_mode=3, pa_k=5)
     + op_unmap(addr(3), size(special=0xd))
     + op_translate_leaf(1),
     # Stage 2 with a concatenated top table; bad prot, zero size, misaligned size.
-    "s2_concat_errors": ops_header(3, 3, 4)
+    "s2_concat_errors": ops_header(F("arm-lpae-s2/4k"), 3, 4)
     + op_map(addr(), size(0), prot=0x80)
     + op_map(addr(), size(special=0xf))
     + op_map(addr(), size(special=0xe))
     + op_map(addr(0, 1), size(1), prot=R | 0x4 | 0x8)
     + op_unmap(addr(), size(special=0xc)),
     # Every op once on the 16K granule.
-    "16k_all_ops": ops_header(4, 0, 10)
+    "16k_all_ops": ops_header(F("arm-lpae-s2/16k"), 0, 10)
     + op_map(addr(1), size(1))
     + op_map_pages(addr(2, 0, 1), 0, 3, prot=W)
     + op_unmap(addr(1, 0, 5), size(0, 2), split=True)
@@ -117,14 +135,14 @@ OPS_SEEDS = {
     + op_lookup_leaf(2, 1)
     + op_reclaim(),
     # Index 6: the first format after the LPAE ones (blocks and pages).
-    "format6": ops_header(6, 0, 8)
+    "format6": ops_header(F("arm-v7s/4k"), 0, 8)
     + op_map(addr(0), size(1, 2))
     + op_map(addr(1, 0, 3), size(0, 4))
     + op_unmap(addr(0, 0, 9), size(0), split=True)
     + op_reclaim(),
     # Index 9, AMD-Vi v1 with 3 levels (configuration 1): Next-Level-7 pages of 8K and 16K,
     # a split of one, map_pages of 8K pages, reclaim.
-    "amd_v1_nl7": ops_header(9, 1, 8)
+    "amd_v1_nl7": ops_header(F("amd-v1/4k"), 1, 8)
     + op_map(addr(0), size(2, 2))
     + op_map(addr(1, 1, 1), size(1, 3))
     + op_unmap(addr(0, 0, 1), size(0), split=True)
@@ -133,7 +151,7 @@ OPS_SEEDS = {
     + op_unmap(addr(1), size(1, 4), split=True)
     + op_reclaim(),
     # AMD-Vi v1 with 6 levels (configuration 3): the window at the top of the 64-bit space.
-    "amd_v1_64bit_top": ops_header(9, 3, 12, 0, 1)
+    "amd_v1_64bit_top": ops_header(F("amd-v1/4k"), 3, 12, 0, 1)
     + op_map(addr(3), size(3))
     + op_map(addr(3, 0, 7), size(0, 4), pa_mode=1, pa_k=1)
     + op_unmap(addr(3, 0, 1), size(0), split=True)
@@ -175,7 +193,7 @@ HOSTILE_SEEDS = {
     # page (two copies), a 4K page, an 8K page (two copies), a level-0 entry that skips levels
     # (reserved) and a level-0 entry coding 2M (out of its range: reserved).
     "amd_v1_levels_and_codes": hostile(
-        9, 1, 0, BASE0, ROOT0, 0,
+        F("amd-v1/4k"), 1, 0, BASE0, ROOT0, 0,
         [0x0, 0x2000, 0x3000, 0x4000, 0x5000, 0x400000, 0x7FFFFF],
         [(0, 1100)],
         table_image({0x0: 0x1000 | AMD_PR | AMD_RW | (2 << 9),
@@ -189,7 +207,7 @@ HOSTILE_SEEDS = {
                      0x2028: 0xA000 | 0xFF000 | AMD_PR | AMD_RW | (7 << 9)}, 0x3000)),
     # LPAE s1 4K, IAS 48 (4 levels): root -> L2 -> L1 (a 2M block) -> L0 (pages).
     "lpae4k_wellformed": hostile(
-        0, 6, 0, BASE0, ROOT0, 0,
+        F("arm-lpae-s1/4k"), 6, 0, BASE0, ROOT0, 0,
         [0x0, 0x1000, 0x200000, 0x201000, 0x1234567000],
         [(0, 1024)],
         table_image({0x0: 0x1000 | VALID | TABLE, 0x1000: 0x2000 | VALID | TABLE,
@@ -198,38 +216,37 @@ HOSTILE_SEEDS = {
     ),
     # Every table entry points at the root itself: the walk must stop after `levels` reads.
     "self_loop": hostile(
-        0, 6, 0, BASE0, ROOT0, 1, [0x0, 0xFFFFFFFFF000, 0x8000_0000_0000_0000], [(0, 4095)],
+        F("arm-lpae-s1/4k"), 6, 0, BASE0, ROOT0, 1, [0x0, 0xFFFFFFFFF000, 0x8000_0000_0000_0000], [(0, 4095)],
         struct.pack("<Q", 0x0 | VALID | TABLE) * 8,
     ),
     # Tables pointing outside RAM and a misaligned root.
     "outside_and_misaligned": hostile(
-        3, 2, 1, (1, struct.pack("<H", 1)), (1, struct.pack("<I", 4)), 0, [0x0, 0x40000000], [(0, 64)],
+        F("arm-lpae-s2/4k"), 2, 1, (1, struct.pack("<H", 1)), (1, struct.pack("<I", 4)), 0, [0x0, 0x40000000], [(0, 64)],
         table_image({0x0: 0xFFFF_F000 | VALID | TABLE, 0x8: 0x10000 | VALID | TABLE}, 0x100),
     ),
     # Root at the very end of RAM, tiled pattern of pages and blocks.
     "root_at_end": hostile(
-        2, 0, 2, BASE0, (3, bytes([1])), 1, [0x0, 0x10000], [(0, 2048)],
+        F("arm-lpae-s1/64k"), 0, 2, BASE0, (3, bytes([1])), 1, [0x0, 0x10000], [(0, 2048)],
         struct.pack("<QQ", 0x0 | PAGE, 0x20000000 | BLOCK),
     ),
     # Index 6: the first format after the LPAE ones, over random-looking words.
     "format6_noise": hostile(
-        6, 1, 0, BASE0, ROOT0, 1, [0x0, 0x200000, 0x40000000], [(0, 512)],
+        F("arm-v7s/4k"), 1, 0, BASE0, ROOT0, 1, [0x0, 0x200000, 0x40000000], [(0, 512)],
         struct.pack("<QQQQ", 0x1003, 0x2003, 0x3083, 0x0000000080000003),
     ),
     # Stage 2, 64K granule, dirty tracking over a range of pages.
     # Tiled so that every 64K table is the same: entry 0 leads to the next 64K (a table, and a
     # page at level 0), entry 1 is a page with DBM and S2AP set (dirty).
     "s2_64k_dirty": hostile(
-        5, 6, 1, BASE0, ROOT0, 1, [0x0, 0x10000], [(0, 16)],
+        F("arm-lpae-s2/64k"), 6, 1, BASE0, ROOT0, 1, [0x0, 0x10000], [(0, 16)],
         struct.pack("<QQ", 0x10000 | VALID | TABLE, 0xA0000 | PAGE | (1 << 51) | 0xC0),
     ),
 }
 
 
 # ---------------------------------------------------------------- fuzz_nested_table
-# Pair index (fuzz_nested_table.cpp `pairs`: 0 = s1 4K over s2 4K, 4 = 16K/16K, 6 = 64K over
-# 4K, 9 = VT-d FL over SL, 10 = VT-d FL over AMD-Vi v1), stage-2 and stage-1 configuration
-# indices, span byte; then steps.
+# Pair (P(stage1, stage2), fuzz/format_names.txt), stage-2 and stage-1 configuration indices,
+# span byte; then steps.
 WINDOW_OUT = 2  # prot byte bit 1: the output lies in the table window (stage 2 maps it)
 
 
@@ -268,7 +285,7 @@ def nt_lookup(page):
 
 NESTED_SEEDS = {
     # A page mapped to the window, its stage-2 page made read-only, moved, given back; unmapped.
-    "s1_4k_over_4k_stage2_changes": nested_header(0)
+    "s1_4k_over_4k_stage2_changes": nested_header(P("arm-lpae-s1/4k", "arm-lpae-s2/4k"))
     + nt_map(1, nt_len(0), 5)
     + nt_map(0x200, nt_len(3, 9), 0x200)
     + nt_stage2(5, 1)
@@ -280,7 +297,7 @@ NESTED_SEEDS = {
     + nt_unmap(0x200, nt_len(0), split=True)
     + nt_lookup(0x201),
     # 16K over 16K: a 32M block and pages, a hole under the table page, reclaim.
-    "s1_16k_over_16k_hole": nested_header(4)
+    "s1_16k_over_16k_hole": nested_header(P("arm-lpae-s1/16k", "arm-lpae-s2/16k"))
     + nt_map(0x800, nt_len(3, 13), 0)
     + nt_map(3, nt_len(1, 3), 8)
     + nt_stage2(0, 0)
@@ -291,7 +308,7 @@ NESTED_SEEDS = {
     + bytes([7])
     + nt_lookup(4),
     # 64K stage-1 tables over 4K stage-2 pages: one stage-1 table spans sixteen stage-2 pages.
-    "s1_64k_over_4k_window_pages": nested_header(6)
+    "s1_64k_over_4k_window_pages": nested_header(P("arm-lpae-s1/64k", "arm-lpae-s2/4k"))
     + nt_map(2, nt_len(0), 1)
     + nt_stage2(3, 1)
     + nt_map(0x21, nt_len(0), 2)
@@ -299,14 +316,14 @@ NESTED_SEEDS = {
     + nt_map(0x21, nt_len(0), 2)
     + nt_unmap(2, nt_len(0)),
     # VT-d first stage over second stage, an alias between two window pages (fold checks stop).
-    "vtd_fl_over_sl_alias": nested_header(9, 0, 0)
+    "vtd_fl_over_sl_alias": nested_header(P("vtd-fl/4k", "vtd-sl/4k"), 0, 0)
     + nt_map(1, nt_len(1, 7), 4)
     + nt_stage2(2, 2, struct.pack("<H", 6))
     + nt_map(0x400, nt_len(0), 12)
     + nt_lookup(0x400),
-    # VT-d first stage over an AMD-Vi host table of 4 levels (pair 10, stage-2 configuration 2):
+    # VT-d first stage over an AMD-Vi host table of 4 levels (stage-2 configuration 2):
     # maps, a stage-2 change, a split.
-    "vtd_fl_over_amd_v1": nested_header(10, 2, 0)
+    "vtd_fl_over_amd_v1": nested_header(P("vtd-fl/4k", "amd-v1/4k"), 2, 0)
     + nt_map(1, nt_len(1, 7), 4)
     + nt_map(0x200, nt_len(3, 9), 0x200)
     + nt_stage2(3, 1)

@@ -16,6 +16,7 @@
 #include <boost/hana/tuple.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
+#include <iopgtable/sim/hosts.hpp>
 #include <iopgtable/sim/machine.hpp>
 
 #include "command_line.hpp"
@@ -57,7 +58,7 @@ struct timed_transport {
 };
 
 struct demo_settings {
-    bool intel = false;
+    std::string host = "arm";  ///< a name from sim/hosts.hpp all_hosts
     vio::shared_mode sharing = vio::shared_mode::nested;
     std::uint64_t pages = 256;
 };
@@ -203,7 +204,7 @@ int run_demo(const demo_settings& ds) {
     const std::uint64_t ro_iova = iova + bytes;  // a read-only page after endpoint 0's buffer
     const char* mode = ds.sharing == vio::shared_mode::nested ? "nested" : "folded";
 
-    emit(std::string("iopt demo: ") + (ds.intel ? "intel" : "arm") + " host, guest RAM " +
+    emit(std::string("iopt demo: ") + Host::name + " host, guest RAM " +
          std::to_string(ms.ram_size >> 20) + " MiB at HPA " + to_hex(ms.host_base) + " behind " + S2::name +
          ", virtio-iommu with " + std::to_string(ms.device.endpoints) + " endpoints");
 
@@ -326,8 +327,9 @@ int demo_mode(std::span<char* const> args) {
     const iopgtable::options& o = std::get<iopgtable::options>(parsed);
     demo_settings ds;
     if (auto h = o.text("host")) {
-        if (*h == "intel") ds.intel = true;
-        else if (*h != "arm") return fail("--host must be arm or intel, got '" + std::string(*h) + "'");
+        if (!vio::with_host(*h, [](auto) {}))
+            return fail("--host must be one of " + vio::host_names() + ", got '" + std::string(*h) + "'");
+        ds.host = std::string(*h);
     }
     if (auto t = o.text("sharing")) {
         if (*t == "folded") ds.sharing = vio::shared_mode::folded;
@@ -338,7 +340,9 @@ int demo_mode(std::span<char* const> args) {
         return fail("--pages needs a number from 1 to 4095, got '" + std::string(o.text("pages").value_or("")) + "'");
     ds.pages = *pages;
     for (const auto& k : o.unread()) return fail("demo does not take --" + k + " (options: --sharing, --pages, --host)");
-    return ds.intel ? run_demo<vio::intel_host>(ds) : run_demo<vio::arm_host>(ds);
+    int rc = 2;
+    vio::with_host(ds.host, [&](auto h) { rc = run_demo<typename decltype(h)::type>(ds); });
+    return rc;
 }
 
 } // namespace iopt

@@ -37,8 +37,8 @@ constexpr command commands[] = {
     {"config", "--format NAME [format options] [--tag N] [--root ADDR]", iopt::config_mode},
     {"attach", "--model N --config HEX [--table ADDR] [--flags F] [--nr-contexts N] [--formats LIST]", iopt::attach_mode},
     {"nested", "--s1 \"FORMAT OPTIONS\" --s2 \"FORMAT OPTIONS\" [--fold \"FORMAT OPTIONS\"] [--mediated] < script", iopt::nested_mode},
-    {"virtio", "[--host arm|intel] [--sharing nested|folded] [--endpoints N] [device options] < script", iopt::virtio_mode},
-    {"demo", "[--sharing nested|folded] [--pages N] [--host arm|intel]", iopt::demo_mode},
+    {"virtio", "[--host NAME] [--sharing nested|folded] [--endpoints N] [device options] < script", iopt::virtio_mode},
+    {"demo", "[--sharing nested|folded] [--pages N] [--host NAME]", iopt::demo_mode},
 };
 
 std::string usage() {
@@ -51,6 +51,7 @@ std::string usage() {
          "\n"
          "formats (the first variant of NAME that accepts the options is used):\n";
     s += iopt::format_help();
+    s += "\nhosts (virtio and demo --host NAME; the first is the default): " + iopt::host_list() + "\n";
     s += "\noperations:\n";
     for (const auto& op : iopt::table_operations) {
         std::string line = "  " + std::string(op.name) + (op.args.empty() ? "" : " ") + std::string(op.args);

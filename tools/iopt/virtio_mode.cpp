@@ -22,6 +22,7 @@
 #include <iopgtable/nested/stage2_view.hpp>
 #include <iopgtable/sharing/negotiation.hpp>
 #include <iopgtable/virtio/driver.hpp>
+#include <iopgtable/sim/hosts.hpp>
 #include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
@@ -183,7 +184,7 @@ std::optional<vio::reserved_region> parse_reserved(std::string_view text) {
 }
 
 struct settings {
-    bool intel = false;
+    std::string host = "arm";  ///< a name from sim/hosts.hpp all_hosts
     vio::machine_settings machine;
 };
 
@@ -245,8 +246,8 @@ std::variant<settings, std::string> parse_settings(std::span<char* const> args) 
     };
 
     if (auto h = o.text("host")) {
-        if (*h == "intel") s.intel = true;
-        else if (*h != "arm") return "--host must be arm or intel, got '" + std::string(*h) + "'";
+        if (!vio::with_host(*h, [](auto) {})) return "--host must be one of " + vio::host_names() + ", got '" + std::string(*h) + "'";
+        s.host = std::string(*h);
     }
     if (auto t = o.text("sharing")) {
         if (*t == "folded") d.sharing = vio::shared_mode::folded;
@@ -977,11 +978,15 @@ int run(const settings& s) {
 
 } // namespace
 
+std::string host_list() { return vio::host_names(); }
+
 int virtio_mode(std::span<char* const> args) {
     auto parsed = parse_settings(args);
     if (auto* why = std::get_if<std::string>(&parsed)) return fail(*why);
     const settings& s = std::get<settings>(parsed);
-    return s.intel ? run<vio::intel_host>(s) : run<vio::arm_host>(s);
+    int rc = 2;
+    vio::with_host(s.host, [&](auto h) { rc = run<typename decltype(h)::type>(s); });
+    return rc;
 }
 
 } // namespace iopt

@@ -65,6 +65,9 @@ inline constexpr std::array<operation, 30> virtio_operations{{
 /// exit status: 0, 1 (malformed script line), 2 (bad command line).
 int virtio_mode(std::span<char* const> args);
 
+/// The simulated hosts `--host NAME` takes (sim/hosts.hpp all_hosts), `arm, intel, amd`.
+std::string host_list();
+
 /// `OK used 4`: the status in the tail that ends the first `used` bytes of the device-writable
 /// part `writable` (its name, `status 0xNN` for a value the spec does not define), or `NONE used
 /// 0` when the device used fewer than 4 bytes (it did not answer). `used` in decimal.

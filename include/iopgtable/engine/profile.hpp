@@ -27,6 +27,7 @@
 /// | `config_from_blob(const uint8_t* blob, tag&, why&)` → result<register_set> | reads them back: errc::invalid for reserved bytes set or a malformed field, `why` naming it |
 #include <concepts>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -61,6 +62,21 @@ concept shareable_format = format_profile<F> && F::guest_shareable &&
         { F::config_to_blob(r, tag, b) } -> std::same_as<void>;
         { F::config_from_blob(bytes, tag_out, why) } -> std::same_as<result<register_set>>;
     };
+
+/// `arm-lpae-s1/4k`, `vtd-fl/4k`: the format's `name` and its variant (its `granule_name`, else
+/// its smallest page, `4k`), unique in the format list. Tools and fuzz seeds name a format so.
+template <class F>
+std::string variant_name() {
+    std::string s = std::string(F::name) + "/";
+    if constexpr (requires { std::string(F::granule_name); }) {
+        s += F::granule_name;
+    } else {
+        static constexpr const char* unit[] = {"", "k", "M", "G", "T", "P", "E"};
+        const unsigned lg2 = F::item_lg2(0);
+        s += std::to_string(std::uint64_t{1} << (lg2 % 10)) + unit[lg2 / 10];
+    }
+    return s;
+}
 
 /// What a format header asserts: its profile, and the sharing members when it says it is
 /// guest-shareable.

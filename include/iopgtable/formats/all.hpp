@@ -3,8 +3,17 @@
 /// @file all.hpp
 /// The one list of formats. Tests, benchmarks, fuzzers and `iopt` iterate it; adding a format
 /// means adding its header and one entry here.
+#include <type_traits>
+
+#include <boost/hana/all_of.hpp>
+#include <boost/hana/bool.hpp>
+#include <boost/hana/filter.hpp>
+#include <boost/hana/flatten.hpp>
+#include <boost/hana/transform.hpp>
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
+
+#include "../engine/profile.hpp"
 
 #include "amd_v1.hpp"
 #include "arm_lpae.hpp"
@@ -21,5 +30,38 @@ inline constexpr auto all_formats = boost::hana::tuple_t<
     arm_v7s,
     vtd_sl, vtd_fl,
     amd_v1>;
+
+/// One nested combination: tables of S1 (IOVA → IPA) whose table fetches and outputs are
+/// translated by a table of S2 (IPA → PA).
+template <class S1, class S2>
+struct nested_pair {
+    using stage1 = S1;
+    using stage2 = S2;
+};
+
+/// Whether S1 sits on S2 in a nested translation: S1 takes IOVAs (a stage-1 or single-stage
+/// format), S2 takes IPAs (a stage-2 format), and both are one architecture's (the same sharing
+/// model: Arm stage 1 or short-descriptor over Arm stage 2, x86-64 first stage over VT-d second
+/// stage or AMD-Vi v1).
+template <class S1, class S2>
+inline constexpr bool nests_over = std::is_same_v<typename S1::input_address, iova_t> &&
+                                   std::is_same_v<typename S2::input_address, ipa_t> &&
+                                   S1::sharing_model == S2::sharing_model;
+
+/// Every nested pair of the list, `nested_pair<S1, S2>` types in list order of S1, then S2.
+/// The nested tests, the nested fuzzer and the nested benchmarks iterate it.
+inline constexpr auto nested_pairs = boost::hana::flatten(boost::hana::transform(all_formats, [](auto s1) {
+    using S1 = typename decltype(s1)::type;
+    auto over = boost::hana::filter(all_formats, [](auto s2) {
+        return boost::hana::bool_c<nests_over<S1, typename decltype(s2)::type>>;
+    });
+    return boost::hana::transform(over, [](auto s2) {
+        return boost::hana::type_c<nested_pair<S1, typename decltype(s2)::type>>;
+    });
+}));
+
+static_assert(boost::hana::all_of(all_formats, [](auto f) {
+    return boost::hana::bool_c<complete_format<typename decltype(f)::type>>;
+}), "every format of the list meets its contract (engine/format.hpp, engine/profile.hpp)");
 
 } // namespace iopgtable

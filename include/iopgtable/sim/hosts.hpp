@@ -7,8 +7,12 @@
 /// (page-table sharing). `all_hosts` is the one list `iopt virtio --host NAME`, `iopt demo
 /// --host NAME`, the benchmarks and the tests iterate; adding a host is one struct and one
 /// entry there. This file and the format headers are the only ones that name concrete formats.
+#include <string>
+#include <string_view>
+
 #include <boost/hana/all_of.hpp>
 #include <boost/hana/bool.hpp>
+#include <boost/hana/for_each.hpp>
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
 
@@ -55,6 +59,30 @@ struct amd_host {
 
 /// Every simulated host, the default (`arm`) first.
 inline constexpr auto all_hosts = boost::hana::tuple_t<arm_host, intel_host, amd_host>;
+
+/// Calls `fn(boost::hana::type_c<Host>)` for the simulated host called `name`; false (and no
+/// call) when no host has that name.
+template <class Fn>
+bool with_host(std::string_view name, Fn&& fn) {
+    bool found = false;
+    boost::hana::for_each(all_hosts, [&](auto h) {
+        if (!found && name == decltype(h)::type::name) {
+            found = true;
+            fn(h);
+        }
+    });
+    return found;
+}
+
+/// The hosts' names in list order, `arm, intel, amd`, for messages.
+inline std::string host_names() {
+    std::string s;
+    boost::hana::for_each(all_hosts, [&](auto h) {
+        if (!s.empty()) s += ", ";
+        s += decltype(h)::type::name;
+    });
+    return s;
+}
 
 static_assert(boost::hana::all_of(all_hosts, [](auto h) { return boost::hana::bool_c<device_host<typename decltype(h)::type>>; }),
               "every simulated host names its formats as device<Host> needs (virtio/device.hpp device_host)");
