@@ -92,7 +92,9 @@ inline std::uint64_t ias_last(const geometry& g) { return low_mask(g.ias); }
 /// space, the tests that lay out several of the largest pages use the largest that fits.
 inline std::uint64_t largest_page(const geometry& g, std::uint64_t n = 4) {
     const std::uint64_t room = std::min(ias_end(g), oas_end(g)) / n;
-    return std::bit_floor(g.pgsize_bitmap & (room | (room - 1)));
+    if (room == 0) return 0;
+    const std::uint64_t top = std::bit_floor(room);  // every size up to room: top and below
+    return std::bit_floor(g.pgsize_bitmap & (top | (top - 1)));
 }
 /// The page sizes up to `largest`, ascending.
 inline std::vector<std::uint64_t> page_sizes_upto(const geometry& g, std::uint64_t largest) {
