@@ -122,7 +122,9 @@ TEST_CASE("attach refusal: model 0 is INVAL, unknown models UNSUPP", "[sharing]"
     auto req = f.lpae;
     req.model = 0;
     check_refused(f.device, req, f.ram, status::inval, "model");
-    for (std::uint32_t m : {3u, 0x100u, 0xffffffffu}) {
+    std::uint32_t unregistered = 1;  // the first model number the registry lacks
+    while (sharing::find_model(unregistered)) ++unregistered;
+    for (std::uint32_t m : {unregistered, 0x100u, 0xffffffffu}) {
         req.model = m;
         check_refused(f.device, req, f.ram, status::unsupp, "model");
     }

@@ -269,12 +269,15 @@ TEST_CASE("sharing: pick_format lowers IAS/OAS to the device's and the device th
 
 TEST_CASE("sharing: PROBE_TABLE replies count every format and truncate to the buffer", "[sharing]") {
     const auto offered = sharing::offered_formats(full_device());
-    // ARM LPAE 64-bit (the three stage-1 granules merged), ARM short descriptor, X86 VT-d first stage.
-    REQUIRE(offered.size() == 3);
-    const std::uint32_t order[3][2] = {{sharing::model_arm, sharing::arm_lpae64},
+    // ARM LPAE 64-bit (the three stage-1 granules merged), ARM short descriptor, X86 VT-d first
+    // stage, RISC-V first stage.
+    constexpr std::size_t n = 4;
+    REQUIRE(offered.size() == n);
+    const std::uint32_t order[n][2] = {{sharing::model_arm, sharing::arm_lpae64},
                                        {sharing::model_arm, sharing::arm_short},
-                                       {sharing::model_x86, sharing::x86_vtd_first_stage}};
-    for (std::size_t i = 0; i < 3; ++i) {
+                                       {sharing::model_x86, sharing::x86_vtd_first_stage},
+                                       {sharing::model_riscv, sharing::riscv_first_stage}};
+    for (std::size_t i = 0; i < n; ++i) {
         auto c = sharing::decode_format(offered[i]);
         REQUIRE(c);
         CHECK(c->model == order[i][0]);
@@ -286,23 +289,23 @@ TEST_CASE("sharing: PROBE_TABLE replies count every format and truncate to the b
 
     constexpr std::size_t head = sizeof(virtio::probe_table_reply), slot = sizeof(virtio::pg_format);
     static_assert(head == 8 && slot == 68);
-    for (std::size_t bytes : {head, head + slot - 1, head + slot, head + 2 * slot + 67, head + 3 * slot,
-                              head + 5 * slot + 3}) {
+    for (std::size_t bytes : {head, head + slot - 1, head + slot, head + 2 * slot + 67, head + n * slot,
+                              head + (n + 2) * slot + 3}) {
         INFO("writable buffer of " << bytes << " bytes");
         std::vector<std::uint8_t> buf(bytes, 0xa5);  // stale bytes the device must clear
         CHECK(sharing::write_probe_table(offered, 7, buf) == bytes);
         const std::size_t slots = (bytes - head) / slot;
         // Unused slots and trailing bytes are zero.
-        for (std::size_t i = head + std::min<std::size_t>(slots, 3) * slot; i < bytes; ++i) REQUIRE(buf[i] == 0);
+        for (std::size_t i = head + std::min<std::size_t>(slots, n) * slot; i < bytes; ++i) REQUIRE(buf[i] == 0);
         auto r = sharing::parse_probe_table(buf);
         REQUIRE(r);
-        CHECK(r->len == 3);
+        CHECK(r->len == n);
         CHECK(r->nr_contexts == 7);
-        REQUIRE(r->formats.size() == std::min<std::size_t>(slots, 3));
+        REQUIRE(r->formats.size() == std::min<std::size_t>(slots, n));
         for (std::size_t i = 0; i < r->formats.size(); ++i)
             CHECK(std::memcmp(&r->formats[i], &offered[i], slot) == 0);
         // The wire bytes: le32 len at 0, le32 nr_contexts at 4, entry i at 8 + 68 i.
-        CHECK(buf[0] == 3);
+        CHECK(buf[0] == n);
         CHECK(buf[4] == 7);
         if (slots > 0) CHECK(buf[head] == sharing::model_arm);
     }

@@ -18,6 +18,7 @@
 #include "amd_v1.hpp"
 #include "arm_lpae.hpp"
 #include "arm_v7s.hpp"
+#include "riscv.hpp"
 #include "vtd_fl.hpp"
 #include "vtd_sl.hpp"
 
@@ -29,7 +30,8 @@ inline constexpr auto all_formats = boost::hana::tuple_t<
     arm_lpae_s2_4k, arm_lpae_s2_16k, arm_lpae_s2_64k,
     arm_v7s,
     vtd_sl, vtd_fl,
-    amd_v1>;
+    amd_v1,
+    riscv_s1, riscv_s2>;
 
 /// One nested combination: tables of S1 (IOVA → IPA) whose table fetches and outputs are
 /// translated by a table of S2 (IPA → PA).
@@ -42,7 +44,7 @@ struct nested_pair {
 /// Whether S1 sits on S2 in a nested translation: S1 takes IOVAs (a stage-1 or single-stage
 /// format), S2 takes IPAs (a stage-2 format), and both are one architecture's (the same sharing
 /// model: Arm stage 1 or short-descriptor over Arm stage 2, x86-64 first stage over VT-d second
-/// stage or AMD-Vi v1).
+/// stage or AMD-Vi v1, RISC-V first stage over G-stage).
 template <class S1, class S2>
 inline constexpr bool nests_over = std::is_same_v<typename S1::input_address, iova_t> &&
                                    std::is_same_v<typename S2::input_address, ipa_t> &&

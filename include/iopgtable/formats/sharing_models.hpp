@@ -12,12 +12,15 @@
 namespace iopgtable::sharing {
 
 /// Model numbers (0 is an unused PROBE_TABLE slot, invalid in ATTACH_TABLE).
-inline constexpr std::uint32_t model_arm = 1, model_x86 = 2;
+inline constexpr std::uint32_t model_arm = 1, model_x86 = 2, model_riscv = 3;
 /// ARM variants: LPAE 64-bit descriptors, LPAE 32-bit (reserved: no format implements it),
 /// short-descriptor (v7s).
 inline constexpr std::uint32_t arm_lpae64 = 1, arm_lpae32 = 2, arm_short = 3;
 /// X86 variants: VT-d first stage, VT-d second stage and AMD-Vi v1 (host tables, never offered).
 inline constexpr std::uint32_t x86_vtd_first_stage = 1, x86_vtd_second_stage = 2, x86_amd_v1 = 3;
+/// RISC-V variants: the IOMMU's first stage (Sv39/48/57) and G-stage (Sv39x4/48x4/57x4; host
+/// tables, never offered).
+inline constexpr std::uint32_t riscv_first_stage = 1, riscv_g_stage = 2;
 
 /// How a model's PROBE_TABLE `sizes` field reads: bit n set means a 2^n-byte granule, or an
 /// n-level table.
@@ -39,6 +42,7 @@ struct variant_info {
 inline constexpr model_info models[] = {
     {model_arm, "arm", size_meaning::granule_bytes, "granules", "asid_bits"},
     {model_x86, "x86", size_meaning::table_levels, "levels", "domain_bits"},
+    {model_riscv, "riscv", size_meaning::table_levels, "levels", "pscid_bits"},
 };
 
 inline constexpr variant_info variants[] = {
@@ -48,6 +52,8 @@ inline constexpr variant_info variants[] = {
     {model_x86, x86_vtd_first_stage, "vtd-first-stage"},
     {model_x86, x86_vtd_second_stage, "vtd-second-stage"},
     {model_x86, x86_amd_v1, "amd-v1"},
+    {model_riscv, riscv_first_stage, "first-stage"},
+    {model_riscv, riscv_g_stage, "g-stage"},
 };
 
 /// The registered model `id`, or nullptr.

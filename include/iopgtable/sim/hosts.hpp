@@ -57,8 +57,18 @@ struct amd_host {
     static auto table_formats() { return boost::hana::make_tuple(sharing::device_format<vtd_fl>{}); }
 };
 
+/// A RISC-V host: the RISC-V IOMMU. The VMM's stage 2 is a G-stage table (Sv48x4), MAP/UNMAP
+/// domains and folded shadows are first-stage tables (Sv48), and guests attach first-stage
+/// tables (Sv39/Sv48/Sv57).
+struct riscv_host {
+    static constexpr const char* name = "riscv";
+    using domain_format = riscv_s1;
+    using stage2_format = riscv_s2;
+    static auto table_formats() { return boost::hana::make_tuple(sharing::device_format<riscv_s1>{}); }
+};
+
 /// Every simulated host, the default (`arm`) first.
-inline constexpr auto all_hosts = boost::hana::tuple_t<arm_host, intel_host, amd_host>;
+inline constexpr auto all_hosts = boost::hana::tuple_t<arm_host, intel_host, amd_host, riscv_host>;
 
 /// Calls `fn(boost::hana::type_c<Host>)` for the simulated host called `name`; false (and no
 /// call) when no host has that name.
