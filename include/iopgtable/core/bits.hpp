@@ -9,7 +9,7 @@
 
 /// Forces inlining of the engine's hot-path helpers when optimizing; at -O0 (the sanitizer
 /// test build) the compiler decides: forced inlining of the nested per-level lambdas there
-/// made tests/unit/conformance_replace.cpp take 73.5 s to compile instead of 40.8 s under
+/// made tests/engine/conformance_replace.cpp take 73.5 s to compile instead of 40.8 s under
 /// clang -O0 with ASan + UBSan.
 #if defined(__OPTIMIZE__)
 #define IOPGTABLE_ALWAYS_INLINE [[gnu::always_inline]]

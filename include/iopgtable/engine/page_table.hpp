@@ -441,7 +441,11 @@ private:
     result<void> fill_pool(const need_counts& need, table_pool& pool) {
         for (unsigned l = 0; l < levels_max; ++l) {
             if (need[l] == 0) continue;
-            pool.free[l].reserve(need[l]);
+            // Room for what a memory can plausibly give at once, not for what the plan counts:
+            // a map of a huge range in small pages counts billions of tables, and the
+            // allocations below fail (nomem) long before; reserving the count first would ask
+            // the host heap for gigabytes of slots (a fuzz_ops input reached a 4 GiB reserve).
+            pool.free[l].reserve(static_cast<std::size_t>(std::min<std::uint64_t>(need[l], 4096)));
             for (std::uint64_t i = 0; i < need[l]; ++i) {
                 auto t = allocate_reachable(cfg_, geo_, *mem_, level_table_bytes<F>(l), l + 1);
                 if (!t) {

@@ -8,7 +8,7 @@
 /// - Wire: Linux's `struct vhost_msg` / `struct vhost_msg_v2` carrying a `struct
 ///   vhost_iotlb_msg` (<linux/vhost_types.h>): 72-byte frames, host byte order. The layout and
 ///   the constants below are facts of that header, checked against it by static_assert in
-///   tests/unit/vhost_iotlb.cpp.
+///   tests/virtio/vhost_iotlb.cpp.
 /// - Binding: one service serves the endpoints the VMM grants it (`vhost_settings::endpoints`).
 ///   A v2 frame's `asid` names the endpoint; a v1 frame (no asid) means `v1_endpoint`.
 /// - MISS (endpoint, iova, perm) → UPDATE for the largest range around iova that translates

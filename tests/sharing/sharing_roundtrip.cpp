@@ -17,7 +17,7 @@
 #include <rapidcheck/catch.h>
 
 #include "support/format_list.hpp"
-#include "unit/sharing_fixture.hpp"
+#include "sharing/sharing_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;

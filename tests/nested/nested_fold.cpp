@@ -21,7 +21,7 @@
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 
-#include "nested_fixture.hpp"
+#include "nested/nested_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;

@@ -27,7 +27,7 @@
 #include <iopgtable/virtio/driver.hpp>
 #include <iopgtable/sim/machine.hpp>
 
-#include "virtio_fixture.hpp"
+#include "virtio/virtio_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::virtio;

@@ -17,7 +17,7 @@
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 
-#include "virtio_fixture.hpp"
+#include "virtio/virtio_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::virtio;

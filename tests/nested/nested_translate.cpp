@@ -14,8 +14,8 @@
 #include <iopgtable/formats/vtd_fl.hpp>
 #include <iopgtable/formats/vtd_sl.hpp>
 
-#include "nested_fixture.hpp"
-#include "virtio_fixture.hpp"
+#include "nested/nested_fixture.hpp"
+#include "virtio/virtio_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;

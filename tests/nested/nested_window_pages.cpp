@@ -14,7 +14,7 @@
 #include <catch2/catch.hpp>
 #include <iopgtable/iopgtable.hpp>
 
-#include "unit/nested_fixture.hpp"
+#include "nested/nested_fixture.hpp"
 
 namespace iopgtable::test {
 namespace {

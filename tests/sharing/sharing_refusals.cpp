@@ -9,7 +9,7 @@
 
 #include <boost/hana/tuple.hpp>
 
-#include "unit/sharing_fixture.hpp"
+#include "sharing/sharing_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;

@@ -26,7 +26,7 @@
 #include <iopgtable/sim/machine.hpp>
 #include <iopgtable/virtio/vhost_iotlb.hpp>
 
-#include "virtio_fixture.hpp"
+#include "virtio/virtio_fixture.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::virtio;
