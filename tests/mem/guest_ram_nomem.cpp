@@ -189,3 +189,34 @@ TEST_CASE("guest_ram gives an entry only where the whole word lies inside RAM an
         }
     }
 }
+
+TEST_CASE("a map that needs more tables than the pool holds fails with nomem without counting them all, "
+          "and an existing leaf in its range still says exists",
+          "[guest_ram][nomem]") {
+    // Sv57x4: 2^50 bytes whose output is only 4K-aligned need 2^29 leaf tables (2 TiB of tables);
+    // the pool holds 64 KiB. The plan stops counting once it passes the pool (engine/page_table.hpp
+    // plan_table), so this returns at once instead of visiting 2^29 empty entries.
+    using F = riscv_s2;
+    guest_ram ram{1 << 20, pa_t{0x100000000}};
+    ram.set_table_pool(pa_t{0x100000000}, 64 << 10);
+    CHECK(ram.table_bytes_left() == 64 << 10);
+    auto created = page_table<F, guest_ram>::create(riscv_config{5}, ram);
+    REQUIRE(created.ok());
+    auto pt = std::move(created).value();
+    const std::uint64_t used = ram.bytes_in_use();
+    CHECK(ram.table_bytes_left() == (64 << 10) - used);
+    const std::uint64_t huge = std::uint64_t{1} << 50;
+    auto r = pt.map(ipa_t{huge}, pa_t{0x1000}, length_t{huge}, prot::read);
+    REQUIRE(!r.ok());
+    CHECK(r.error() == errc::nomem);
+    CHECK(ram.bytes_in_use() == used);
+    CHECK(pt.iova_to_phys(ipa_t{huge}) == std::nullopt);
+    // A leaf at the end of the range: the plan reaches it past the budget and reports it first.
+    REQUIRE(pt.map(ipa_t{2 * huge - 0x1000}, pa_t{0x5000}, length_t{0x1000}, prot::read).ok());
+    const std::uint64_t with_leaf = ram.bytes_in_use();
+    r = pt.map(ipa_t{huge}, pa_t{0x1000}, length_t{huge}, prot::read);
+    REQUIRE(!r.ok());
+    CHECK(r.error() == errc::exists);
+    CHECK(ram.bytes_in_use() == with_leaf);
+    CHECK(pt.iova_to_phys(ipa_t{2 * huge - 1})->value == 0x5fff);
+}

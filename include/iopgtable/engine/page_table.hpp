@@ -596,7 +596,23 @@ private:
         need_counts* need = nullptr;     ///< plan, fresh: tables to allocate, per level
         table_pool* pool = nullptr;      ///< apply: the allocated tables
         std::uint64_t done = 0;          ///< apply: first address not yet mapped
+        /// plan, fresh: bytes of the tables counted so far, and the most the memory can give
+        /// (has_table_budget; else no bound): past it the plan stops with nomem.
+        std::uint64_t need_bytes = 0, budget = ~std::uint64_t{0};
     };
+    /// Counts one new table at level L - 1 while the count is within the memory's budget; false
+    /// (counting nothing) once it has passed it.
+    template <unsigned L>
+    static bool plan_table(map_job& j) noexcept {
+        if (j.need_bytes > j.budget) return false;
+        ++(*j.need)[L - 1];
+        j.need_bytes += level_table_bytes<F>(L - 1);
+        return j.need_bytes <= j.budget;
+    }
+    std::uint64_t table_budget() const noexcept {
+        if constexpr (has_table_budget<M>) return mem_->table_bytes_left();
+        else return ~std::uint64_t{0};
+    }
 
     /// Descends while the range lies inside one entry that is a table, then plans and applies
     /// from there (the upper levels are walked once instead of twice).
@@ -610,7 +626,9 @@ private:
         }
         need_counts need{};
         j.need = &need;
+        j.budget = table_budget();
         if (auto plan = map_level<map_pass::plan>(c, j); !plan) return plan;
+        if (j.need_bytes > j.budget) return failure(errc::nomem);  // more tables than the memory has
         bool fresh = false;
         for (auto n : need) fresh |= n != 0;
         table_pool pool;
@@ -691,8 +709,8 @@ private:
                 } else if constexpr (L == 0) {
                     return failure(errc::invalid);  // no page size fits: excluded by map_range's checks
                 } else if constexpr (Pass == map_pass::fresh) {
-                    ++(*j.need)[L - 1];
-                    (void)map_level<Pass>(c.into(0), j);  // counts only: cannot fail
+                    if (!plan_table<L>(j)) return success();  // over budget: the plan ends in nomem
+                    (void)map_level<Pass>(c.into(0), j);       // counts only: cannot fail
                 } else {
                     if (!c.read()) return failure(errc::fault);  // apply: changed since the plan
                     if constexpr (Pass == map_pass::plan) {
@@ -705,8 +723,9 @@ private:
                         case entry_kind::empty:
                             if constexpr (checks_writes)
                                 if (c.writable() == nullptr) return failure(errc::fault);
-                            ++(*j.need)[L - 1];
-                            (void)map_level<map_pass::fresh>(c.into(0), j);
+                            // Past the budget the empty subtrees are no longer counted, but
+                            // the existing tables are still checked: exists and fault come first.
+                            if (plan_table<L>(j)) (void)map_level<map_pass::fresh>(c.into(0), j);
                             break;
                         }
                     } else {
@@ -1091,7 +1110,9 @@ private:
         return from_top(va, last, [&](auto& c) -> result<void> {
             need_counts need{};
             map_job j{delta, geo_.pgsize_bitmap, p, &need};
+            j.budget = table_budget();
             if (auto plan = map_level<map_pass::plan>(c, j); !plan) return plan;
+            if (j.need_bytes > j.budget) return failure(errc::nomem);
             table_pool pool;
             if (auto r = fill_pool(need, pool); !r) return r;
             stored = true;

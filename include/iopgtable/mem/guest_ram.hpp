@@ -135,6 +135,13 @@ public:
         std::lock_guard g(lock_);
         return in_use_;
     }
+    /// At most this many table bytes can still be allocated: the pool less what is in use
+    /// (has_table_budget).
+    std::uint64_t table_bytes_left() const noexcept {
+        std::lock_guard g(lock_);
+        const std::uint64_t pool = pool_end_ - pool_lo_;
+        return pool > in_use_ ? pool - in_use_ : 0;
+    }
 
 private:
     /// contains(pa, N) for the entry sizes, with one compare: a pa below base_ wraps to an

@@ -58,6 +58,11 @@ public:
     }
     /// Table bytes currently allocated (tables under 64 bytes count as 64).
     std::uint64_t bytes_in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
+    /// At most this many table bytes can still be allocated under the limit (has_table_budget).
+    std::uint64_t table_bytes_left() const noexcept {
+        const std::uint64_t used = bytes_in_use();
+        return limit_ > used ? limit_ - used : 0;
+    }
 
 private:
     std::uint64_t limit_;

@@ -57,6 +57,16 @@ template <class M, class W>
 concept has_entry_runs = requires(M& m, pa_t a, std::uint64_t n) {
     { m.template entries<W>(a, n, true) } noexcept -> std::same_as<entry_span<W>>;
 };
+/// Optional: a memory that can say how many table bytes it could still hand out at most
+/// (`table_bytes_left`, an upper bound: fragmentation may leave less). A map whose plan counts
+/// more new tables than that fails with nomem as soon as the count passes it, instead of
+/// counting every table a huge range would need and then failing at the first allocation that
+/// finds the memory empty.
+template <class M>
+concept has_table_budget = requires(const M& m) {
+    { m.table_bytes_left() } noexcept -> std::same_as<std::uint64_t>;
+};
+
 template <class M, class W>
 concept has_write_access = requires(M& m, pa_t a) {
     { m.template writable_entry<W>(a) } noexcept -> std::same_as<W*>;
