@@ -34,6 +34,7 @@
 #include <benchmark/benchmark.h>
 
 #include <iopgtable/engine/page_table.hpp>
+#include <iopgtable/engine/profile.hpp>
 #include <iopgtable/mem/default_memory.hpp>
 #include <iopgtable/mem/host_heap.hpp>
 
@@ -48,11 +49,6 @@ inline constexpr std::uint64_t single_batch = 256;
 
 inline const prot bench_prot = prot::read | prot::write;
 
-/// "4k", "2M", "1G" for a power-of-two size.
-inline std::string size_label(unsigned lg2) {
-    static constexpr const char* unit[] = {"", "k", "M", "G", "T", "P", "E"};
-    return std::to_string(std::uint64_t{1} << (lg2 % 10)) + unit[lg2 / 10];
-}
 
 /// The variant part of a benchmark name: F::bench_label, else F::granule_name, else the
 /// smallest page size.

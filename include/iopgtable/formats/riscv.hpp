@@ -37,6 +37,7 @@
 /// | 0 | 4K | 4K, or 64K with N (16 identical PTEs) |
 /// | 1–4 | 2M, 1G, 512G, 256T | a superpage |
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -280,12 +281,9 @@ struct riscv {
         auto nap = o.number("napot", 1), pb = o.number("pbmt", 0);
         if (!levels || !oas || !nap || !pb || *levels > 64 || *oas > 64 || *nap > 1 || *pb > 1) return failure(errc::invalid);
         if (auto m = o.text("mode")) {
-            const std::string_view x = s1 ? "" : "x4";
-            unsigned from_mode = 0;
-            for (unsigned l = 3; l <= 5; ++l)
-                if (m->size() == 4 + x.size() && m->substr(0, 2) == "sv" && m->substr(4) == x &&
-                    m->substr(2, 2) == std::string_view("394857").substr((l - 3) * 2, 2))
-                    from_mode = l;
+            unsigned from_mode = 0;  // Sv<virtual address bits>, x4 for the G-stage
+            for (unsigned l = 3; l <= max_levels; ++l)
+                if (*m == "sv" + std::to_string(granule_lg2 + l * bits_per_level) + (s1 ? "" : "x4")) from_mode = l;
             if (from_mode == 0 || (o.has("levels") && *levels != from_mode)) return failure(errc::invalid);
             levels = from_mode;
         }
