@@ -60,25 +60,9 @@ namespace {
 namespace hana = boost::hana;
 using virtio::status;
 
-/// The largest sample configuration of F by (IAS, OAS, dirty tracking), as `iopt` uses.
-template <class F>
-typename F::config largest_sample() {
-    const auto samples = F::sample_configs();
-    auto best = samples.front();
-    auto key = [](const typename F::config& c) {
-        auto g = F::make_geometry(c);
-        bool dirty = false;
-        if constexpr (has_dirty_tracking<F>) dirty = F::dirty_tracking(c);
-        return g ? std::tuple{g->ias, g->oas, dirty} : std::tuple{0u, 0u, false};
-    };
-    for (const auto& c : samples)
-        if (key(c) > key(best)) best = c;
-    return best;
-}
-
 const auto base_device = hana::transform(all_formats, [](auto t) {
     using F = typename decltype(t)::type;
-    return sharing::device_format<F>{largest_sample<F>(), 16};
+    return sharing::device_format<F>{sharing::widest_sample<F>(), 16};
 });
 
 /// A guest implementing every format of the list, each wanting its first sample configuration.

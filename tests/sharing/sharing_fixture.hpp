@@ -23,19 +23,14 @@
 
 namespace iopgtable::test {
 
-/// The device's limits for F: the sample configuration with the largest (IAS, OAS); when some
-/// sample tracks dirty state, that one's dirty setting is added (LPAE quirk hd, VT-d
-/// track_dirty), so that every sample configuration is within the limits.
+/// The device's limits for F: the widest sample configuration (sharing::widest_sample); when
+/// it does not track dirty state and another sample does (the 64K-granule LPAE and amd-v1
+/// samples), dirty tracking is added (LPAE quirk hd, track_dirty elsewhere), so that every
+/// sample configuration is within the limits.
 template <class F>
 typename F::config device_limits() {
     const auto cfgs = F::sample_configs();
-    auto best = cfgs.front();
-    auto key = [](const typename F::config& c) {
-        auto g = F::make_geometry(c);
-        return g ? std::pair{g->ias, g->oas} : std::pair{0u, 0u};
-    };
-    for (const auto& c : cfgs)
-        if (key(c) > key(best)) best = c;
+    auto best = sharing::widest_sample<F>();
     if constexpr (has_dirty_tracking<F>) {
         for (const auto& c : cfgs) {
             if (!F::dirty_tracking(c) || F::dirty_tracking(best)) continue;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "command_line.hpp"
 
+#include <cstdio>
 #include <string_view>
 
 namespace iopt {
@@ -25,6 +26,13 @@ std::variant<iopgtable::options, std::string> parse_options(std::span<char* cons
         opts.values.emplace(std::move(key), std::move(value));
     }
     return opts;
+}
+
+int report_failure(std::string_view mode, const std::string& message, int status) {
+    std::fflush(stdout);
+    if (mode.empty()) std::fprintf(stderr, "iopt: %s\n", message.c_str());
+    else std::fprintf(stderr, "iopt: %.*s: %s\n", static_cast<int>(mode.size()), mode.data(), message.c_str());
+    return status;
 }
 
 std::string option_text(const std::string& key, const std::string& value) {

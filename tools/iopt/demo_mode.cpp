@@ -31,11 +31,7 @@ namespace vio = iopgtable::virtio;
 namespace sharing = iopgtable::sharing;
 using clock_type = std::chrono::steady_clock;
 
-int fail(const std::string& message, int status = 2) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "iopt: demo: %s\n", message.c_str());
-    return status;
-}
+int fail(const std::string& message, int status = 2) { return report_failure("demo", message, status); }
 
 /// A step of the demo went wrong (it never should): exit 1.
 int step_failed(const std::string& step, vio::status s, std::string_view field = {}) {

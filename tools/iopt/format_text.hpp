@@ -53,6 +53,19 @@ inline std::string variant_name(std::uint32_t model, std::uint32_t variant) {
     return std::string(m->name) + " variant " + std::to_string(variant);
 }
 
+/// The flags of a PROBE_TABLE entry as `access,dirty,snoop,stall` (those set, in that order),
+/// `none` when none is.
+inline std::string flag_list(std::uint32_t flags) {
+    std::string s;
+    if (flags & iopgtable::sharing::cap_access_flag) s += "access,";
+    if (flags & iopgtable::sharing::cap_dirty) s += "dirty,";
+    if (flags & iopgtable::sharing::cap_snoop) s += "snoop,";
+    if (flags & iopgtable::sharing::cap_stall) s += "stall,";
+    if (s.empty()) return "none";
+    s.pop_back();
+    return s;
+}
+
 /// `1 ARM, 2 X86`: the registered models, for messages.
 inline std::string model_list() {
     std::string s;

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -18,6 +19,18 @@ inline std::string to_hex(std::uint64_t v) {
     buf[1] = 'x';
     auto r = std::to_chars(buf + 2, buf + sizeof buf, v, 16);
     return std::string(buf, r.ptr);
+}
+
+/// `bytes` as two lowercase hex digits each, in order, without a prefix.
+inline std::string bytes_to_hex(std::span<const std::uint8_t> bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string s;
+    s.reserve(bytes.size() * 2);
+    for (const std::uint8_t b : bytes) {
+        s += digits[b >> 4];
+        s += digits[b & 15];
+    }
+    return s;
 }
 
 /// The value of `text`: hex digits (either case) with an optional `0x`/`0X` prefix, at most

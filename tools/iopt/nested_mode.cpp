@@ -33,11 +33,7 @@ namespace nst = iopgtable::nested;
 using iopgtable::errc;
 using iopgtable::options;
 
-int fail(const std::string& message) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "iopt: nested: %s\n", message.c_str());
-    return 2;
-}
+int fail(const std::string& message) { return report_failure("nested", message); }
 
 /// The three option groups of the command line, each the words of one quoted argument.
 struct groups {

@@ -31,33 +31,12 @@ namespace hana = boost::hana;
 namespace sharing = iopgtable::sharing;
 using iopgtable::options;
 
-int fail(const std::string& message, int status = 2) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "iopt: %s\n", message.c_str());
-    return status;
-}
-
-/// The largest sample configuration of F: the device's limits for it (IAS, then OAS, then
-/// hardware dirty state).
-template <class F>
-typename F::config device_limits() {
-    auto samples = F::sample_configs();
-    auto best = samples.front();
-    auto key = [](const typename F::config& c) {
-        auto g = F::make_geometry(c);
-        bool dirty = false;
-        if constexpr (iopgtable::has_dirty_tracking<F>) dirty = F::dirty_tracking(c);
-        return g ? std::tuple{g->ias, g->oas, dirty} : std::tuple{0u, 0u, false};
-    };
-    for (const auto& c : samples)
-        if (key(c) > key(best)) best = c;
-    return best;
-}
+int fail(const std::string& message, int status = 2) { return report_failure("", message, status); }
 
 /// The device: every format of the list with its limits; `enabled` is set from --formats.
 const auto device_formats = hana::transform(iopgtable::all_formats, [](auto t) {
     using F = typename decltype(t)::type;
-    return sharing::device_format<F>{device_limits<F>(), 16};
+    return sharing::device_format<F>{sharing::widest_sample<F>(), 16};
 });
 
 /// Names given with --formats (comma list), or every name when absent; refuses unknown names.
@@ -89,32 +68,18 @@ std::vector<iopgtable::virtio::pg_format> offered(const std::vector<std::string>
     return sharing::offered_formats(filtered);
 }
 
-std::string bytes_hex(const std::uint8_t* p, std::size_t n) {
-    static const char* digits = "0123456789abcdef";
-    std::string s;
-    for (std::size_t i = 0; i < n; ++i) {
-        s += digits[p[i] >> 4];
-        s += digits[p[i] & 15];
-    }
-    return s;
-}
 
 /// One line: index, the 68 raw bytes, and the decoded fields.
 std::string describe(std::size_t index, const iopgtable::virtio::pg_format& f) {
     std::string line = "pg_format " + std::to_string(index) + " raw " +
-                       bytes_hex(reinterpret_cast<const std::uint8_t*>(&f), sizeof f);
+                       bytes_to_hex({reinterpret_cast<const std::uint8_t*>(&f), sizeof f});
     auto c = sharing::decode_format(f);
     if (!c) return line + " invalid " + std::string(c.why().field);
     line += " " + variant_name(c->model, c->variant);
     line += " " + sizes_name(c->model) + " " + size_list(c->model, c->sizes);
     line += " max_ias " + std::to_string(c->max_ias) + " max_oas " + std::to_string(c->max_oas);
     line += " " + tag_name(c->model) + " " + std::to_string(c->tag_bits);
-    std::string flags;
-    if (c->flags & sharing::cap_access_flag) flags += "access,";
-    if (c->flags & sharing::cap_dirty) flags += "dirty,";
-    if (c->flags & sharing::cap_snoop) flags += "snoop,";
-    if (!flags.empty()) flags.pop_back();
-    line += " flags " + (flags.empty() ? std::string("none") : flags);
+    line += " flags " + flag_list(c->flags);
     line += " pgsizes " + to_hex(c->pgsize_bitmap);
     return line;
 }
@@ -230,7 +195,7 @@ int config_command(std::span<char* const> args) {
                 status = fail("cannot describe the table: " + std::string(req.why().field));
                 return;
             }
-            emit("model " + std::to_string(req->model.get()) + " config " + bytes_hex(req->config, 64));
+            emit("model " + std::to_string(req->model.get()) + " config " + bytes_to_hex({req->config, 64}));
             status = 0;
         }
     });

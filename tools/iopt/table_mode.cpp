@@ -27,11 +27,7 @@ using iopgtable::options;
 bool own_option(std::string_view key) { return key == "format" || key == "table-memory"; }
 
 /// Reports a command-line error; returns the exit status for it.
-int fail(const std::string& message) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "iopt: %s\n", message.c_str());
-    return 2;
-}
+int fail(const std::string& message) { return report_failure("", message); }
 
 /// A format name of `all_formats` and its folder under formats/.
 struct family {

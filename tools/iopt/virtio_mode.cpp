@@ -93,24 +93,9 @@ std::string fault_line(const vio::fault& event) {
     return line;
 }
 
-std::string bytes_to_hex(std::span<const std::uint8_t> bytes) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string s;
-    s.reserve(bytes.size() * 2);
-    for (const std::uint8_t b : bytes) {
-        s += digits[b >> 4];
-        s += digits[b & 15];
-    }
-    return s;
-}
-
 namespace {
 
-int fail(const std::string& message) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "iopt: virtio: %s\n", message.c_str());
-    return 2;
-}
+int fail(const std::string& message) { return report_failure("virtio", message); }
 
 struct feature_name {
     std::string_view name;
@@ -366,13 +351,7 @@ std::string format_line(std::size_t index, const vio::pg_format& f) {
     line += " " + sizes_name(c->model) + " " + size_list(c->model, c->sizes);
     line += " max_ias " + std::to_string(c->max_ias) + " max_oas " + std::to_string(c->max_oas) + " tag_bits " +
             std::to_string(c->tag_bits);
-    std::string flags;
-    if (c->flags & sharing::cap_access_flag) flags += "access,";
-    if (c->flags & sharing::cap_dirty) flags += "dirty,";
-    if (c->flags & sharing::cap_snoop) flags += "snoop,";
-    if (c->flags & sharing::cap_stall) flags += "stall,";
-    if (!flags.empty()) flags.pop_back();
-    return line + " flags " + (flags.empty() ? std::string("none") : flags) + " pgsizes " + to_hex(c->pgsize_bitmap);
+    return line + " flags " + flag_list(c->flags) + " pgsizes " + to_hex(c->pgsize_bitmap);
 }
 
 /// The deferred unmapper's way to the device: the requestq, each chain's answer kept as a

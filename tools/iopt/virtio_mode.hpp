@@ -85,7 +85,4 @@ std::vector<std::string> request_lines(const iopgtable::virtio::request_stats& s
 /// the eventq (`flags`: the letters r, w, x of the access; `address` only with its flag).
 std::string fault_line(const iopgtable::virtio::fault& event);
 
-/// Lowercase hex digits of `bytes`, two a byte, no prefix.
-std::string bytes_to_hex(std::span<const std::uint8_t> bytes);
-
 } // namespace iopt

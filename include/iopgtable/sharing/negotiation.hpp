@@ -17,6 +17,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -45,6 +46,24 @@ struct device_format {
     /// The host's IOMMU can stall DMA walking this format (page requests, F_FAULT).
     bool stall = true;
 };
+
+/// The widest of F's sample configurations: the largest IAS, then OAS, then hardware dirty
+/// tracking on. The limits of "a device that walks F" where nothing else says what it walks
+/// (iopt's sharing mode, the fuzzers, the tests).
+template <format_profile F>
+typename F::config widest_sample() {
+    const auto samples = F::sample_configs();
+    auto key = [](const typename F::config& c) {
+        const auto g = F::make_geometry(c);
+        bool dirty = false;
+        if constexpr (has_dirty_tracking<F>) dirty = F::dirty_tracking(c);
+        return g ? std::tuple{g->ias, g->oas, dirty} : std::tuple{0u, 0u, false};
+    };
+    auto best = samples.front();
+    for (const auto& c : samples)
+        if (key(c) > key(best)) best = c;
+    return best;
+}
 
 /// Limits of ATTACH_TABLE the device enforces.
 struct attach_limits {
