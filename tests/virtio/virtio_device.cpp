@@ -62,65 +62,7 @@ T load_le(std::span<const std::uint8_t> b, std::size_t at) {
 }
 
 /// Small machines: 48 MiB of guest RAM (DMA buffers at 32..48 MiB), four endpoints.
-machine_settings small() {
-    machine_settings s;
-    s.ram_size = 48ull << 20;
-    s.stage2_pool = 1ull << 20;
-    s.device.endpoints = 4;
-    return s;
-}
-
-/// A machine and the guest's view of it.
-template <class Host = arm_host>
-struct vm {
-    std::unique_ptr<machine<Host>> m;
-    explicit vm(const machine_settings& s = small()) {
-        auto r = machine<Host>::create(s);
-        REQUIRE(r.ok());
-        m = std::move(*r);
-    }
-    device<Host>& dev() { return m->dev(); }
-    /// Sends a request whose writable part is the tail; requires used length 4 and a zero
-    /// tail.reserved; returns the status.
-    named send(const bytes& in) {
-        std::array<std::uint8_t, 4> out{0xee, 0xee, 0xee, 0xee};
-        const std::uint32_t used = m->submit(in, out);
-        REQUIRE(used == 4);
-        CHECK(out[1] == 0);
-        CHECK(out[2] == 0);
-        CHECK(out[3] == 0);
-        return named{static_cast<status>(out[0])};
-    }
-    /// The used length of a request with `writable` bytes of writable space (reply in `out`).
-    std::uint32_t used(std::span<const std::uint8_t> in, std::uint32_t writable, bytes* out = nullptr) {
-        bytes local(writable, 0xee);
-        bytes& o = out ? *out : local;
-        o.assign(writable, 0xee);
-        return m->raw(in, writable, o);
-    }
-    std::uint64_t hpa(std::uint64_t gpa) { return m->guest().hpa_base() + gpa; }
-    dma_result tr(std::uint32_t ep, std::uint64_t iova, std::uint64_t size = 1,
-                  nested::access_kind a = nested::access_kind::read) {
-        return dev().translate(ep, iova, size, a);
-    }
-    /// The host-physical address of one byte, or nothing when it faults.
-    std::optional<std::uint64_t> at(std::uint32_t ep, std::uint64_t iova, nested::access_kind a = nested::access_kind::read) {
-        const dma_result r = tr(ep, iova, 1, a);
-        if (!r.ok()) return std::nullopt;
-        REQUIRE(r.count == 1);
-        return r.ranges[0].hpa;
-    }
-    /// The mappings of a MAP domain as (first, last) pairs.
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> mappings(std::uint32_t dom) {
-        std::vector<std::pair<std::uint64_t, std::uint64_t>> v;
-        const auto* t = dev().mappings(dom);
-        REQUIRE(t != nullptr);
-        for (const auto& [first, mp] : t->mappings()) v.emplace_back(first, mp.last);
-        return v;
-    }
-};
-
-machine_settings with_driver_features(std::uint64_t mask, machine_settings s = small()) {
+machine_settings with_driver_features(std::uint64_t mask, machine_settings s = small_machine()) {
     s.driver_features = mask;
     return s;
 }
@@ -136,7 +78,7 @@ using pairs = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
 
 TEST_CASE("virtio device: config space is virtio_iommu_config, fields of features not offered zero", "[virtio]") {
     static_assert(sizeof(virtio_iommu_config) == 40);
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.page_size_mask = 0x201000;
     s.device.input_start = 0x10000;
     s.device.input_end = 0xffffffffffull;
@@ -188,7 +130,7 @@ TEST_CASE("virtio device: config space is virtio_iommu_config, fields of feature
 }
 
 TEST_CASE("virtio device: the bypass byte: write rules, device reset, system reset", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.boot_bypass = true;
     vm v(s);
     auto& d = v.dev();
@@ -230,7 +172,7 @@ TEST_CASE("virtio device: the bypass byte: write rules, device reset, system res
     CHECK(d.bypass() == 1);
 
     SECTION("not writable without BYPASS_CONFIG offered") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.features &= ~feature(f_bypass_config);
         vm w(t);
         CHECK_FALSE(w.dev().write_config(36, std::span(&one, 1)));
@@ -254,10 +196,10 @@ TEST_CASE("virtio device: feature negotiation", "[virtio]") {
     CHECK(d.driver_features() == (feature(f_version_1) | feature(f_map_unmap)));
 
     SECTION("a device without VERSION_1, or a granule below the host's page, is refused") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.features &= ~feature(f_version_1);
         CHECK_FALSE(arm_machine::create(t).ok());
-        machine_settings u = small();
+        machine_settings u = small_machine();
         u.device.page_size_mask = 1;  // byte granule: the LPAE domain tables cannot hold it
         auto r = arm_machine::create(u);
         REQUIRE_FALSE(r.ok());
@@ -277,14 +219,14 @@ TEST_CASE("virtio device: settings the specification says a device should not pr
     const reserved_region low{0x10000000, 0x1000ffff, resv_mem_t_reserved};
 
     SECTION("BYPASS offered with BYPASS_CONFIG (5.13.3.2: devices SHOULD NOT offer both)") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.features |= feature(f_bypass);
         CHECK(refusal(t) == "features: BYPASS with BYPASS_CONFIG");
         t.device.features &= ~feature(f_bypass_config);  // the legacy feature alone is allowed
         CHECK(arm_machine::create(t).ok());
     }
     SECTION("overlapping reserved regions (5.13.6.8.1.2: SHOULD NOT present overlapping RESV_MEM)") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.reserved = {low, x86_msi_window, {0xfeeff000, 0xfef00fff, resv_mem_t_reserved}};
         CHECK(refusal(t) == "reserved regions: overlap");
         t.device.reserved = {x86_msi_window, low, low};  // the same region twice
@@ -295,14 +237,14 @@ TEST_CASE("virtio device: settings the specification says a device should not pr
         CHECK(arm_machine::create(t).ok());  // adjacent is not overlapping
     }
     SECTION("more than one MSI region (5.13.6.8.1.2: SHOULD NOT present more than one per endpoint)") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.reserved = {x86_msi_window, low, other_msi};
         CHECK(refusal(t) == "reserved regions: more than one MSI");
         t.device.reserved = {low, other_msi};
         CHECK(arm_machine::create(t).ok());
     }
     SECTION("a reserved region ending before it starts") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.reserved = {{0x2000, 0x1fff, resv_mem_t_reserved}};
         CHECK(refusal(t) == "reserved region");
     }
@@ -331,14 +273,14 @@ TEST_CASE("virtio device: input_range is what a MAP domain's table maps, offered
     SECTION("a configured range beyond the domain table: refused by name") {
         for (std::uint64_t end : {~std::uint64_t{0}, std::uint64_t{1} << 48}) {
             INFO("input_end " << end);
-            machine_settings t = small();
+            machine_settings t = small_machine();
             t.device.input_end = end;
             auto r = arm_machine::create(t);
             REQUIRE_FALSE(r.ok());
             CHECK(named{r.why().code} == st::inval);
             CHECK(r.why().field == "input range: beyond the domain table");
         }
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.input_start = 0x1000;
         t.device.input_end = (1ull << 48) - 1;
         vm w(t);
@@ -352,7 +294,7 @@ TEST_CASE("virtio device: input_range is what a MAP domain's table maps, offered
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("virtio device: ATTACH refusals, in the documented order", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.domain_start = 1;
     s.device.domain_end = 100;
     vm v(s);
@@ -428,7 +370,7 @@ TEST_CASE("virtio device: re-ATTACH moves the endpoint; an emptied domain is fre
 }
 
 TEST_CASE("virtio device: ATTACH caps the number of domains (NOMEM, nothing changes)", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.max_domains = 2;
     vm v(s);
     REQUIRE(v.send(attach(1, 0)) == st::ok);
@@ -439,7 +381,7 @@ TEST_CASE("virtio device: ATTACH caps the number of domains (NOMEM, nothing chan
     CHECK(v.dev().domain_count() == 2);
 
     SECTION("no table memory for a new domain") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.max_table_bytes = 1024;
         vm w(t);
         CHECK(w.send(attach(1, 0)) == st::nomem);
@@ -455,7 +397,7 @@ TEST_CASE("virtio device: moving an endpoint out of a domain it empties is DETAC
     // so the ATTACH of a new domain 3 fits the cap of 2.
     // Known failure (reported): on_attach checks max_domains before the endpoint leaves its
     // old domain and answers NOMEM.
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.max_domains = 2;
     vm v(s);
     REQUIRE(v.send(attach(1, 0)) == st::ok);
@@ -511,7 +453,7 @@ TEST_CASE("virtio device: DETACH", "[virtio]") {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("virtio device: MAP refusals, in the documented order", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.input_start = 0x10000;
     s.device.max_mappings = 4;
     vm v(s);
@@ -621,7 +563,7 @@ TEST_CASE("virtio device: without INPUT_RANGE offered the whole 64-bit input spa
     // it the driver sees zeros and may MAP anywhere. A device configured with a narrower range
     // but not offering the feature must not refuse addresses the driver cannot know are out of
     // range (the domain table's own limit still holds: RANGE beyond 2^48).
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.input_start = 0x10000;
     s.device.input_end = 0xffffffffffull;
     s.device.features &= ~feature(f_input_range);
@@ -657,7 +599,7 @@ TEST_CASE("virtio device: without PROBE negotiated no reserved region is present
         for (std::size_t i = 0; i < 512; ++i) CHECK(out[i] == 0);  // no property
     }
     SECTION("PROBE not offered: MAP of the MSI window is accepted") {
-        machine_settings s = small();
+        machine_settings s = small_machine();
         s.device.features &= ~feature(f_probe);
         vm v(s);
         REQUIRE(v.send(attach(1, 0)) == st::ok);
@@ -677,7 +619,7 @@ TEST_CASE("virtio device: a Linux identity domain without BYPASS_CONFIG maps its
     // when PROBE is not there. The guest here does the same through the driver's requests.
     for (bool with_probe : {true, false}) {
         INFO("PROBE offered: " << with_probe);
-        machine_settings s = small();
+        machine_settings s = small_machine();
         if (!with_probe) s.device.features &= ~feature(f_probe);
         s.driver_features = negotiate_features(s.device.features, ~feature(f_bypass_config));
         auto mc = arm_machine::create(s);
@@ -746,7 +688,7 @@ TEST_CASE("virtio device: MAP flags: MMIO, read-only, no access", "[virtio]") {
 }
 
 TEST_CASE("virtio device: MAP beyond max_table_bytes answers NOMEM and changes nothing", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.max_table_bytes = 4 * 4096;  // the top table and one path of three tables below it
     vm v(s);
     REQUIRE(v.send(attach(1, 0)) == st::ok);
@@ -840,7 +782,7 @@ TEST_CASE("virtio device: UNMAP refusals change nothing", "[virtio]") {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("virtio device: PROBE reports the reserved regions as RESV_MEM", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.probe_size = 128;
     s.device.reserved = {x86_msi_window, {0x10000000, 0x1000ffff, resv_mem_t_reserved}, {0x20000, 0x20fff, resv_mem_t_reserved}};
     vm v(s);
@@ -968,7 +910,7 @@ TEST_CASE("virtio device: unknown types, short and long requests, no room for th
     CHECK(out[0] == 0);
 
     SECTION("page-table sharing requests when sharing is not offered: unanswered") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.features &= ~feature(f_table_sharing);
         vm w(t);
         for (auto type : {req_type::probe_table, req_type::attach_table, req_type::invalidate}) {
@@ -1207,7 +1149,7 @@ TEST_CASE("virtio device: machine::raw takes only its own chain's used element, 
           "[virtio]") {
     vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);  // chain at head 0: readable, then 4 writable bytes
-    const queue_layout q = layout_at(pa_t{arm_machine::requestq_gpa}, small().queue_size,
+    const queue_layout q = layout_at(pa_t{arm_machine::requestq_gpa}, small_machine().queue_size,
                                      queue_features::from_bits(v.dev().driver_features()).event_idx);
     auto load16 = [&](std::uint64_t gpa) {
         le16 x;
@@ -1424,7 +1366,7 @@ TEST_CASE("virtio device: translate merges ranges and reports faults on the even
 }
 
 TEST_CASE("virtio device: faults without an event buffer are dropped", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.event_buffers = 0;
     vm v(s);
     dma_result r = v.tr(0, 0x1000);
@@ -1435,7 +1377,7 @@ TEST_CASE("virtio device: faults without an event buffer are dropped", "[virtio]
     CHECK(v.dev().dma_stats().faults_dropped == 1);
 
     SECTION("when the posted buffers run out") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.event_buffers = 2;
         vm w(t);
         CHECK(w.tr(0, 0x1000).fault->delivered);
@@ -1502,7 +1444,7 @@ TEST_CASE("virtio device: IOTLB contract of MAP/UNMAP domains", "[virtio]") {
 }
 
 TEST_CASE("virtio device: bypass: config.bypass, bypass domains, legacy F_BYPASS", "[virtio]") {
-    machine_settings s = small();
+    machine_settings s = small_machine();
     s.device.boot_bypass = true;
     vm v(s);
     const std::uint64_t ram = v.m->guest().size();
@@ -1534,7 +1476,7 @@ TEST_CASE("virtio device: bypass: config.bypass, bypass domains, legacy F_BYPASS
         CHECK(w.at(0, dma) == w.hpa(dma));
     }
     SECTION("legacy F_BYPASS: unattached endpoints bypass when negotiated") {
-        machine_settings t = small();
+        machine_settings t = small_machine();
         t.device.features = (t.device.features & ~feature(f_bypass_config)) | feature(f_bypass);
         vm w(t);
         CHECK(w.at(0, dma) == w.hpa(dma));

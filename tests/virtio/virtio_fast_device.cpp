@@ -33,10 +33,7 @@ constexpr std::uint64_t fast = feature(f_relaxed) | feature(f_map_sg) | feature(
 
 /// A small machine offering the fast features; the driver accepts those in `accept`.
 machine_settings settings(std::uint64_t accept = fast) {
-    machine_settings s;
-    s.ram_size = 48ull << 20;
-    s.stage2_pool = 1ull << 20;
-    s.device.endpoints = 4;
+    machine_settings s = small_machine();
     s.device.features |= fast;
     s.device.group_max = 8;
     s.device.map_sg_max = 16;
@@ -44,9 +41,9 @@ machine_settings settings(std::uint64_t accept = fast) {
     return s;
 }
 
-struct vm {
+struct fast_vm {
     std::unique_ptr<arm_machine> m;
-    explicit vm(const machine_settings& s = settings()) {
+    explicit fast_vm(const machine_settings& s = settings()) {
         auto r = arm_machine::create(s);
         REQUIRE(r.ok());
         m = std::move(*r);
@@ -117,13 +114,13 @@ bytes with_head_bits(bytes b, std::uint32_t bits) {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("relaxed: (1) a MAP over nothing maps as usual; strict MAP over a mapping is still INVAL", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     CHECK(v.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);
     CHECK(v.at(0, 0x10000) == v.hpa(dma));
     CHECK(v.dev().iotlb_invalidations() == 0);
 
-    vm strict(settings(feature(f_map_sg) | feature(f_grouped)));  // RELAXED offered, not accepted
+    fast_vm strict(settings(feature(f_map_sg) | feature(f_grouped)));  // RELAXED offered, not accepted
     REQUIRE(strict.send(attach(1, 0)) == st::ok);
     REQUIRE(strict.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);
     CHECK(strict.send(map(1, 0x18000, 0x27fff, dma + 0x100000)) == st::inval);
@@ -131,7 +128,7 @@ TEST_CASE("relaxed: (1) a MAP over nothing maps as usual; strict MAP over a mapp
 }
 
 TEST_CASE("relaxed: (2) a MAP over older mappings replaces the overlapped parts and invalidates them", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);            // A
     REQUIRE(v.send(map(1, 0x30000, 0x3ffff, dma + 0x40000, map_f_read)) == st::ok);  // B
@@ -157,7 +154,7 @@ TEST_CASE("relaxed: (2) a MAP over older mappings replaces the overlapped parts 
 }
 
 TEST_CASE("relaxed: (2) a MAP inside one mapping splits it, a 2 MiB block included", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     const std::uint64_t base = 0x40000000, phys = dma & ~((std::uint64_t{2} << 20) - 1);
     REQUIRE(phys + (2u << 20) <= (48ull << 20));
@@ -175,7 +172,7 @@ TEST_CASE("relaxed: (2) a MAP inside one mapping splits it, a 2 MiB block includ
 }
 
 TEST_CASE("relaxed: (3) an exact repeat keeps the mapping and invalidates nothing", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);
     REQUIRE(v.at(0, 0x10000) == v.hpa(dma));
@@ -193,7 +190,7 @@ TEST_CASE("relaxed: (3) an exact repeat keeps the mapping and invalidates nothin
 }
 
 TEST_CASE("relaxed: UNMAP splits mappings and carves holes", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);
     REQUIRE(v.send(map(1, 0x20000, 0x2ffff, dma + 0x100000)) == st::ok);
@@ -219,7 +216,7 @@ TEST_CASE("relaxed: a MAP or UNMAP that needs more mappings than the cap is NOME
           "[virtio][fast]") {
     machine_settings s = settings();
     s.device.max_mappings = 2;
-    vm v(s);
+    fast_vm v(s);
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);
     CHECK(v.send(map(1, 0x14000, 0x14fff, dma + 0x100000)) == st::nomem);  // would be 3
@@ -235,7 +232,7 @@ TEST_CASE("relaxed: a MAP or UNMAP that needs more mappings than the cap is NOME
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("MAP_SG maps virt_start + i*size to phys[i]", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     CHECK(v.send(map_sg(1, 0x100000, 0x2000, rw, {dma + 0x10000, dma + 0x4000, dma + 0x80000})) == st::ok);
     const auto ms = v.mappings(1);
@@ -249,7 +246,7 @@ TEST_CASE("MAP_SG maps virt_start + i*size to phys[i]", "[virtio][fast]") {
 }
 
 TEST_CASE("MAP_SG is all or nothing", "[virtio][fast]") {
-    vm v(settings(feature(f_map_sg)));  // strict MAP rules
+    fast_vm v(settings(feature(f_map_sg)));  // strict MAP rules
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x106000, 0x106fff, dma)) == st::ok);
     // The fourth element overlaps the existing mapping: INVAL, the first three undone.
@@ -264,7 +261,7 @@ TEST_CASE("MAP_SG is all or nothing", "[virtio][fast]") {
 }
 
 TEST_CASE("MAP_SG with relaxed rules: elements replace, a failure restores what they replaced", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x100000, 0x10ffff, dma)) == st::ok);
     // The fourth element lies beyond the input range: the three before it are undone.
@@ -286,7 +283,7 @@ TEST_CASE("MAP_SG with relaxed rules: elements replace, a failure restores what 
 }
 
 TEST_CASE("MAP_SG framing and refusals", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     CHECK(v.send(map_sg(1, 0x100000, 0x1000, rw, {})) == st::inval);  // nr_elems 0
     CHECK(v.send(map_sg(1, 0x100000, 0x1000, rw, std::vector<std::uint64_t>(17, dma))) == st::inval);  // > map_sg_max
@@ -302,12 +299,12 @@ TEST_CASE("MAP_SG framing and refusals", "[virtio][fast]") {
     short_req.resize(20);
     CHECK(v.raw(short_req).first == 0);
     // Offered but not negotiated: UNSUPP; not offered: unanswered.
-    vm off(settings(feature(f_relaxed)));
+    fast_vm off(settings(feature(f_relaxed)));
     REQUIRE(off.send(attach(1, 0)) == st::ok);
     CHECK(off.send(map_sg(1, 0x100000, 0x1000, rw, {dma})) == st::unsupp);
     machine_settings none = settings();
     none.device.features &= ~feature(f_map_sg);
-    vm no(none);
+    fast_vm no(none);
     CHECK(no.raw(map_sg(1, 0x100000, 0x1000, rw, {dma})).first == 0);
 }
 
@@ -316,7 +313,7 @@ TEST_CASE("MAP_SG framing and refusals", "[virtio][fast]") {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("group: all succeed, one tail OK", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     const auto [used, s] = v.raw(group({attach(1, 0), map(1, 0x10000, 0x10fff, dma), map(1, 0x20000, 0x20fff, dma + 0x1000),
                                         attach(2, 1), map(2, 0x10000, 0x10fff, dma + 0x2000)}));
     CHECK(used == 4);
@@ -328,7 +325,7 @@ TEST_CASE("group: all succeed, one tail OK", "[virtio][fast]") {
 }
 
 TEST_CASE("group: a failure in the middle leaves no trace", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x10000, 0x1ffff, dma)) == st::ok);
     REQUIRE(v.send(attach(3, 2)) == st::ok);
@@ -358,7 +355,7 @@ TEST_CASE("group: a failure in the middle leaves no trace", "[virtio][fast]") {
 }
 
 TEST_CASE("group: relaxed replacements and MAP_SG inside a failing group are undone", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     REQUIRE(v.send(map(1, 0x100000, 0x1fffff, dma)) == st::ok);
     const auto before = v.mappings(1);
@@ -375,7 +372,7 @@ TEST_CASE("group: relaxed replacements and MAP_SG inside a failing group are und
 }
 
 TEST_CASE("group: framing refusals run nothing", "[virtio][fast]") {
-    vm v;
+    fast_vm v;
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     std::vector<bytes> nine;
     for (std::uint64_t i = 0; i < 9; ++i) nine.push_back(map(1, i * page, i * page + page - 1, dma + i * page));
@@ -403,11 +400,11 @@ TEST_CASE("group: framing refusals run nothing", "[virtio][fast]") {
 }
 
 TEST_CASE("group: G and L are ignored without GROUPED, refused alone with it when unknown", "[virtio][fast]") {
-    vm v(settings(feature(f_relaxed)));  // GROUPED offered, not negotiated
+    fast_vm v(settings(feature(f_relaxed)));  // GROUPED offered, not negotiated
     REQUIRE(v.send(attach(1, 0)) == st::ok);
     CHECK(v.send(with_head_bits(map(1, 0, 0xfff, dma), req_f_group | req_f_last | (1u << 12))) == st::ok);
     CHECK(v.mappings(1).size() == 1);
-    vm g;
+    fast_vm g;
     REQUIRE(g.send(attach(1, 0)) == st::ok);
     CHECK(g.send(with_head_bits(map(1, 0, 0xfff, dma), req_f_last)) == st::inval);  // L without G
     CHECK(g.send(with_head_bits(map(1, 0, 0xfff, dma), 1u << 20)) == st::inval);    // reserved bit
@@ -419,7 +416,7 @@ TEST_CASE("group: G and L are ignored without GROUPED, refused alone with it whe
 TEST_CASE("config_fast follows the spec's 40 bytes, fields of features not offered zero", "[virtio][fast]") {
     machine_settings s = settings();
     s.device.relaxed_window_us = 7000;
-    vm v(s);
+    fast_vm v(s);
     std::array<std::uint8_t, 16> b{};
     v.dev().read_config(config_fast_offset, b);
     config_fast c;
@@ -429,7 +426,7 @@ TEST_CASE("config_fast follows the spec's 40 bytes, fields of features not offer
     CHECK(c.map_sg_max.get() == 16);
     machine_settings plain = settings();
     plain.device.features &= ~fast;
-    vm p(plain);
+    fast_vm p(plain);
     p.dev().read_config(config_fast_offset, b);
     CHECK(std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; }));
 }
@@ -440,7 +437,7 @@ TEST_CASE("config_fast follows the spec's 40 bytes, fields of features not offer
 
 TEST_CASE("relaxed MAP/UNMAP sequences agree with a page model", "[virtio][fast][property]") {
     rc::prop("translations and the mapping list follow the relaxed rules", [] {
-        vm v;
+        fast_vm v;
         RC_ASSERT(v.send(attach(1, 0)) == st::ok);
         constexpr std::uint64_t pages = 48, base = 0x40000000;
         struct cell {

@@ -39,10 +39,7 @@ constexpr std::uint64_t page = 0x1000;
 constexpr std::uint64_t dma = machine<arm_host>::dma_gpa;
 
 machine_settings pr_settings(shared_mode mode = shared_mode::nested, page_request_limits lim = {}) {
-    machine_settings s;
-    s.ram_size = 48ull << 20;
-    s.stage2_pool = 1ull << 20;
-    s.device.endpoints = 4;
+    machine_settings s = small_machine();
     s.device.sharing = mode;
     s.device.features |= feature(f_page_requests);
     s.device.page_requests = lim;

@@ -45,40 +45,10 @@ constexpr std::uint32_t vaddr = static_cast<std::uint32_t>(invalidate_kind::vadd
                         table_kind = static_cast<std::uint32_t>(invalidate_kind::table);
 
 machine_settings settings(shared_mode mode) {
-    machine_settings s;
-    s.ram_size = 48ull << 20;
-    s.stage2_pool = 1ull << 20;
-    s.device.endpoints = 4;
+    machine_settings s = small_machine();
     s.device.sharing = mode;
     return s;
 }
-
-template <class Host = arm_host>
-struct vm {
-    std::unique_ptr<machine<Host>> m;
-    explicit vm(const machine_settings& s) {
-        auto r = machine<Host>::create(s);
-        REQUIRE(r.ok());
-        m = std::move(*r);
-    }
-    device<Host>& dev() { return m->dev(); }
-    named send(const bytes& in) {
-        std::array<std::uint8_t, 4> out{0xee, 0xee, 0xee, 0xee};
-        REQUIRE(m->submit(in, out) == 4);
-        CHECK(out[1] == 0);
-        CHECK(out[2] == 0);
-        CHECK(out[3] == 0);
-        return named{static_cast<status>(out[0])};
-    }
-    named send(const req_attach_table& r) { return send(readable(r)); }
-    std::uint64_t hpa(std::uint64_t gpa) { return m->guest().hpa_base() + gpa; }
-    std::optional<std::uint64_t> at(std::uint32_t ep, std::uint64_t iova, access_kind a = access_kind::read) {
-        const dma_result r = dev().translate(ep, iova, 1, a);
-        if (!r.ok()) return std::nullopt;
-        REQUIRE(r.count == 1);
-        return r.ranges[0].hpa;
-    }
-};
 
 /// The guest's own stage-1 table of format S1, in its table window, written through stage 2.
 template <class Host, class S1>
