@@ -8,7 +8,8 @@ cd "$root"
 
 bash scripts/deps.sh
 
-# Same configuration as scripts/test.sh's release stage, so the two share one build directory.
+# A Release build of the tools at their usual optimization (scripts/test.sh builds its own,
+# build/test-release, with the tools at -O1: the demo prints timings).
 build=build/release
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j2 --target iopt
