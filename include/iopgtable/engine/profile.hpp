@@ -63,14 +63,14 @@ concept shareable_format = format_profile<F> && F::guest_shareable &&
         { F::config_from_blob(bytes, tag_out, why) } -> std::same_as<result<register_set>>;
     };
 
-/// `arm-lpae-s1/4k`, `vtd-fl/4k`: the format's `name` and its variant (its `granule_name`, else
-/// its smallest page, `4k`), unique in the format list. Tools and fuzz seeds name a format so.
 /// "4k", "2M", "1G" for a power-of-two size of 2^lg2 bytes (lg2 < 64).
 inline std::string size_label(unsigned lg2) {
     static constexpr const char* unit[] = {"", "k", "M", "G", "T", "P", "E"};
     return std::to_string(std::uint64_t{1} << (lg2 % 10)) + unit[lg2 / 10];
 }
 
+/// `arm-lpae-s1/4k`, `vtd-fl/4k`: the format's `name` and its variant (its `granule_name`, else
+/// its smallest page, `4k`), unique in the format list. Tools and fuzz seeds name a format so.
 template <class F>
 std::string variant_name() {
     if constexpr (requires { std::string(F::granule_name); }) return std::string(F::name) + "/" + F::granule_name;
