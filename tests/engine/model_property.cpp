@@ -176,6 +176,17 @@ void random_operations() {
             const auto want = model.translate(va);
             RC_ASSERT(got.has_value() == want.has_value());
             if (got) RC_ASSERT(got->value == *want);
+            // lookup_leaf (the DMA path's walk) tells what lookup tells about the leaf.
+            const leaf_translation leaf = pt.lookup_leaf(in_addr<F>(va));
+            const auto full = pt.lookup(in_addr<F>(va));
+            RC_ASSERT(leaf.mapped() == got.has_value());
+            RC_ASSERT(leaf.mapped() == (full.status == walk_status::mapped));
+            if (leaf.mapped()) {
+                RC_ASSERT(leaf.oa == got->value);
+                RC_ASSERT(unsigned{leaf.size_lg2} == full.size_lg2);
+                RC_ASSERT(unsigned{leaf.level} == full.level);
+                RC_ASSERT(leaf.perm == full.perm);
+            }
         }
         RC_ASSERT(dump_difference(dump(pt), model.expected_dump<F>(cfg)) == "");
     }

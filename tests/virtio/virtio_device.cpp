@@ -1280,6 +1280,8 @@ TEST_CASE("virtio device: translate merges ranges and reports faults on the even
     CHECK(r.ranges[1].hpa == v.hpa(dma + 0x10000));
     CHECK(r.ranges[1].length == 0x1000);
     CHECK(r.covered == 0x3800);
+    for (unsigned i = r.count; i < r.ranges.size(); ++i)  // documented: zero beyond count
+        CHECK((r.ranges[i].iova == 0 && r.ranges[i].hpa == 0 && r.ranges[i].length == 0));
 
     // A fault part-way: what came before, then the fault at the first unmapped byte.
     r = v.tr(0, 0x103800, 0x1000);

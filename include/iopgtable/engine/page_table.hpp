@@ -299,6 +299,11 @@ public:
     IOPGTABLE_ALWAYS_INLINE std::optional<pa_t> iova_to_phys(input_address iova) const noexcept {
         return iopgtable::translate<F>(cfg_, geo_, *mem_, root_, iova.value);
     }
+    /// The output address `iova` translates to with its leaf's size, level and flags (walk.hpp
+    /// `lookup_leaf`): what a translation path needs, at the cost of iova_to_phys.
+    IOPGTABLE_ALWAYS_INLINE leaf_translation lookup_leaf(input_address iova) const noexcept {
+        return iopgtable::lookup_leaf<F>(cfg_, geo_, *mem_, root_, iova.value);
+    }
     /// The whole story of one walk (leaf level, size, permissions, raw entry, accesses).
     walk_info<F> lookup(input_address iova) const noexcept {
         return iopgtable::lookup<F>(cfg_, geo_, *mem_, root_, iova.value);

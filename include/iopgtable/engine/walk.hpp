@@ -49,6 +49,17 @@ struct leaf_entry {
     pa_t entry_address{};      ///< table-memory address of the entry
 };
 
+/// What `lookup_leaf` answers: `lookup`'s output address, leaf size, leaf level and flags,
+/// nothing else. `mapped()` false: no translation (unmapped, out of range, or a table
+/// address the memory does not give); then only `oa` (all ones) is meaningful.
+struct leaf_translation {
+    std::uint64_t oa = ~std::uint64_t{0};  ///< output addresses are below 2^oas, oas <= 52
+    std::uint8_t size_lg2 = 0;
+    std::uint8_t level = 0;
+    prot perm = prot::none;
+    constexpr bool mapped() const noexcept { return oa != ~std::uint64_t{0}; }
+};
+
 namespace detail {
 
 template <class F, class R, unsigned L>
@@ -133,6 +144,28 @@ IOPGTABLE_ALWAYS_INLINE inline std::uint64_t translate_level(level_cursor<F, R, 
     return no_output;
 }
 
+/// The walk behind `lookup_leaf`: `translate_level` that also keeps the leaf's size, level
+/// and flags (16 bytes, returned in registers).
+template <class F, class R, unsigned L>
+IOPGTABLE_ALWAYS_INLINE inline leaf_translation leaf_level(level_cursor<F, R, L> c) noexcept {
+    if (!c.read()) return {};
+    switch (c.kind) {
+    case entry_kind::leaf: {
+        const unsigned lg2 = c.leaf_lg2();
+        return {c.leaf_address() + (c.pos & low_mask(lg2)), static_cast<std::uint8_t>(lg2), static_cast<std::uint8_t>(L),
+                c.leaf_prot()};
+    }
+    case entry_kind::table:
+        if constexpr (L > 0)
+            return leaf_level(c.descend());
+        else
+            return {};
+    case entry_kind::empty:
+        break;
+    }
+    return {};
+}
+
 template <class F, class R>
 inline std::uint64_t translate_raw(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
                                    std::uint64_t va) noexcept {
@@ -153,6 +186,16 @@ IOPGTABLE_ALWAYS_INLINE inline std::optional<pa_t> translate(const typename F::c
     std::optional<pa_t> out{pa_t{oa}};
     if (oa == detail::no_output) out.reset();
     return out;
+}
+
+/// The translation of `va` with its leaf's size, level and flags: `lookup` without the
+/// rest of its record, for paths that translate (a device's DMA, a shadow). Reads at most
+/// `geo.levels` entries.
+template <page_table_format F, table_reader R>
+IOPGTABLE_ALWAYS_INLINE inline leaf_translation lookup_leaf(const typename F::config& cfg, const geometry& geo, R& mem,
+                                                            pa_t root, std::uint64_t va) noexcept {
+    if (!geo.in_ias(va)) return {};
+    return with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [](auto& c) { return detail::leaf_level(c); });
 }
 
 /// Walks one input address through the table at `root`. Never fails: the status says how the

@@ -79,9 +79,9 @@ public:
         t_.reclaim();
     }
     shadow_lookup lookup(std::uint64_t iova) const noexcept {
-        const auto w = t_.lookup(in(iova));
-        if (w.status != walk_status::mapped) return {};
-        return {true, w.oa, w.perm, w.size_lg2};
+        const leaf_translation w = t_.lookup_leaf(in(iova));
+        if (!w.mapped()) return {};
+        return {true, pa_t{w.oa}, w.perm, w.size_lg2};
     }
     result<void> leaves(std::uint64_t first, std::uint64_t last, const shadow_leaf_fn& fn) const {
         return t_.visit(in(first), in(last), [&](const leaf_entry<F>& e) {

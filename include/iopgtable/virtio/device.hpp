@@ -129,17 +129,18 @@ struct request_stats {
     }
 };
 
-/// One contiguous piece of a DMA translation.
+/// One contiguous piece of a DMA translation. No default member values (write `dma_range{}`
+/// for zeros): dma_result zeroes its eight itself, see there.
 struct dma_range {
-    std::uint64_t iova = 0, hpa = 0, length = 0;
+    std::uint64_t iova, hpa, length;
 };
 
 /// A fault as the device reports it on the eventq (virtio_iommu_fault).
 struct dma_fault {
-    std::uint8_t reason = fault_r_unknown;  ///< fault_r_domain / fault_r_mapping / fault_r_unknown
+    std::uint64_t address = 0;
     std::uint32_t flags = 0;                ///< fault_f_read / write / exec, fault_f_address
     std::uint32_t endpoint = 0;
-    std::uint64_t address = 0;
+    std::uint8_t reason = fault_r_unknown;  ///< fault_r_domain / fault_r_mapping / fault_r_unknown
     bool delivered = false;  ///< written into an eventq buffer (false: dropped, none was there)
 };
 
@@ -147,7 +148,7 @@ struct dma_fault {
 /// start; then either the end of the request, more to ask for (`covered < size`, no fault:
 /// call again at iova + covered), or a fault at iova + covered.
 struct dma_result {
-    std::array<dma_range, 8> ranges{};
+    std::array<dma_range, 8> ranges;  ///< all zero beyond `count`
     unsigned count = 0;
     std::uint64_t covered = 0;
     std::optional<dma_fault> fault;
@@ -156,6 +157,14 @@ struct dma_result {
     std::uint64_t pending = 0;
     bool ok() const noexcept { return !fault.has_value(); }
     bool stalled() const noexcept { return pending != 0; }
+
+    /// Every range zero. Written as a loop of element stores, not `ranges{}`: g++ clears a
+    /// value-initialized block above 64 bytes with `rep stos`, whose start-up cost 14 ns of an
+    /// IOTLB hit's 21 (x86-64, g++ 12 -O2); this loop becomes plain vector stores with g++ and
+    /// clang at -O1 to -O3.
+    dma_result() noexcept {
+        for (dma_range& x : ranges) x = dma_range{0, 0, 0};
+    }
 };
 
 /// How a stalled access completed (README.md "Page requests"): the translation of
@@ -353,6 +362,7 @@ public:
         gone_all();
         domains_.clear();
         for (auto& e : endpoints_) e = no_domain;
+        std::fill(ep_domain_.begin(), ep_domain_.end(), nullptr);
         driver_features_ = 0;
         requestq_.reset();
         eventq_.reset();
@@ -523,36 +533,59 @@ public:
     const virtio::page_request_stats& page_request_stats() const noexcept { return prstats_; }
 
 private:
+    /// The access kinds a DMA (unprivileged) may make through a leaf with `perm`: bit n for
+    /// access_kind n (the IOTLB keeps it, so a hit tests one bit).
+    static std::uint8_t allowed_kinds(prot perm) noexcept {
+        using R = nested::access_rights;
+        static_assert(R::read == 1u << unsigned(nested::access_kind::read) &&
+                      R::write == 1u << unsigned(nested::access_kind::write) &&
+                      R::exec == 1u << unsigned(nested::access_kind::exec));
+        // nested::permits(perm, {kind, false}) for each kind at once.
+        return nested::rights_of(perm, permission_rule::arm_stage1).unprivileged;
+    }
+
+    // Every return below returns `r` itself, so that it is built in the caller's result (a
+    // dma_result is 264 bytes: a copy at each return was a sixth of an IOTLB hit).
     dma_result translate_dma(std::uint32_t endpoint, std::uint64_t iova, std::uint64_t size, nested::access_kind access,
                              bool may_stall) {
         ++tstats_.translations;
         dma_result r;
         if (size == 0) return r;
         const std::uint64_t last = iova + (size - 1) < iova ? ~std::uint64_t{0} : iova + (size - 1);
-        if (endpoint >= endpoints_.size()) return fault_at(r, endpoint, iova, access, fault_r_unknown);
-        domain* d = nullptr;
-        if (endpoints_[endpoint] != no_domain) d = domains_.at(static_cast<std::uint32_t>(endpoints_[endpoint])).get();
+        if (endpoint >= ep_domain_.size()) {
+            fault_at(r, endpoint, iova, access, fault_r_unknown);
+            return r;
+        }
+        domain* const d = ep_domain_[endpoint];
         const bool identity = d == nullptr ? in_global_bypass() : d->bypass;
-        if (d == nullptr && !identity) return fault_at(r, endpoint, iova, access, fault_r_domain);
+        if (d == nullptr && !identity) {
+            fault_at(r, endpoint, iova, access, fault_r_domain);
+            return r;
+        }
         const std::uint64_t tag = identity ? identity_tag : d->tag;
+        const unsigned want = 1u << unsigned(access);
         for (std::uint64_t pos = iova;;) {
             ++tstats_.pages;
-            std::uint64_t hpa = 0, leaf_lg2 = device_iotlb::page_lg2;
-            prot perm = prot::none;
+            std::uint64_t hpa = 0;
+            unsigned leaf_lg2 = device_iotlb::page_lg2;
             if (const auto* e = iotlb_.find(tag, pos)) {
+                if ((e->allowed & want) == 0) {
+                    miss(r, endpoint, d, pos, last, access, may_stall);
+                    return r;
+                }
                 hpa = e->hpa_page + (pos & ((std::uint64_t{1} << device_iotlb::page_lg2) - 1));
-                perm = e->perm;
                 leaf_lg2 = e->leaf_lg2;
             } else {
                 const space_walk w = identity ? walk_stage2(pos) : walk_domain(*d, pos);
-                if (!w.ok) return miss(r, endpoint, d, pos, last, access, may_stall);
+                const std::uint8_t allowed = w.ok ? allowed_kinds(w.perm) : 0;
+                if (w.ok) iotlb_.insert(tag, pos, w.hpa, w.perm, w.size_lg2, allowed);
+                if ((allowed & want) == 0) {
+                    miss(r, endpoint, d, pos, last, access, may_stall);
+                    return r;
+                }
                 hpa = w.hpa;
-                perm = w.perm;
                 leaf_lg2 = w.size_lg2;
-                iotlb_.insert(tag, pos, hpa, perm, w.size_lg2);
             }
-            if (!nested::permits(perm, nested::access_request{access, false}))
-                return miss(r, endpoint, d, pos, last, access, may_stall);
             const std::uint64_t leaf_last = leaf_lg2 >= 64 ? ~std::uint64_t{0} : (pos | ((std::uint64_t{1} << leaf_lg2) - 1));
             const std::uint64_t piece_last = std::min(leaf_last, last);
             const std::uint64_t len = piece_last - pos + 1;
@@ -586,9 +619,8 @@ public:
     /// (`ok` false where it would fault), without the IOTLB, counters or a fault event: for a
     /// service that widens an answer around an address `translate` gave (vhost_iotlb.hpp).
     space_walk peek_translation(std::uint32_t endpoint, std::uint64_t iova) {
-        if (endpoint >= endpoints_.size()) return {};
-        domain* d = nullptr;
-        if (endpoints_[endpoint] != no_domain) d = domains_.at(static_cast<std::uint32_t>(endpoints_[endpoint])).get();
+        if (endpoint >= ep_domain_.size()) return {};
+        domain* const d = ep_domain_[endpoint];
         const bool identity = d == nullptr ? in_global_bypass() : d->bypass;
         if (d == nullptr && !identity) return {};
         return identity ? walk_stage2(iova) : walk_domain(*d, iova);
@@ -644,7 +676,7 @@ private:
 
     device(guest_ram& host, guest_view guest, stage2_table& stage2, const typename D::config& cfg, device_settings s)
         : host_(host), guest_(guest), s2_(stage2), domain_cfg_(cfg), set_(std::move(s)),
-          endpoints_(set_.endpoints, no_domain), iotlb_(set_.iotlb_entries), bypass_(set_.boot_bypass ? 1 : 0),
+          endpoints_(set_.endpoints, no_domain), ep_domain_(set_.endpoints, nullptr), iotlb_(set_.iotlb_entries), bypass_(set_.boot_bypass ? 1 : 0),
           prq_(set_.page_requests) {}
 
     bool in_global_bypass() const noexcept {
@@ -716,6 +748,7 @@ private:
         if (endpoints_[ep] == no_domain) return;
         const auto id = static_cast<std::uint32_t>(endpoints_[ep]);
         endpoints_[ep] = no_domain;
+        ep_domain_[ep] = nullptr;
         auto it = domains_.find(id);
         if (it != domains_.end() && --it->second->endpoints == 0) {
             // Inside a group the domain is kept until the group commits (a rollback brings it back).
@@ -763,6 +796,7 @@ private:
             leave(ep);
             ++d->endpoints;
             endpoints_[ep] = dom;
+            ep_domain_[ep] = d;
             return status::ok;
         }
         // A move out of a domain the endpoint leaves empty frees that domain first.
@@ -782,6 +816,7 @@ private:
         leave(ep);
         nd->endpoints = 1;
         endpoints_[ep] = dom;
+        ep_domain_[ep] = nd.get();  // the domain object stays where it is inside domains_
         domains_.emplace(dom, std::move(nd));
         return status::ok;
     }
@@ -1095,8 +1130,14 @@ private:
                 }
                 endpoints_ = std::move(st.endpoints);
                 for (auto& [id, d] : domains_) d->endpoints = 0;
-                for (auto e : endpoints_)
-                    if (e != no_domain) ++domains_.at(static_cast<std::uint32_t>(e))->endpoints;
+                for (std::size_t ep = 0; ep < endpoints_.size(); ++ep) {
+                    domain* d = nullptr;
+                    if (endpoints_[ep] != no_domain) {
+                        d = domains_.at(static_cast<std::uint32_t>(endpoints_[ep])).get();
+                        ++d->endpoints;
+                    }
+                    ep_domain_[ep] = d;
+                }
             }
             steps.pop_back();
         }
@@ -1227,23 +1268,26 @@ private:
 
     // ---- DMA
 
+    // The DMA path's walks: lookup_leaf, the translation without lookup's whole record.
+    // `accesses` counts the entries read: one per level from the top down to the leaf's.
     space_walk walk_stage2(std::uint64_t gpa) const noexcept {
-        const auto w = s2_.lookup(typename S2::input_address{gpa});
-        if (w.status != walk_status::mapped) return {};
-        return space_walk{true, w.oa.value, w.size_lg2, w.perm, w.accesses};
+        const leaf_translation w = s2_.lookup_leaf(typename S2::input_address{gpa});
+        if (!w.mapped()) return {};
+        return space_walk{true, w.oa, w.size_lg2, w.perm, s2_.geo().levels - w.level};
     }
     space_walk walk_domain(domain& d, std::uint64_t iova) {
         if (d.shared) return d.shared->translate(iova);
         if (!d.maps) return {};
-        const auto w1 = d.maps->lookup(iova);
-        if (w1.status != walk_status::mapped) return {};
-        const space_walk w2 = walk_stage2(w1.oa.value);
+        const leaf_translation w1 = d.maps->lookup_leaf(iova);
+        if (!w1.mapped()) return {};
+        const space_walk w2 = walk_stage2(w1.oa);
         if (!w2.ok) return {};
         // The nested rule, as for shared tables (nested/types.hpp combine_prot): READ/WRITE from
         // both stages, NOEXEC/PRIV from either, the more restrictive memory type.
         const memory_type m = nested::combine_memory(nested::memory_of(w1.perm), nested::memory_of(w2.perm));
         const prot p = nested::combine_prot(w1.perm, w2.perm, m);
-        return space_walk{true, w2.hpa, std::min(w1.size_lg2, w2.size_lg2), p, w1.accesses + w2.accesses};
+        return space_walk{true, w2.hpa, std::min<unsigned>(w1.size_lg2, w2.size_lg2), p,
+                          d.maps->table().geo().levels - w1.level + w2.accesses};
     }
     dma_result& fault_at(dma_result& r, std::uint32_t ep, std::uint64_t addr, nested::access_kind a, std::uint8_t reason) {
         ++tstats_.faults;
@@ -1432,6 +1476,9 @@ private:
     bool offered_stall_ = false;  ///< offered_ carries cap_stall
     std::uint64_t driver_features_ = 0;
     std::vector<std::uint64_t> endpoints_;  ///< domain ID per endpoint, or no_domain
+    /// The domain of each endpoint (nullptr: none), kept with endpoints_ wherever it changes,
+    /// so that translate finds it without a search of domains_.
+    std::vector<domain*> ep_domain_;
     std::map<std::uint32_t, std::unique_ptr<domain>> domains_;
     device_iotlb iotlb_;
     std::uint64_t last_tag_ = identity_tag;

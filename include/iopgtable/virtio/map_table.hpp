@@ -236,6 +236,10 @@ public:
     }
 
     walk_info<D> lookup(std::uint64_t iova) const noexcept { return table_->lookup(typename D::input_address{iova}); }
+    /// The translation alone (page_table::lookup_leaf): the DMA path's walk.
+    leaf_translation lookup_leaf(std::uint64_t iova) const noexcept {
+        return table_->lookup_leaf(typename D::input_address{iova});
+    }
     std::size_t mapping_count() const noexcept { return maps_.size(); }
     const std::map<std::uint64_t, mapping>& mappings() const noexcept { return maps_; }
     const table_type& table() const noexcept { return *table_; }
