@@ -16,6 +16,7 @@
 /// stage-1 tables: tables are allocated from a window of IPAs the guest reserves for them, and
 /// every read and write goes through stage 2 (with stage-2 read and write permission).
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -174,15 +175,47 @@ public:
     const view_settings& settings() const noexcept { return set_; }
 
 private:
+    /// A table page's host address, valid while the walk cache's generation is `generation`
+    /// (walk caches are the contract for stage-2 changes: whatever invalidates them, or evicts
+    /// an entry, makes these stale too). Only with a walk cache, for reads.
+    struct page_memo {
+        std::uint64_t page = ~std::uint64_t{0};  ///< IPA >> memo_lg2
+        std::uint64_t generation = 0;
+        std::byte* host = nullptr;  ///< the page's first byte in host memory
+    };
+    static constexpr unsigned memo_lg2 = 12;  ///< 4 KiB: every stage-2 format's smallest leaf
+    static constexpr unsigned memo_slots = 8;
+
     /// STE.S2PTW: a table walk into Device memory is refused (before the read permission
     /// check, as in Arm's S2CheckPermissions for walks).
     bool walk_refused(memory_type m) const noexcept { return set_.protected_table_walk && m == memory_type::device; }
     static bool allowed(prot perm, bool write) noexcept {
         return has(perm, prot::read) && (!write || has(perm, prot::write));
     }
-    /// One fetch of up to `n` words (see `entries`).
+    /// One fetch of up to `n` words (see `entries`). Inline: a read from a page memo_ holds;
+    /// everything else is fetch_slow.
     template <class W>
-    entry_span<W> fetch(pa_t ipa, std::uint64_t n, bool write) noexcept {
+    IOPGTABLE_ALWAYS_INLINE entry_span<W> fetch(pa_t ipa, std::uint64_t n, bool write) noexcept {
+        if (set_.cache != nullptr && !write && set_.on_fetch == nullptr && fetches_ < set_.fetch_budget) {
+            const std::uint64_t page = ipa.value >> memo_lg2;
+            const page_memo& memo = memo_[page % memo_slots];
+            const std::uint64_t off = ipa.value & low_mask(memo_lg2);
+            if (memo.page == page && memo.generation == set_.cache->generation() && off % sizeof(W) == 0) {
+                // What resolve and the host memory said about this page still holds.
+                if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
+                ++trace_count_;
+                set_.cache->count_hit();
+                n = std::min({n, set_.fetch_budget - fetches_, (lg2_to_size(memo_lg2) - off) / sizeof(W)});
+                fetches_ += n;
+                return {reinterpret_cast<W*>(memo.host + off), n};
+            }
+        }
+        return fetch_slow<W>(ipa, n, write);
+    }
+    /// fetch past its memo: the budget, the trace, resolve (walk cache or stage-2 walk) and the
+    /// host memory's run; a read through a walk cache leaves its page in memo_.
+    template <class W>
+    [[gnu::noinline]] entry_span<W> fetch_slow(pa_t ipa, std::uint64_t n, bool write) noexcept {
         if (fetches_ >= set_.fetch_budget) {
             exhausted_ = true;
             return refuse<W>(write);
@@ -190,6 +223,8 @@ private:
         n = std::min(n, set_.fetch_budget - fetches_);
         if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
         ++trace_count_;
+        page_memo* memo = nullptr;
+        if (set_.cache != nullptr && !write && set_.on_fetch == nullptr) memo = &memo_[(ipa.value >> memo_lg2) % memo_slots];
         std::uint64_t end = 0;
         const auto pa = resolve(ipa.value, end, write);
         if (!pa) {
@@ -210,7 +245,22 @@ private:
         fetches_ += run.count;
         if (set_.on_fetch)
             for (std::uint64_t i = 0; i < run.count; ++i) set_.on_fetch(set_.cookie, ipa.value + i * sizeof(W));
+        if (memo != nullptr) remember<W>(*memo, ipa.value, *pa, end);
         return run;
+    }
+    /// Keeps the host address of the page holding `ipa` (host-physical `pa`, inside a stage-2
+    /// leaf ending at IPA `end`) after a read fetch through the walk cache succeeded: the cache
+    /// holds the leaf now (a readable one is always inserted), and every byte of the page has
+    /// its translation and permissions (stage-2 leaves are 4 KiB-aligned, at least 4 KiB).
+    /// Kept only when the host memory gives the whole page as one run.
+    template <class W>
+    void remember(page_memo& memo, std::uint64_t ipa, std::uint64_t pa, std::uint64_t end) noexcept {
+        const std::uint64_t page_ipa = ipa & ~low_mask(memo_lg2), page_pa = pa & ~low_mask(memo_lg2);
+        constexpr std::uint64_t words = lg2_to_size(memo_lg2) / sizeof(W);
+        if (end != 0 && end - page_ipa < lg2_to_size(memo_lg2)) return;  // the leaf ends inside the page
+        const entry_span<W> run = entry_run<W>(*s2_.mem, pa_t{page_pa}, words, false);
+        if (run.count != words) return;
+        memo = page_memo{page_ipa >> memo_lg2, set_.cache->generation(), reinterpret_cast<std::byte*>(run.first)};
     }
     template <class W>
     entry_span<W> refuse(bool write) noexcept {
@@ -226,6 +276,7 @@ private:
 
     stage_table<S2, HM> s2_;
     view_settings set_;
+    page_memo memo_[memo_slots];
     unsigned accesses_ = 0;
     unsigned fault_level_ = 0;
     std::optional<fetch_fault> fault_;

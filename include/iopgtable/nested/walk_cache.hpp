@@ -88,6 +88,7 @@ public:
         }
     }
     void invalidate_all() noexcept {
+        ++generation_;
         for (auto& e : entries_) e.valid = false;
         std::fill(chain_.begin(), chain_.end(), none);
         std::fill(heads_.begin(), heads_.end(), none);
@@ -97,6 +98,11 @@ public:
 
     std::uint64_t hits() const noexcept { return hits_; }
     std::uint64_t misses() const noexcept { return misses_; }
+    /// Changes whenever an entry stops being held (invalidated, or replaced when full): what a
+    /// reader derived from entries it found stays true while this stays the same.
+    std::uint64_t generation() const noexcept { return generation_; }
+    /// Counts a hit a reader answered from what it derived from an entry (see generation).
+    void count_hit() noexcept { ++hits_; }
     std::size_t capacity() const noexcept { return entries_.size(); }
     void reset_counters() noexcept { hits_ = misses_ = 0; }
 
@@ -122,6 +128,7 @@ private:
         entry& e = entries_[i];
         if (!e.valid) return;
         e.valid = false;
+        ++generation_;
         for (index_t* p = &heads_[bucket(e.size_lg2, e.ipa_base >> e.size_lg2)]; *p != none; p = &chain_[*p]) {
             if (*p == i) {
                 *p = chain_[i];
@@ -139,6 +146,7 @@ private:
     std::uint64_t sizes_ = 0;                     ///< bit n: some valid entry has size_lg2 n
     index_t next_ = 0;                            ///< round-robin victim
     std::uint64_t hits_ = 0, misses_ = 0;
+    std::uint64_t generation_ = 0;
 };
 
 } // namespace iopgtable::nested
