@@ -202,6 +202,29 @@ private:
     std::uint64_t calls_ = 0, pages_ = 0;
 };
 
+/// A reference operation timed in the same iterations as a benchmark, untimed for Google
+/// Benchmark: its fastest batch is `ref_min_ns_per_call` and the benchmark's fastest batch over
+/// it is `ratio` (with `per` > 1: the reference's cost scaled by `per` first, e.g. 6 walks).
+class reference_timer {
+public:
+    template <class Fn>
+    void timed(std::uint64_t calls, Fn&& fn) {
+        const auto t0 = clock::now();
+        fn();
+        const double ns = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / static_cast<double>(calls);
+        if (min_ == 0 || ns < min_) min_ = ns;
+    }
+    double min_ns_per_call() const noexcept { return min_; }
+    /// Sets `ref_min_ns_per_call` and `ratio` on `st` for the benchmark timed by `timer`.
+    void report(benchmark::State& st, const batch_timer& timer, double per = 1) const {
+        st.counters["ref_min_ns_per_call"] = min_;
+        if (min_ > 0) st.counters["ratio"] = timer.min_ns_per_call() / (min_ * per);
+    }
+
+private:
+    double min_ = 0;
+};
+
 /// One page table of F in its own table memory M, identity mapping (pa = iova).
 template <class F, class M>
 struct bench_table {
