@@ -95,6 +95,34 @@ IOPGTABLE_ALWAYS_INLINE inline void lookup_level(level_cursor<F, R, L> c, walk_i
     }
 }
 
+/// lookup_level without decoding the leaf (see lookup_entry).
+template <class F, class R, unsigned L>
+IOPGTABLE_ALWAYS_INLINE inline void entry_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
+    out.level = L;
+    out.entry_address = c.address();
+    if (!c.read()) {
+        out.status = walk_status::bad_table;
+        return;
+    }
+    ++out.accesses;
+    out.raw = c.raw;
+    switch (c.kind) {
+    case entry_kind::leaf:
+        out.status = walk_status::mapped;
+        return;
+    case entry_kind::table:
+        if constexpr (L > 0) {
+            entry_level(c.descend(), out);
+        } else {
+            out.status = walk_status::bad_table;  // formats never classify a level-0 entry as a table
+        }
+        return;
+    case entry_kind::empty:
+        out.status = walk_status::unmapped;
+        return;
+    }
+}
+
 template <class F, class R, unsigned L, class Fn>
 inline result<bool> visit_level(level_cursor<F, R, L> c, Fn& fn) {
     do {
@@ -209,6 +237,23 @@ walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, 
         return out;
     }
     with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { detail::lookup_level(c, out); });
+    return out;
+}
+
+/// `lookup` up to the entry it ends at, without decoding a leaf: status, level, raw, accesses
+/// and entry_address are set; size_lg2, input_base, oa and perm are left as a default
+/// walk_info has them. For walkers that check the leaf entry themselves (nested/stage.hpp
+/// check_leaf) and would otherwise decode it twice.
+template <page_table_format F, table_reader R>
+walk_info<F> lookup_entry(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
+                          std::uint64_t va) noexcept {
+    walk_info<F> out;
+    if (!geo.in_ias(va)) {
+        out.status = walk_status::out_of_range;
+        out.level = geo.levels - 1;
+        return out;
+    }
+    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { detail::entry_level(c, out); });
     return out;
 }
 

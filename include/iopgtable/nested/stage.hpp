@@ -69,7 +69,7 @@ public:
     bounded_reader(M& mem, unsigned oas) noexcept : mem_(mem), oas_(oas) {}
 
     template <class W>
-    W* entry(pa_t pa) noexcept {
+    IOPGTABLE_ALWAYS_INLINE W* entry(pa_t pa) noexcept {
         if constexpr (!requires { M::software_walk; }) {
             if (oas_ < 64 && (pa.value >> oas_) != 0) {
                 failure_ = fault_reason::address_size;
@@ -161,7 +161,7 @@ constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometr
 template <page_table_format F, table_reader M>
 stage_outcome walk_stage(const stage_table<F, M>& t, std::uint64_t input) noexcept {
     bounded_reader<M> reader(*t.mem, t.geo.oas);
-    const auto w = lookup<F>(t.cfg, t.geo, reader, t.root, input);
+    const auto w = lookup_entry<F>(t.cfg, t.geo, reader, t.root, input);  // check_leaf decodes the leaf
     return finish_walk<F>(t.cfg, t.geo, w, input, reader.failure());
 }
 

@@ -67,7 +67,7 @@ public:
         }
         ++stats_.walks;
         view_.begin_walk();
-        const auto w1 = lookup<S1>(s1_cfg_, s1_geo_, view_, s1_root_, iova.value);
+        const auto w1 = lookup_entry<S1>(s1_cfg_, s1_geo_, view_, s1_root_, iova.value);  // finish_walk decodes
         unsigned accesses = w1.accesses + view_.accesses();
         auto fail = [&](unsigned stage, unsigned level, std::uint64_t address, fault_reason reason) {
             stats_.accesses += accesses;
