@@ -62,42 +62,10 @@ struct leaf_translation {
 
 namespace detail {
 
-template <class F, class R, unsigned L>
+/// The walk behind `lookup` (Decode: the leaf's size, addresses and flags too) and
+/// `lookup_entry` (not Decode: the entry alone).
+template <bool Decode, class F, class R, unsigned L>
 IOPGTABLE_ALWAYS_INLINE inline void lookup_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
-    out.level = L;
-    out.entry_address = c.address();
-    if (!c.read()) {
-        out.status = walk_status::bad_table;
-        return;
-    }
-    ++out.accesses;
-    out.raw = c.raw;
-    switch (c.kind) {
-    case entry_kind::leaf: {
-        const unsigned lg2 = c.leaf_lg2();
-        out.status = walk_status::mapped;
-        out.size_lg2 = lg2;
-        out.input_base = c.pos & ~low_mask(lg2);
-        out.oa = pa_t{c.leaf_address() + (c.pos & low_mask(lg2))};
-        out.perm = c.leaf_prot();
-        return;
-    }
-    case entry_kind::table:
-        if constexpr (L > 0) {
-            lookup_level(c.descend(), out);
-        } else {
-            out.status = walk_status::bad_table;  // formats never classify a level-0 entry as a table
-        }
-        return;
-    case entry_kind::empty:
-        out.status = walk_status::unmapped;
-        return;
-    }
-}
-
-/// lookup_level without decoding the leaf (see lookup_entry).
-template <class F, class R, unsigned L>
-IOPGTABLE_ALWAYS_INLINE inline void entry_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
     out.level = L;
     out.entry_address = c.address();
     if (!c.read()) {
@@ -109,10 +77,17 @@ IOPGTABLE_ALWAYS_INLINE inline void entry_level(level_cursor<F, R, L> c, walk_in
     switch (c.kind) {
     case entry_kind::leaf:
         out.status = walk_status::mapped;
+        if constexpr (Decode) {
+            const unsigned lg2 = c.leaf_lg2();
+            out.size_lg2 = lg2;
+            out.input_base = c.pos & ~low_mask(lg2);
+            out.oa = pa_t{c.leaf_address() + (c.pos & low_mask(lg2))};
+            out.perm = c.leaf_prot();
+        }
         return;
     case entry_kind::table:
         if constexpr (L > 0) {
-            entry_level(c.descend(), out);
+            lookup_level<Decode>(c.descend(), out);
         } else {
             out.status = walk_status::bad_table;  // formats never classify a level-0 entry as a table
         }
@@ -226,18 +201,25 @@ IOPGTABLE_ALWAYS_INLINE inline leaf_translation lookup_leaf(const typename F::co
     return with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [](auto& c) { return detail::leaf_level(c); });
 }
 
-/// Walks one input address through the table at `root`. Never fails: the status says how the
-/// walk ended. Reads at most `geo.levels` entries.
-template <page_table_format F, table_reader R>
-walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
+namespace detail {
+template <bool Decode, class F, class R>
+walk_info<F> lookup_walk(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
     walk_info<F> out;
     if (!geo.in_ias(va)) {
         out.status = walk_status::out_of_range;
         out.level = geo.levels - 1;
         return out;
     }
-    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { detail::lookup_level(c, out); });
+    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { lookup_level<Decode>(c, out); });
     return out;
+}
+} // namespace detail
+
+/// Walks one input address through the table at `root`. Never fails: the status says how the
+/// walk ended. Reads at most `geo.levels` entries.
+template <page_table_format F, table_reader R>
+walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
+    return detail::lookup_walk<true, F>(cfg, geo, mem, root, va);
 }
 
 /// `lookup` up to the entry it ends at, without decoding a leaf: status, level, raw, accesses
@@ -247,14 +229,7 @@ walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, 
 template <page_table_format F, table_reader R>
 walk_info<F> lookup_entry(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
                           std::uint64_t va) noexcept {
-    walk_info<F> out;
-    if (!geo.in_ias(va)) {
-        out.status = walk_status::out_of_range;
-        out.level = geo.levels - 1;
-        return out;
-    }
-    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { detail::entry_level(c, out); });
-    return out;
+    return detail::lookup_walk<false, F>(cfg, geo, mem, root, va);
 }
 
 /// Calls `fn(const leaf_entry<F>&)` for every leaf entry whose slot intersects [first, last], in
