@@ -192,6 +192,11 @@ private:
     static bool allowed(prot perm, bool write) noexcept {
         return has(perm, prot::read) && (!write || has(perm, prot::write));
     }
+    /// Puts a fetch's IPA in the walk's trace (the first trace_capacity are kept; all count).
+    void record(std::uint64_t ipa) noexcept {
+        if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa;
+        ++trace_count_;
+    }
     /// One fetch of up to `n` words (see `entries`). Inline: a read from a page memo_ holds;
     /// everything else is fetch_slow.
     template <class W>
@@ -202,8 +207,7 @@ private:
             const std::uint64_t off = ipa.value & low_mask(memo_lg2);
             if (memo.page == page && memo.generation == set_.cache->generation() && off % sizeof(W) == 0) {
                 // What resolve and the host memory said about this page still holds.
-                if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
-                ++trace_count_;
+                record(ipa.value);
                 set_.cache->count_hit();
                 n = std::min({n, set_.fetch_budget - fetches_, (lg2_to_size(memo_lg2) - off) / sizeof(W)});
                 fetches_ += n;
@@ -221,8 +225,7 @@ private:
             return refuse<W>(write);
         }
         n = std::min(n, set_.fetch_budget - fetches_);
-        if (trace_count_ < trace_capacity) trace_[trace_count_] = ipa.value;
-        ++trace_count_;
+        record(ipa.value);
         page_memo* memo = nullptr;
         if (set_.cache != nullptr && !write && set_.on_fetch == nullptr) memo = &memo_[(ipa.value >> memo_lg2) % memo_slots];
         std::uint64_t end = 0;

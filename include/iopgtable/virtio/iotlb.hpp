@@ -14,10 +14,9 @@
 /// block drops the whole block, as Arm's TLBI by VA does. Only successful translations are
 /// cached; new mappings need no invalidation.
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
-
-#include "../core/prot.hpp"
 
 namespace iopgtable::virtio {
 
@@ -29,10 +28,9 @@ public:
         std::uint64_t tag = 0;       ///< 0: empty
         std::uint64_t page = 0;      ///< iova >> page_lg2
         std::uint64_t hpa_page = 0;  ///< host-physical address of the page
-        prot perm = prot::none;
         std::uint8_t leaf_lg2 = page_lg2;  ///< the smaller leaf of the stages it came from
-        /// What the caller said the translation allows, as it wants to test it on a hit
-        /// (the device: bit n set when access kind n may pass), so a hit decodes nothing.
+        /// What the translation allows, in the form the caller tests on a hit (the device:
+        /// bit n set when access kind n may pass), so a hit decodes no permissions.
         std::uint8_t allowed = 0;
     };
 
@@ -53,14 +51,12 @@ public:
     }
     /// Caches the translation of the page holding `iova` (non-zero tag). `hpa` is the output of
     /// `iova` itself; `leaf_lg2` the size of the leaf it lies in (at least a page);
-    /// `allowed` is kept for the caller (entry::allowed).
-    void insert(std::uint64_t tag, std::uint64_t iova, std::uint64_t hpa, prot perm, unsigned leaf_lg2,
-                std::uint8_t allowed = 0) noexcept {
+    /// `allowed` what the translation allows (entry::allowed).
+    void insert(std::uint64_t tag, std::uint64_t iova, std::uint64_t hpa, unsigned leaf_lg2, std::uint8_t allowed) noexcept {
         const std::uint64_t page = iova >> page_lg2;
         if (leaf_lg2 < page_lg2) return;  // a leaf smaller than a cache page is never cached
         entry& e = slots_[index(tag, page)];
-        e = entry{tag, page, hpa & ~((std::uint64_t{1} << page_lg2) - 1), perm, static_cast<std::uint8_t>(leaf_lg2),
-                  allowed};
+        e = entry{tag, page, hpa & ~((std::uint64_t{1} << page_lg2) - 1), static_cast<std::uint8_t>(leaf_lg2), allowed};
         if (leaf_lg2 > widest_lg2_) widest_lg2_ = leaf_lg2;
     }
     /// Drops every entry of `tag` whose leaf intersects [first, last].
