@@ -46,6 +46,10 @@ TEMPLATE_LIST_TEST_CASE("a fresh table translates nothing and holds only its roo
             CHECK(mem->bytes_in_use() == root_only_bytes(pt));
             CHECK(pt.min_page() == smallest_page(s.geo));
             CHECK(dump(pt).empty());
+            // A zero entry is empty at every level (format.hpp): fresh tables are zero-filled,
+            // and walks pass runs of zeros without classifying them (cursor.hpp skip_zeros).
+            for (unsigned level = 0; level < s.geo.levels; ++level)
+                CHECK(F::classify(s.cfg, level, typename F::word{0}) == entry_kind::empty);
             const std::uint64_t end = ias_end(s.geo);
             for (std::uint64_t va : {std::uint64_t{0}, std::uint64_t{42}, (std::uint64_t{1} << 30) + 42,
                                      (std::uint64_t{2} << 30) + 42, end / 2, end - 1}) {

@@ -122,6 +122,25 @@ struct level_cursor {
         kind = F::classify(*cfg, L, raw);
         return true;
     }
+    /// After a load() (not for a store) that read 0: widens `end` over the entries after it
+    /// that hold 0 too, inside the range and load()'s window, testing eight entries per compare.
+    /// 0 is an empty entry in every format (format.hpp), so a walk that acts only on tables and
+    /// leaves (reclaim, free, visit) passes a sparse table in a few steps: a 64K-granule table
+    /// has 8192 entries. Entries past the window are left to the next load().
+    IOPGTABLE_ALWAYS_INLINE void skip_zeros() noexcept {
+        const std::uint64_t idx = index();
+        if (entry == nullptr || idx - win_idx >= win_n) return;  // not read through the window
+        const std::uint64_t n = std::min(win_idx + win_n - 1 - idx, (last >> item) - (pos >> item));
+        const word* p = win + (idx - win_idx) + 1;
+        std::uint64_t k = 0;
+        for (; k + 8 <= n; k += 8) {
+            word any = 0;
+            for (unsigned j = 0; j < 8; ++j) any |= load_entry(p + k + j);
+            if (any != 0) break;
+        }
+        while (k < n && load_entry(p + k) == 0) ++k;
+        if (k != 0) end = std::min(last, ((((pos >> item) + k) << item) | low_mask(item)));
+    }
     /// Moves to the address after `end`; false when the range is done.
     IOPGTABLE_ALWAYS_INLINE bool next() noexcept {
         if (end >= last) return false;

@@ -21,7 +21,7 @@
 /// | `index_lg2(level)` | log2 entries of a non-top table at `level` (constexpr) |
 /// | `leaf_sizes(level)` | bitmap of leaf sizes the format can place at `level` (constexpr); a size larger than the item is written as identical replicated entries |
 /// | `make_geometry(config)` | checks the config, gives levels, top-table size, IAS/OAS and page sizes |
-/// | `classify(config, level, raw)` | empty / table / leaf (reserved encodings are `empty`: they translate nothing) |
+/// | `classify(config, level, raw)` | empty / table / leaf (reserved encodings are `empty`: they translate nothing; 0 is `empty` at every level, which new tables and walks passing zero runs rely on) |
 /// | `leaf_lg2(config, level, raw)` | size of the leaf `raw` belongs to |
 /// | `table_address(config, level, raw)` | address of the next-lower table |
 /// | `leaf_address(config, level, raw)` | output address of the leaf, aligned to its size |

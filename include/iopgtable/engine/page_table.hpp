@@ -875,6 +875,7 @@ private:
             if (!c.load() && Pass == unmap_pass::check) return bytes_or_error::fail(errc::fault);
             switch (c.kind) {
             case entry_kind::empty:
+                if (c.raw == 0) c.skip_zeros();
                 break;
             case entry_kind::leaf: {
                 if constexpr (Pass == unmap_pass::apply && L == 0 && F::leaf_sizes(0) == lg2_to_size(item)) {
@@ -977,6 +978,7 @@ private:
         std::uint64_t bytes = 0;
         do {
             c.load();
+            if (c.raw == 0) c.skip_zeros();
             if (c.kind == entry_kind::leaf) bytes += lg2_to_size(c.item);
             if constexpr (L > 0)
                 if (c.kind == entry_kind::table) bytes += subtree_leaf_bytes(c.descend());
@@ -989,6 +991,7 @@ private:
     bool subtree_empty(cursor<L> c) const {
         do {
             if (!c.load() || c.kind == entry_kind::leaf) return false;
+            if (c.raw == 0) c.skip_zeros();
             if constexpr (L > 0) {
                 if (c.kind == entry_kind::table && !subtree_empty(c.descend())) return false;
             } else if (c.kind == entry_kind::table) {
@@ -1004,7 +1007,9 @@ private:
         const std::uint64_t table = c.table;
         if constexpr (L > 0) {
             do {
-                if (c.load() && c.kind == entry_kind::table) free_subtree(c.descend());
+                if (!c.load()) continue;
+                if (c.raw == 0) c.skip_zeros();
+                else if (c.kind == entry_kind::table) free_subtree(c.descend());
             } while (c.next());
         }
         free_table(L, table);
@@ -1017,7 +1022,14 @@ private:
         bool empty = true;
         do {
             if (!c.load()) continue;
-            if (c.kind == entry_kind::leaf) empty = false;
+            if (c.raw == 0) {
+                c.skip_zeros();
+                continue;
+            }
+            if (c.kind == entry_kind::leaf) {
+                if constexpr (L == 0) return false;  // no table below: one leaf decides
+                empty = false;
+            }
             if constexpr (L > 0) {
                 if (c.kind == entry_kind::table) {
                     word* w = c.writable();
@@ -1272,7 +1284,9 @@ private:
         from_top(0, low_mask(geo_.ias), [&]<unsigned L>(cursor<L>& c) {
             if constexpr (L > 0) {
                 do {
-                    if (!c.load() || c.kind != entry_kind::table) continue;
+                    if (!c.load()) continue;
+                    if (c.raw == 0) c.skip_zeros();
+                    if (c.kind != entry_kind::table) continue;
                     if (word* w = c.writable()) store_entry(w, word{0});
                     free_subtree(c.descend());
                 } while (c.next());

@@ -391,10 +391,13 @@ private:
             const auto pa = view_.resolve(pos, extent_end, true);
             if (!pa) return false;
             const std::uint64_t stop = std::min(end, extent_end);
-            for (std::uint64_t off = 0; off < stop - pos; off += sizeof(std::uint64_t)) {
-                auto* w = view_.stage2().mem->template entry<std::uint64_t>(pa_t{*pa + off});
-                if (w == nullptr) return false;
-                store_entry(w, std::uint64_t{0});
+            // The host words of [pos, stop), a run of host memory at a time.
+            for (std::uint64_t off = 0; off < stop - pos;) {
+                const std::uint64_t words = (stop - pos - off) / sizeof(std::uint64_t);
+                const auto run = entry_run<std::uint64_t>(*view_.stage2().mem, pa_t{*pa + off}, words, true);
+                if (run.count == 0) return false;
+                for (std::uint64_t i = 0; i < run.count; ++i) store_entry(run.first + i, std::uint64_t{0});
+                off += run.count * sizeof(std::uint64_t);
             }
             pos = stop;
         }
