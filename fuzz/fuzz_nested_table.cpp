@@ -24,7 +24,7 @@
 ///   unmap gives the same answer as a reference table in plain memory (guest_ram, no stage 2)
 ///   given the same operations, and every
 ///   touched address translates the same;
-/// - a folded shadow (nested/folding.hpp, mode (b): an arm-lpae-s1-4k table on the host heap;
+/// - a folded shadow (nested/folding.hpp, mode (b): an arm-lpae-s1-4k table in a RAM of its own;
 ///   inputs whose span byte has bit 4 set) follows the guest's table as the protocol has it: the guest invalidates the range of every
 ///   map and unmap that succeeded, the host reports every stage-2 change. After each of those
 ///   sync points the shadow and the nested walk agree (same output, or both refuse) for reads
@@ -48,7 +48,6 @@
 #include <iopgtable/engine/page_table.hpp>
 #include <iopgtable/formats/all.hpp>
 #include <iopgtable/mem/guest_ram.hpp>
-#include <iopgtable/mem/host_heap.hpp>
 #include <iopgtable/nested/folding.hpp>
 #include <iopgtable/nested/stage.hpp>
 #include <iopgtable/nested/stage2_view.hpp>
@@ -66,6 +65,16 @@ namespace {
 constexpr std::uint64_t reference_ram_size = std::uint64_t{4} << 20;
 guest_ram& reference_ram() {
     static guest_ram ram{reference_ram_size};
+    return ram;
+}
+
+/// RAM for the folded shadow's tables, made once for the same reason (on the host heap each
+/// 4 KiB table was a fresh allocation: under ASan's quarantine, new pages to fault in and zero).
+/// A shadow folds only stage-1 leaves whose output lies in the 512 KiB window, so an input
+/// needs a few hundred of its tables at most; 8 MiB holds 2048.
+constexpr std::uint64_t shadow_ram_size = std::uint64_t{8} << 20;
+guest_ram& shadow_ram() {
+    static guest_ram ram{shadow_ram_size};
     return ram;
 }
 
@@ -102,7 +111,7 @@ public:
     using s1_table = page_table<S1, gmem_t>;
     using ref_table = page_table<S1, guest_ram>;
     using shadow_format = arm_lpae_s1_4k;
-    using folded = nested::folded_table<S1, S2, shadow_format, guest_ram, host_heap>;
+    using folded = nested::folded_table<S1, S2, shadow_format, guest_ram, guest_ram>;
     using translator = nested::nested_translator<S1, S2, guest_ram>;
 
     /// `host` is host memory (all zero, no table in use): one RAM serves every input.
@@ -146,7 +155,7 @@ public:
         // Bit 4: keep a folded shadow too (its re-syncs through stage 2 cost more than the rest
         // of a run, so half of the inputs leave it out and run twice as many operations).
         if (span & 0x10) {
-            auto f = folded::create(c1, ipa_t{s1_->root().value}, *s2_, lpae_config{}, shadow_heap_);
+            auto f = folded::create(c1, ipa_t{s1_->root().value}, *s2_, lpae_config{}, shadow_ram());
             if (f) fold_.emplace(std::move(*f));  // else: a stage-1 input larger than the shadow's
         }
 
@@ -358,7 +367,6 @@ private:
     std::optional<gmem_t> gmem_;
     std::optional<s1_table> s1_;
     std::optional<ref_table> ref_;
-    host_heap shadow_heap_;
     std::optional<folded> fold_;
     std::optional<translator> tr_;
     std::vector<std::uint64_t> window_hpa_of_;  ///< host page behind each window page (~0: none)
@@ -394,8 +402,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(host.clear(), "host memory still holds tables after a run (%" PRIu64 " bytes)", host.bytes_in_use());
     guest_ram& ref = fuzz::reference_ram();
     FUZZ_CHECK(ref.bytes_in_use() == 0, "the reference table left %" PRIu64 " bytes in use", ref.bytes_in_use());
+    guest_ram& shadow = fuzz::shadow_ram();
+    FUZZ_CHECK(shadow.bytes_in_use() == 0, "the folded shadow left %" PRIu64 " bytes in use", shadow.bytes_in_use());
     // Back to an empty pool (and its free lists freed) within the input: an input that leaves
     // heap memory behind is run again by libFuzzer with a leak scan.
     ref.set_table_pool(pa_t{0}, fuzz::reference_ram_size);
+    shadow.set_table_pool(pa_t{0}, fuzz::shadow_ram_size);
     return 0;
 }

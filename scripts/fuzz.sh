@@ -15,7 +15,8 @@
 #
 # Usage: bash scripts/fuzz.sh MINUTES [TARGET...]     (TARGET: fuzz_ops, ops, ...)
 # Environment: JOBS (targets at once, default 2), BUILD (build folder, default build/fuzz),
-#              FUZZ_FLAGS (extra libFuzzer flags for the runs, e.g. -max_len=1024).
+#              FUZZ_FLAGS (extra libFuzzer flags for the runs, e.g. -max_len=1024), after the
+#              target's own from fuzz/run_flags.txt.
 # Logs, run corpora and artifacts: $BUILD/long/<target>/ (kept until the next run).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -79,6 +80,7 @@ run_one() {
   echo "$(count_files "$seeds") $(size_of "$seeds")" >"$dir/before"
   timeout --kill-after=30 $((seconds + seconds / 10 + 300)) \
     "$build/fuzz/$t" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+    $(awk -v t="$t" '$1 == t { $1 = ""; print }' "$root/fuzz/run_flags.txt") \
     -artifact_prefix="$dir/artifacts/" "${extra_flags[@]}" "$dir/run" >"$dir/fuzz.log" 2>&1 || rc=$?
   echo "$rc" >"$dir/rc"
   # Minimized merge: an empty folder first, then the old corpus and the run's inputs.
