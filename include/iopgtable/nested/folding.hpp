@@ -36,6 +36,8 @@
 #include <cstdint>
 #include <iterator>
 #include <map>
+#include <memory>
+#include <memory_resource>
 #include <optional>
 #include <set>
 #include <utility>
@@ -162,10 +164,10 @@ public:
     }
     /// The guest's INVALIDATE of its whole context (or of everything): rebuilds the shadow.
     void invalidate_all() {
-        records_.clear();
-        by_ipa_.clear();
+        ix_->records.clear();
+        ix_->by_ipa.clear();
         max_record_ = 0;
-        table_pages_.clear();
+        ix_->table_pages.clear();
         have_last_page_ = pages_lost_ = false;
         cache_.invalidate_all();
         shadow_.clear();
@@ -181,8 +183,8 @@ public:
         const std::uint64_t last = first + (size.value - 1) < first ? ~std::uint64_t{0} : first + (size.value - 1);
         cache_.invalidate(first, size.value);
         if (s1_ != nullptr) s1_->mem().invalidate_stage2(ipa, size);
-        auto page = table_pages_.lower_bound(first >> table_block_lg2_);
-        if (pages_lost_ || (page != table_pages_.end() && *page <= (last >> table_block_lg2_))) {
+        auto page = ix_->table_pages.lower_bound(first >> table_block_lg2_);
+        if (pages_lost_ || (page != ix_->table_pages.end() && *page <= (last >> table_block_lg2_))) {
             invalidate_all();
             return;
         }
@@ -190,8 +192,8 @@ public:
         const std::uint64_t reach = max_record_ == 0 ? 0 : max_record_ - 1;
         const std::uint64_t from = first >= reach ? first - reach : 0;
         std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  // IOVA [a, b] to refold
-        for (auto it = by_ipa_.lower_bound(from); it != by_ipa_.end() && it->first <= last; ++it) {
-            const record& r = records_.at(it->second);
+        for (auto it = ix_->by_ipa.lower_bound(from); it != ix_->by_ipa.end() && it->first <= last; ++it) {
+            const record& r = ix_->records.at(it->second);
             const std::uint64_t r_last = r.ipa + (r.length - 1);
             if (r_last < first) continue;
             const std::uint64_t a = r.iova + (std::max(first, r.ipa) - r.ipa);
@@ -217,7 +219,7 @@ public:
     const Store& shadow() const noexcept { return shadow_; }
     const fold_stats& stats() const noexcept { return stats_; }
     /// Stage-1 ranges the shadow currently folds (IOVA → IPA), for tests and tools.
-    std::size_t record_count() const noexcept { return records_.size(); }
+    std::size_t record_count() const noexcept { return ix_->records.size(); }
 
 private:
 
@@ -252,17 +254,17 @@ private:
         first &= ~(s1_min_page() - 1);
         last = std::min(last | (s1_min_page() - 1), s1_last());
         std::uint64_t lo = first, hi = last;
-        auto it = records_.upper_bound(first);
-        if (it != records_.begin()) {
+        auto it = ix_->records.upper_bound(first);
+        if (it != ix_->records.begin()) {
             auto prev = std::prev(it);
             if (prev->second.iova + (prev->second.length - 1) >= first) it = prev;
         }
-        while (it != records_.end() && it->first <= last) {
+        while (it != ix_->records.end() && it->first <= last) {
             const record& r = it->second;
             lo = std::min(lo, r.iova);
             hi = std::max(hi, r.iova + (r.length - 1));
             erase_reverse(r);
-            it = records_.erase(it);
+            it = ix_->records.erase(it);
         }
         // Shadow leaves lie inside records, so [lo, hi] holds whole leaves.
         if (auto u = shadow_.unmap(lo, hi - lo + 1); !u) return invalidate_all();
@@ -319,8 +321,8 @@ private:
     /// touches, from the record and the current stage 2. False when the shadow refuses.
     bool refold(std::uint64_t a, std::uint64_t b) {
         ++stats_.refolds;
-        auto it = records_.upper_bound(a);
-        if (it == records_.begin()) return true;
+        auto it = ix_->records.upper_bound(a);
+        if (it == ix_->records.begin()) return true;
         const record r = std::prev(it)->second;
         std::uint64_t lo = a, hi = b;
         auto v = shadow_.leaves(a, b, [&](std::uint64_t base, unsigned size_lg2) {
@@ -403,15 +405,15 @@ private:
     }
 
     void add_record(const record& r) {
-        records_.insert_or_assign(r.iova, r);
-        by_ipa_.emplace(r.ipa, r.iova);
+        ix_->records.insert_or_assign(r.iova, r);
+        ix_->by_ipa.emplace(r.ipa, r.iova);
         max_record_ = std::max(max_record_, r.length);
     }
     void erase_reverse(const record& r) {
-        auto [from, to] = by_ipa_.equal_range(r.ipa);
+        auto [from, to] = ix_->by_ipa.equal_range(r.ipa);
         for (auto it = from; it != to; ++it) {
             if (it->second == r.iova) {
-                by_ipa_.erase(it);
+                ix_->by_ipa.erase(it);
                 return;
             }
         }
@@ -423,7 +425,7 @@ private:
         const std::uint64_t page = ipa >> self->table_block_lg2_;
         if (self->have_last_page_ && page == self->last_page_) return;
         try {
-            self->table_pages_.insert(page);
+            self->ix_->table_pages.insert(page);
             self->last_page_ = page;
             self->have_last_page_ = true;
         } catch (...) {
@@ -439,11 +441,18 @@ private:
     Store shadow_;
     bool shadow_noexec_ = false;
     walk_cache cache_{64};
-    std::map<std::uint64_t, record> records_;          ///< by first IOVA; disjoint
-    std::multimap<std::uint64_t, std::uint64_t> by_ipa_;  ///< first IPA → first IOVA of a record
+    /// What the layer knows of stage 1, its nodes carved from one pool: a fold adds a record
+    /// per stage-1 leaf, and a node allocation (and free) per record each was most of the
+    /// cost of a re-sync. Behind a pointer, so that moving the table moves the pool with it.
+    struct index {
+        std::pmr::unsynchronized_pool_resource pool;
+        std::pmr::map<std::uint64_t, record> records{&pool};          ///< by first IOVA; disjoint
+        std::pmr::multimap<std::uint64_t, std::uint64_t> by_ipa{&pool};  ///< first IPA → first IOVA of a record
+        std::pmr::set<std::uint64_t> table_pages{&pool};  ///< IPA >> table_block_lg2_ of every stage-1 entry read
+    };
+    std::unique_ptr<index> ix_ = std::make_unique<index>();
     std::uint64_t max_record_ = 0;
     unsigned table_block_lg2_ = 12;
-    std::set<std::uint64_t> table_pages_;  ///< IPA >> table_block_lg2_ of every stage-1 entry read
     std::uint64_t last_page_ = 0;
     bool have_last_page_ = false, pages_lost_ = false;
     std::uint64_t fetch_budget_ = ~std::uint64_t{0};
