@@ -153,7 +153,8 @@ stage_tsan() {
 }
 
 # Runs one fuzzer for fuzz_seconds on a scratch copy of its seed corpus (fuzz/corpus/<name>/,
-# if any); writes <logs>/<name>.log and <logs>/<name>.rc. Crashing inputs go to <artifacts>/.
+# if any), with its own flags from fuzz/run_flags.txt; writes <logs>/<name>.log and
+# <logs>/<name>.rc. Crashing inputs go to <artifacts>/.
 run_fuzzer() {
   local binary=$1 logs=$2 artifacts=$3 name corpus rc=0
   name=$(basename "$binary")
@@ -164,6 +165,7 @@ run_fuzzer() {
   # libFuzzer stops itself after -max_total_time; `timeout` only guards against a stuck run.
   timeout --kill-after=10 $((fuzz_seconds * 2 + 120)) \
     "$binary" -max_total_time="$fuzz_seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+    $(awk -v t="$name" '$1 == t { $1 = ""; print }' fuzz/run_flags.txt) \
     -artifact_prefix="$artifacts/$name-" "$corpus" >"$logs/$name.log" 2>&1 || rc=$?
   rm -rf "$corpus"
   echo "$rc" >"$logs/$name.rc"
