@@ -124,12 +124,14 @@ struct level_cursor {
     }
     /// After a load() (not for a store) that read 0: widens `end` over the entries after it
     /// that hold 0 too, inside the range and load()'s window, testing eight entries per compare.
-    /// 0 is an empty entry in every format (format.hpp), so a walk that acts only on tables and
-    /// leaves (reclaim, free, visit) passes a sparse table in a few steps: a 64K-granule table
-    /// has 8192 entries. Entries past the window are left to the next load().
+    /// Does nothing when the entry is not 0 or was not read through the window (not backed, or
+    /// read for a store). 0 is an empty entry in every format (format.hpp), so a walk that acts
+    /// only on tables and leaves (reclaim, free, visit) calls this after each load() and passes
+    /// a sparse table in a few steps: a 64K-granule table has 8192 entries. Entries past the
+    /// window are left to the next load().
     IOPGTABLE_ALWAYS_INLINE void skip_zeros() noexcept {
         const std::uint64_t idx = index();
-        if (entry == nullptr || idx - win_idx >= win_n) return;  // not read through the window
+        if (raw != 0 || entry == nullptr || idx - win_idx >= win_n) return;
         const std::uint64_t n = std::min(win_idx + win_n - 1 - idx, (last >> item) - (pos >> item));
         const word* p = win + (idx - win_idx) + 1;
         std::uint64_t k = 0;

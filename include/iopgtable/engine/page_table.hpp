@@ -875,7 +875,7 @@ private:
             if (!c.load() && Pass == unmap_pass::check) return bytes_or_error::fail(errc::fault);
             switch (c.kind) {
             case entry_kind::empty:
-                if (c.raw == 0) c.skip_zeros();
+                c.skip_zeros();
                 break;
             case entry_kind::leaf: {
                 if constexpr (Pass == unmap_pass::apply && L == 0 && F::leaf_sizes(0) == lg2_to_size(item)) {
@@ -978,7 +978,7 @@ private:
         std::uint64_t bytes = 0;
         do {
             c.load();
-            if (c.raw == 0) c.skip_zeros();
+            c.skip_zeros();
             if (c.kind == entry_kind::leaf) bytes += lg2_to_size(c.item);
             if constexpr (L > 0)
                 if (c.kind == entry_kind::table) bytes += subtree_leaf_bytes(c.descend());
@@ -991,7 +991,7 @@ private:
     bool subtree_empty(cursor<L> c) const {
         do {
             if (!c.load() || c.kind == entry_kind::leaf) return false;
-            if (c.raw == 0) c.skip_zeros();
+            c.skip_zeros();
             if constexpr (L > 0) {
                 if (c.kind == entry_kind::table && !subtree_empty(c.descend())) return false;
             } else if (c.kind == entry_kind::table) {
@@ -1008,8 +1008,8 @@ private:
         if constexpr (L > 0) {
             do {
                 if (!c.load()) continue;
-                if (c.raw == 0) c.skip_zeros();
-                else if (c.kind == entry_kind::table) free_subtree(c.descend());
+                c.skip_zeros();
+                if (c.kind == entry_kind::table) free_subtree(c.descend());
             } while (c.next());
         }
         free_table(L, table);
@@ -1022,10 +1022,7 @@ private:
         bool empty = true;
         do {
             if (!c.load()) continue;
-            if (c.raw == 0) {
-                c.skip_zeros();
-                continue;
-            }
+            c.skip_zeros();
             if (c.kind == entry_kind::leaf) {
                 if constexpr (L == 0) return false;  // no table below: one leaf decides
                 empty = false;
@@ -1285,7 +1282,7 @@ private:
             if constexpr (L > 0) {
                 do {
                     if (!c.load()) continue;
-                    if (c.raw == 0) c.skip_zeros();
+                    c.skip_zeros();
                     if (c.kind != entry_kind::table) continue;
                     if (word* w = c.writable()) store_entry(w, word{0});
                     free_subtree(c.descend());

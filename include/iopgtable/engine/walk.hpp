@@ -117,7 +117,7 @@ inline result<bool> visit_level(level_cursor<F, R, L> c, Fn& fn) {
             }
             break;
         case entry_kind::empty:
-            if (c.raw == 0) c.skip_zeros();
+            c.skip_zeros();
             break;
         }
     } while (c.next());
