@@ -46,7 +46,10 @@ public:
     }
     void free_table(pa_t pa, std::uint64_t) noexcept {
         const auto it = tables_.find(pa.value);
-        if (it == tables_.end()) return;
+        if (it == tables_.end()) {  // not a live table: freed twice, or never allocated
+            ++bad_frees_;
+            return;
+        }
         in_use_ -= it->second.bytes;
         tables_.erase(it);
     }
@@ -67,6 +70,7 @@ public:
         return {reinterpret_cast<W*>(piece + in_piece), std::min(n, (piece_len - in_piece) / sizeof(W))};
     }
     std::uint64_t bytes_in_use() const noexcept { return in_use_; }
+    std::uint64_t bad_frees() const noexcept { return bad_frees_; }
 
 private:
     struct table {
@@ -76,6 +80,7 @@ private:
     std::uint64_t piece_bytes_;
     std::uint64_t next_ = std::uint64_t{1} << 20;  // no table at 0
     std::uint64_t in_use_ = 0;
+    std::uint64_t bad_frees_ = 0;
     std::map<std::uint64_t, table> tables_;
 };
 static_assert(has_entry_runs<chunked_heap, std::uint64_t>);
@@ -143,7 +148,8 @@ TEST_CASE("walks pass runs of zero entries whole and miss no entry around them",
             RC_ASSERT(pt.table_bytes() == pt.top_table_bytes() + (tables_left.empty() ? 0 : 1 + tables_left.size()) * 0x10000);
             for (auto p : mapped) RC_ASSERT(pt.iova_to_phys(F::input_address{p * page + 42}).has_value());
         }
-        // Teardown frees every table, however sparse.
+        // Teardown frees every table, however sparse, and each once.
         RC_ASSERT(mem.bytes_in_use() == 0);
+        RC_ASSERT(mem.bad_frees() == 0u);
     });
 }
