@@ -5,18 +5,16 @@
 /// [base, base + size). Every access is bounds-checked, so a table whose contents a guest
 /// wrote (untrusted) can be walked safely: an entry address outside RAM gives nullptr, never a
 /// read outside the buffer. Tables are allocated from a pool window inside RAM (by default all
-/// of it); allocation runs out with errc::nomem.
+/// of it; the allocator is table_window.hpp's); allocation runs out with errc::nomem.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <span>
-#include <vector>
 
 #include "memory.hpp"
+#include "table_window.hpp"
 
 namespace iopgtable {
 
@@ -36,65 +34,32 @@ public:
 
     /// Restrict table allocation to a window of RAM. Call before allocating.
     void set_table_pool(pa_t pool_base, std::uint64_t pool_size) noexcept {
-        std::lock_guard g(lock_);
         std::uint64_t lo = pool_base.value < base_ ? base_ : pool_base.value;
         std::uint64_t hi = pool_base.value + pool_size;
         if (hi < pool_base.value || hi > base_ + size_) hi = base_ + size_;
-        pool_lo_ = pool_next_ = lo;
-        pool_end_ = hi < lo ? lo : hi;
-        free_.clear();
+        pool_.reset(lo, hi);
     }
 
     /// Back to the state of a new RAM with the same table pool: every byte zero, every table
     /// slot free again, allocation starting where it started. Only when no table is in use
     /// (otherwise false, and nothing changed). Reuses the buffer: for running many short
     /// sessions (fuzz inputs) in one RAM without a new allocation each time; costs one memset
-    /// of the whole RAM.
+    /// of the whole RAM. Not while another thread allocates tables.
     bool clear() noexcept {
-        std::lock_guard g(lock_);
-        if (in_use_ != 0) return false;
+        if (!pool_.reset_if_idle()) return false;
         std::memset(data_.get(), 0, ((size_ + 7) / 8 + 1) * 8);
-        pool_next_ = pool_lo_;
-        free_.clear();
         return true;
     }
 
     /// A zero-filled table of `bytes` (power of two), aligned to max(bytes, 64).
     result<pa_t> allocate_table(std::uint64_t bytes) {
-        std::uint64_t alloc = bytes < 64 ? 64 : bytes;
-        if ((alloc & (alloc - 1)) != 0) return failure(errc::invalid);
-        std::lock_guard g(lock_);
-        std::uint64_t at = 0;
-        auto it = free_.find(alloc);
-        if (it != free_.end() && !it->second.empty()) {
-            at = it->second.back();
-            it->second.pop_back();
-        } else {
-            std::uint64_t aligned = (pool_next_ + alloc - 1) & ~(alloc - 1);
-            if (aligned < pool_next_ || aligned + alloc < aligned || aligned + alloc > pool_end_)
-                return failure(errc::nomem);
-            // Keep the skipped gap usable for smaller tables.
-            give_back_gap(pool_next_, aligned);
-            at = aligned;
-            pool_next_ = aligned + alloc;
-        }
-        std::memset(host(at), 0, alloc);
-        in_use_ += alloc;
-        return pa_t{at};
+        const auto at = pool_.take(bytes);
+        if (!at) return failure(at.error());
+        std::memset(host(*at), 0, table_window::footprint(bytes));
+        return pa_t{*at};
     }
-    void free_table(pa_t pa, std::uint64_t bytes) noexcept {
-        std::uint64_t alloc = bytes < 64 ? 64 : bytes;
-        // Only tables this allocator could have handed out: inside the pool and aligned.
-        if ((pa.value & (alloc - 1)) != 0 || !contains(pa, alloc)) return;
-        std::lock_guard g(lock_);
-        if (in_use_ < alloc) return;
-        try {
-            free_[alloc].push_back(pa.value);
-        } catch (...) {
-            // Out of host memory for the free list: the table is leaked inside guest RAM only.
-        }
-        in_use_ -= alloc;
-    }
+    /// Gives back a table allocate_table(bytes) returned; other addresses are ignored.
+    void free_table(pa_t pa, std::uint64_t bytes) noexcept { pool_.give(pa.value, bytes); }
 
     /// Pointer to the W-sized word at guest-physical `pa`, or nullptr if it is not inside RAM
     /// or not W-aligned.
@@ -131,17 +96,10 @@ public:
     pa_t base() const noexcept { return pa_t{base_}; }
     std::uint64_t size() const noexcept { return size_; }
     /// Table bytes currently allocated (tables under 64 bytes count as 64).
-    std::uint64_t bytes_in_use() const noexcept {
-        std::lock_guard g(lock_);
-        return in_use_;
-    }
+    std::uint64_t bytes_in_use() const noexcept { return pool_.in_use(); }
     /// At most this many table bytes can still be allocated: the pool less what is in use
     /// (has_table_budget).
-    std::uint64_t table_bytes_left() const noexcept {
-        std::lock_guard g(lock_);
-        const std::uint64_t pool = pool_end_ - pool_lo_;
-        return pool > in_use_ ? pool - in_use_ : 0;
-    }
+    std::uint64_t table_bytes_left() const noexcept { return pool_.bytes_left(); }
 
 private:
     /// contains(pa, N) for the entry sizes, with one compare: a pa below base_ wraps to an
@@ -157,16 +115,6 @@ private:
     void* host(std::uint64_t pa) const noexcept {
         return reinterpret_cast<void*>(origin_ + pa);
     }
-    void give_back_gap(std::uint64_t lo, std::uint64_t hi) {
-        // Split [lo, hi) into naturally aligned power-of-two blocks of at least 64 bytes.
-        while (lo < hi) {
-            std::uint64_t blk = lo & (~lo + 1);  // largest alignment of lo
-            if (blk == 0) blk = std::uint64_t{1} << 63;
-            while (lo + blk > hi) blk >>= 1;
-            if (blk >= 64) free_[blk].push_back(lo);
-            lo += blk;
-        }
-    }
 
     std::uint64_t base_, size_;
     /// Host offset of guest address `base_` in the buffer (the spare word at the end makes
@@ -181,9 +129,7 @@ private:
     /// How many offsets a 4- / 8-byte word can start at inside RAM (size - N + 1, or 0).
     std::uint64_t starts4_ = size_ >= 4 ? size_ - 3 : 0;
     std::uint64_t starts8_ = size_ >= 8 ? size_ - 7 : 0;
-    mutable std::mutex lock_;
-    std::uint64_t pool_lo_ = 0, pool_next_ = 0, pool_end_ = 0, in_use_ = 0;
-    std::map<std::uint64_t, std::vector<std::uint64_t>> free_;
+    table_window pool_;
 };
 
 static_assert(table_memory<guest_ram>);

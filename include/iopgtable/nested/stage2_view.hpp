@@ -18,16 +18,14 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <span>
-#include <vector>
 
 #include "../core/address.hpp"
 #include "../core/result.hpp"
 #include "../engine/format.hpp"
 #include "../mem/memory.hpp"
+#include "../mem/table_window.hpp"
 #include "stage.hpp"
 #include "types.hpp"
 #include "walk_cache.hpp"
@@ -306,7 +304,7 @@ public:
                        walk_cache* cache = nullptr) noexcept
         : view_(s2, view_settings{64, false, false, cache, nullptr, nullptr}), cache_(cache), window_(window.value),
           window_end_(window.value + window_size < window.value ? ~std::uint64_t{0} : window.value + window_size),
-          next_(window.value) {}
+          tables_(window_, window_end_) {}
     guest_table_memory(const guest_table_memory&) = delete;
     guest_table_memory& operator=(const guest_table_memory&) = delete;
 
@@ -314,44 +312,16 @@ public:
     /// Errors: invalid (not a power of two), nomem (the window is full), fault (stage 2 does
     /// not let the guest write all of it).
     result<pa_t> allocate_table(std::uint64_t bytes) {
-        const std::uint64_t alloc = bytes < 64 ? 64 : bytes;
-        if ((alloc & (alloc - 1)) != 0) return failure(errc::invalid);
-        std::uint64_t at = 0;
-        {
-            std::lock_guard g(lock_);
-            auto it = free_.find(alloc);
-            if (it != free_.end() && !it->second.empty()) {
-                at = it->second.back();
-                it->second.pop_back();
-            } else {
-                const std::uint64_t aligned = (next_ + alloc - 1) & ~(alloc - 1);
-                if (aligned < next_ || aligned + alloc < aligned || aligned + alloc > window_end_)
-                    return failure(errc::nomem);
-                give_back_gap(next_, aligned);
-                at = aligned;
-                next_ = aligned + alloc;
-            }
-            in_use_ += alloc;
-        }
-        if (!zero_fill(at, alloc)) {
-            free_table(pa_t{at}, alloc);
+        const auto at = tables_.take(bytes);
+        if (!at) return failure(at.error());
+        if (!zero_fill(*at, table_window::footprint(bytes))) {
+            tables_.give(*at, bytes);
             return failure(errc::fault);
         }
-        return pa_t{at};
+        return pa_t{*at};
     }
-    /// Gives back a table allocate_table(bytes) returned.
-    void free_table(pa_t ipa, std::uint64_t bytes) noexcept {
-        const std::uint64_t alloc = bytes < 64 ? 64 : bytes;
-        if ((ipa.value & (alloc - 1)) != 0 || ipa.value < window_ || ipa.value + alloc > window_end_) return;
-        std::lock_guard g(lock_);
-        if (in_use_ < alloc) return;
-        try {
-            free_[alloc].push_back(ipa.value);
-        } catch (...) {
-            // No host memory for the free list: the table stays unused inside the window.
-        }
-        in_use_ -= alloc;
-    }
+    /// Gives back a table allocate_table(bytes) returned; other addresses are ignored.
+    void free_table(pa_t ipa, std::uint64_t bytes) noexcept { tables_.give(ipa.value, bytes); }
 
     /// The word at guest-physical `ipa` through stage 2 (see stage2_view::entry): reading needs
     /// stage-2 read permission only.
@@ -375,10 +345,7 @@ public:
         if (cache_) cache_->invalidate(ipa.value, size.value);
     }
 
-    std::uint64_t bytes_in_use() const {
-        std::lock_guard g(lock_);
-        return in_use_;
-    }
+    std::uint64_t bytes_in_use() const { return tables_.in_use(); }
     ipa_t window() const noexcept { return ipa_t{window_}; }
     std::uint64_t window_size() const noexcept { return window_end_ - window_; }
     stage2_view<S2, HM>& view() noexcept { return view_; }
@@ -403,22 +370,10 @@ private:
         }
         return true;
     }
-    void give_back_gap(std::uint64_t lo, std::uint64_t hi) {
-        while (lo < hi) {
-            std::uint64_t blk = lo & (~lo + 1);
-            if (blk == 0) blk = std::uint64_t{1} << 63;
-            while (lo + blk > hi) blk >>= 1;
-            if (blk >= 64) free_[blk].push_back(lo);
-            lo += blk;
-        }
-    }
-
     stage2_view<S2, HM> view_;
     walk_cache* cache_;
     std::uint64_t window_, window_end_;
-    mutable std::mutex lock_;
-    std::uint64_t next_, in_use_ = 0;
-    std::map<std::uint64_t, std::vector<std::uint64_t>> free_;
+    table_window tables_;  ///< the window's allocator (mem/table_window.hpp)
 };
 
 } // namespace iopgtable::nested
