@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// @file fuzz_ops.cpp
 /// libFuzzer target `fuzz_ops`: random operation sequences on `page_table<F, guest_ram>` over a
-/// small bounded guest RAM, each result checked against `leaf_model` (leaf_model.hpp).
+/// small bounded guest RAM, each result checked against the reference model (tests/support/reference_model.hpp).
 ///
 /// Input, read front to back (fuzz/README.md has the byte-by-byte layout): format index (into
 /// `all_formats`), configuration index (into `F::sample_configs()`), RAM size in tables, RAM
@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <memory_resource>
 #include <optional>
 #include <set>
 #include <utility>
@@ -34,7 +35,7 @@
 #include <iopgtable/mem/guest_ram.hpp>
 
 #include "fuzz_support.hpp"
-#include "leaf_model.hpp"
+#include "../tests/support/reference_model.hpp"
 
 namespace iopgtable::fuzz {
 namespace {
@@ -81,6 +82,43 @@ struct dump_entry {
     unsigned size_lg2;
     std::uint64_t raw;
     std::uint64_t entry_address;
+};
+
+using test::greedy_leaves;
+using test::model_leaf;
+using test::reference_model;
+
+/// Where the reference model's leaves live: a static 4 MiB buffer handed out by a monotonic
+/// resource, spilling to the heap only past it, and reset when the input ends. An input maps
+/// thousands of leaves, and a sanitizer allocation with its stack trace per leaf was a sixth of
+/// a fuzz_ops execution. An arena rather than a growing pool: a pool that keeps what it took
+/// from the heap makes every input that needs more leaves than any before it allocate more
+/// than it frees, and while fuzzing libFuzzer answers each such input by running it a second
+/// time and then a leak scan. With the arena an input frees what it took. One at a time (one
+/// fuzzer thread): a second live arena aborts.
+class model_arena {
+public:
+    model_arena() {
+        if (live()++ != 0) std::abort();
+    }
+    model_arena(const model_arena&) = delete;
+    model_arena& operator=(const model_arena&) = delete;
+    ~model_arena() {
+        arena().release();
+        --live();
+    }
+    std::pmr::memory_resource* resource() noexcept { return &arena(); }
+
+private:
+    static std::pmr::monotonic_buffer_resource& arena() {
+        static std::array<std::byte, std::size_t{4} << 20> buffer;
+        static std::pmr::monotonic_buffer_resource r{buffer.data(), buffer.size()};
+        return r;
+    }
+    static unsigned& live() {
+        static unsigned n = 0;
+        return n;
+    }
 };
 
 /// Buffers every input needs, kept across inputs (cleared, capacity kept): made afresh per input,
@@ -286,7 +324,7 @@ private:
         auto lo = model_.find(va);
         check_lo_ = lo != model_.leaves().end() ? lo->first : va & ~(minp_ - 1);
         auto hi = model_.find(last);
-        check_hi_ = hi != model_.leaves().end() ? hi->first + low_mask(hi->second.lg2) : last | (minp_ - 1);
+        check_hi_ = hi != model_.leaves().end() ? hi->first + low_mask(hi->second.size_lg2) : last | (minp_ - 1);
     }
 
     void snapshot_dump(std::vector<dump_entry>& out, std::uint64_t lo, std::uint64_t hi) {
@@ -306,18 +344,18 @@ private:
         std::size_t i = 0;
         for (auto it = model_.leaves().lower_bound(lo); it != model_.leaves().end() && it->first <= hi; ++it) {
             const auto& [va, leaf] = *it;
-            const unsigned level = leaf_level(leaf.lg2);
+            const unsigned level = leaf_level(leaf.size_lg2);
             const unsigned item = F::item_lg2(level);
-            const auto raw = static_cast<std::uint64_t>(F::make_leaf(cfg_, level, leaf.lg2, leaf.pa, leaf.perm));
-            for (std::uint64_t c = 0; c < lg2_to_size(leaf.lg2 - item); ++c, ++i) {
+            const auto raw = static_cast<std::uint64_t>(F::make_leaf(cfg_, level, leaf.size_lg2, leaf.pa, leaf.perm));
+            for (std::uint64_t c = 0; c < lg2_to_size(leaf.size_lg2 - item); ++c, ++i) {
                 const std::uint64_t slot = va + (c << item);
                 FUZZ_CHECK(i < dump.size(), "%s: model leaf %#" PRIx64 " (2^%u -> %#" PRIx64 ") missing from the dump",
-                           ctx_, slot, leaf.lg2, leaf.pa);
+                           ctx_, slot, leaf.size_lg2, leaf.pa);
                 const dump_entry& e = dump[i];
-                FUZZ_CHECK(e.iova == slot && e.level == level && e.size_lg2 == leaf.lg2 && e.raw == raw,
+                FUZZ_CHECK(e.iova == slot && e.level == level && e.size_lg2 == leaf.size_lg2 && e.raw == raw,
                            "%s: dump entry %zu is %#" PRIx64 " level %u 2^%u raw %#" PRIx64
                            ", model says %#" PRIx64 " level %u 2^%u raw %#" PRIx64,
-                           ctx_, i, e.iova, e.level, e.size_lg2, e.raw, slot, level, leaf.lg2, raw);
+                           ctx_, i, e.iova, e.level, e.size_lg2, e.raw, slot, level, leaf.size_lg2, raw);
             }
         }
         FUZZ_CHECK(i == dump.size(), "%s: dump has %zu entries beyond the model's (first at %#" PRIx64 ")", ctx_,
@@ -329,7 +367,7 @@ private:
         table_set s;
         std::pair<unsigned, std::uint64_t> last{~0u, 0};  // neighbours mostly share their table
         for (const auto& [va, leaf] : model_.leaves()) {
-            const unsigned level = leaf_level(leaf.lg2);
+            const unsigned level = leaf_level(leaf.size_lg2);
             if (level + 1 >= geo_.levels) continue;
             const std::pair<unsigned, std::uint64_t> own{level, va >> span_lg2(level)};
             if (own == last) continue;
@@ -412,16 +450,16 @@ private:
             return;
         }
         const model_leaf& leaf = it->second;
-        const unsigned level = leaf_level(leaf.lg2);
-        const auto raw = static_cast<std::uint64_t>(F::make_leaf(cfg_, level, leaf.lg2, leaf.pa, leaf.perm));
-        FUZZ_CHECK(w.status == walk_status::mapped && w.level == level && w.size_lg2 == leaf.lg2 &&
+        const unsigned level = leaf_level(leaf.size_lg2);
+        const auto raw = static_cast<std::uint64_t>(F::make_leaf(cfg_, level, leaf.size_lg2, leaf.pa, leaf.perm));
+        FUZZ_CHECK(w.status == walk_status::mapped && w.level == level && w.size_lg2 == leaf.size_lg2 &&
                        w.input_base == it->first && w.oa.value == leaf.pa + (va - it->first) &&
                        static_cast<std::uint64_t>(w.raw) == raw,
                    "%s: lookup(%#" PRIx64 ") = status %d level %u 2^%u base %#" PRIx64 " oa %#" PRIx64 " raw %#" PRIx64
                    "; model: level %u 2^%u base %#" PRIx64 " oa %#" PRIx64 " raw %#" PRIx64,
                    ctx_, va, int(w.status), w.level, w.size_lg2, w.input_base, w.oa.value,
-                   static_cast<std::uint64_t>(w.raw), level, leaf.lg2, it->first, leaf.pa + (va - it->first), raw);
-        FUZZ_CHECK(F::make_leaf(cfg_, level, leaf.lg2, leaf.pa, w.perm) == w.raw,
+                   static_cast<std::uint64_t>(w.raw), level, leaf.size_lg2, it->first, leaf.pa + (va - it->first), raw);
+        FUZZ_CHECK(F::make_leaf(cfg_, level, leaf.size_lg2, leaf.pa, w.perm) == w.raw,
                    "%s: lookup(%#" PRIx64 ") perm %#x does not rebuild the leaf", ctx_, va, to_bits(w.perm));
     }
 
@@ -560,7 +598,7 @@ private:
             return;
         }
         greedy_leaves(sizes, va, pa, size, [&](std::uint64_t lva, std::uint64_t lpa, unsigned lg2) {
-            model_.add(lva, model_leaf{lpa, lg2, p});
+            model_.add(model_leaf{lva, lg2, lpa, p});
             return true;
         });
         const std::uint64_t last = va + size - 1;
@@ -589,7 +627,7 @@ private:
             bounds.push_back(va);
             if (last + 1 != 0 && !beyond(last + 1, geo_.ias)) bounds.push_back(last + 1);
             for (std::uint64_t b : bounds)
-                model_.split_steps(geo_.pgsize_bitmap, b, [&](unsigned from, unsigned to) {
+                model_.split_steps(b, [&](unsigned from, unsigned to) {
                     FUZZ_CHECK(to != 0, "%s: model cannot split 2^%u at %#" PRIx64, ctx_, from, b);
                     for (unsigned l = leaf_level(to); l < leaf_level(from); ++l) need.emplace(l, b >> span_lg2(l));
                 });
@@ -609,11 +647,11 @@ private:
             check_state(true, b4);
             return;
         }
-        for (std::uint64_t b : bounds) model_.split(geo_.pgsize_bitmap, b);
+        for (std::uint64_t b : bounds) model_.split(b);
         auto& removed = scratch().removed;
         removed.clear();
         model_.remove_inside(va, last, [&](std::uint64_t lva, const model_leaf& l) {
-            removed.emplace_back(lva, lg2_to_size(l.lg2));
+            removed.emplace_back(lva, lg2_to_size(l.size_lg2));
         });
         std::uint64_t bytes = 0;
         for (auto& rm : removed) bytes += rm.second;
@@ -651,7 +689,7 @@ private:
             if ((how & 1) && !model_.leaves().empty()) {
                 auto it = model_.leaves().begin();
                 std::advance(it, in_.u16() % model_.leaves().size());
-                check_edges(it->first, it->first + low_mask(it->second.lg2));
+                check_edges(it->first, it->first + low_mask(it->second.size_lg2));
             } else {
                 check_translation(addr());
             }
@@ -664,7 +702,7 @@ private:
         if ((how & 1) && !model_.leaves().empty()) {
             auto it = model_.leaves().begin();
             std::advance(it, in_.u16() % model_.leaves().size());
-            va = it->first + ((std::uint64_t{in_.u16()} * minp_) & low_mask(it->second.lg2));
+            va = it->first + ((std::uint64_t{in_.u16()} * minp_) & low_mask(it->second.size_lg2));
         } else {
             va = addr();
         }
@@ -705,7 +743,7 @@ private:
         auto& removed = scratch().removed;
         removed.clear();
         model_.remove_inside(0, low_mask(geo_.ias), [&](std::uint64_t va, const model_leaf& l) {
-            removed.emplace_back(va, lg2_to_size(l.lg2));
+            removed.emplace_back(va, lg2_to_size(l.size_lg2));
         });
         check_hooks_after_removal(removed);
         check_state(false, b4);
@@ -742,7 +780,8 @@ private:
     } pool_;
     hook_log& log_ = scratch().log;
     std::optional<table> pt_;
-    leaf_model model_;
+    model_arena arena_;
+    reference_model model_{geo_, arena_.resource()};
     std::vector<dump_entry>& scratch_ = scratch().dump;
     std::uint64_t check_lo_ = 0, check_hi_ = ~std::uint64_t{0};  ///< what check_state compares
     unsigned op_ = 0;

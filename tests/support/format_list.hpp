@@ -18,6 +18,8 @@
 #include <catch2/catch.hpp>
 #include <iopgtable/iopgtable.hpp>
 
+#include "reference_model.hpp"  // dump_entry, leaf_level
+
 namespace iopgtable::test {
 
 namespace detail {
@@ -103,33 +105,10 @@ inline std::vector<std::uint64_t> page_sizes_upto(const geometry& g, std::uint64
     return v;
 }
 
-/// The level at which the engine places a leaf of 2^size_lg2 bytes: the highest level in use
-/// whose leaf sizes include it (nullopt when none does).
-template <class F>
-std::optional<unsigned> leaf_level(const geometry& g, unsigned size_lg2) {
-    for (unsigned l = g.levels; l-- > 0;)
-        if (((F::leaf_sizes(l) >> size_lg2) & 1) && F::item_lg2(l) <= size_lg2) return l;
-    return std::nullopt;
-}
-
 /// Bytes a table memory charges for a table of `bytes` (both models round up to 64).
 inline std::uint64_t charged_bytes(std::uint64_t bytes) { return bytes < 64 ? 64 : bytes; }
 
 // ---------------------------------------------------------------------------- dumps
-
-/// One leaf entry of a table as `visit_all` reports it (raw widened to 64 bits).
-struct dump_entry {
-    std::uint64_t iova = 0;
-    unsigned level = 0;
-    unsigned size_lg2 = 0;
-    std::uint64_t raw = 0;
-    friend bool operator==(const dump_entry&, const dump_entry&) = default;
-};
-
-inline std::ostream& operator<<(std::ostream& o, const dump_entry& e) {
-    return o << "{iova 0x" << std::hex << e.iova << std::dec << " level " << e.level << " size_lg2 " << e.size_lg2
-             << " raw 0x" << std::hex << e.raw << std::dec << "}";
-}
 
 /// Every leaf entry of `pt`, in input-address order. Fails the test if the visit fails.
 template <class PT>

@@ -1,25 +1,48 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// @file reference_model.hpp
-/// An interval-map model of a page table: the leaves a correct engine holds after each
-/// operation, written from the documented contract (page_table.hpp) without the engine's
-/// code. Leaves are chosen greedily (largest page size that the alignment of iova and pa and
-/// the remaining length allow); a split replaces a leaf by leaves of the next smaller page
-/// size and splits again the one that holds the boundary.
+/// The one reference model of the map/unmap contract, for the tests and for fuzz_ops (it uses
+/// no test framework: a misuse of the model throws `model_error`). An ordered map from each
+/// leaf's input address to its size, output address and prot, written from the documented
+/// contract (engine/page_table.hpp) without the engine's code: it knows nothing of tables,
+/// only the geometry's page sizes.
 ///
-/// Error precedence (as documented for map/unmap): invalid (size 0, prot, alignment) before
-/// range (beyond IAS/OAS, wrap) before exists / partial.
+/// - Leaves are chosen greedily: the largest page size that the alignment of iova and pa and
+///   the remaining length allow (brute force on purpose: it is the reference for the engine's
+///   choice).
+/// - A split replaces a leaf by leaves of the next smaller page size and splits again the one
+///   that holds the boundary.
+/// - Error precedence (as documented for map/unmap): invalid (size 0, prot, alignment) before
+///   range (beyond IAS/OAS, wrap) before exists / partial.
+///
+/// The operations (map, map_pages, unmap, replace) decide and apply a whole call as the
+/// engine must; the primitives below them (find, overlaps, cuts, add, remove_inside,
+/// split_steps, split) let a caller that checks more than results (fuzz_ops: flush hooks, the
+/// order of splits) restate a call step by step. The leaves live in a std::pmr map on the
+/// memory resource the caller gives (fuzz_ops: an arena reset per input).
 #include <algorithm>
 #include <array>
 #include <bit>
 #include <cstdint>
+#include <iterator>
 #include <map>
+#include <memory_resource>
 #include <optional>
+#include <ostream>
+#include <stdexcept>
 #include <vector>
 
-#include "format_list.hpp"
+#include <iopgtable/core/bits.hpp>
+#include <iopgtable/core/prot.hpp>
+#include <iopgtable/core/result.hpp>
+#include <iopgtable/engine/format.hpp>
 
 namespace iopgtable::test {
+
+/// The model (or its caller) went wrong: a state the contract rules out.
+struct model_error : std::logic_error {
+    using std::logic_error::logic_error;
+};
 
 struct model_leaf {
     std::uint64_t iova = 0;
@@ -30,12 +53,71 @@ struct model_leaf {
     std::uint64_t last() const noexcept { return iova + size() - 1; }
 };
 
+/// The largest size in `bitmap` that `va` and `pa` are aligned to and that fits in `length`;
+/// 0 when none.
+inline unsigned reference_page_lg2(std::uint64_t bitmap, std::uint64_t va, std::uint64_t pa,
+                                   std::uint64_t length) noexcept {
+    for (int lg2 = 63; lg2 >= 0; --lg2) {
+        if (((bitmap >> lg2) & 1) == 0) continue;
+        const std::uint64_t size = std::uint64_t{1} << lg2;
+        if ((va % size) == 0 && (pa % size) == 0 && size <= length) return static_cast<unsigned>(lg2);
+    }
+    return 0;
+}
+
+/// Calls `fn(va, pa, lg2)` for each leaf a greedy map of [va, va + size) → pa with the sizes of
+/// `bitmap` places, in order; `fn` returns false to stop. Preconditions: size > 0, va, pa and
+/// size aligned to the smallest size, no wrap.
+template <class Fn>
+void greedy_leaves(std::uint64_t bitmap, std::uint64_t va, std::uint64_t pa, std::uint64_t size, Fn&& fn) {
+    const std::uint64_t last = va + size - 1;
+    std::uint64_t pos = va;
+    for (;;) {
+        const unsigned lg2 = reference_page_lg2(bitmap, pos, pa + (pos - va), last - pos + 1);
+        if (!fn(pos, pa + (pos - va), lg2)) return;
+        const std::uint64_t next = pos + lg2_to_size(lg2);
+        if (next - 1 >= last) return;
+        pos = next;
+    }
+}
+
+/// The level at which the engine places a leaf of 2^size_lg2 bytes: the highest level in use
+/// whose leaf sizes include it (nullopt when none does).
+template <class F>
+std::optional<unsigned> leaf_level(const geometry& g, unsigned size_lg2) {
+    for (unsigned l = g.levels; l-- > 0;)
+        if (((F::leaf_sizes(l) >> size_lg2) & 1) && F::item_lg2(l) <= size_lg2) return l;
+    return std::nullopt;
+}
+
+/// One leaf entry of a table as `visit_all` reports it (raw widened to 64 bits).
+struct dump_entry {
+    std::uint64_t iova = 0;
+    unsigned level = 0;
+    unsigned size_lg2 = 0;
+    std::uint64_t raw = 0;
+    friend bool operator==(const dump_entry&, const dump_entry&) = default;
+};
+
+inline std::ostream& operator<<(std::ostream& o, const dump_entry& e) {
+    return o << "{iova 0x" << std::hex << e.iova << std::dec << " level " << e.level << " size_lg2 " << e.size_lg2
+             << " raw 0x" << std::hex << e.raw << std::dec << "}";
+}
+
 class reference_model {
 public:
-    explicit reference_model(const geometry& g) : geo_(g) {}
+    using map_type = std::pmr::map<std::uint64_t, model_leaf>;
+    using const_iterator = map_type::const_iterator;
+
+    explicit reference_model(const geometry& g, std::pmr::memory_resource* r = std::pmr::get_default_resource())
+        : geo_(g), leaves_(r) {}
 
     const geometry& geo() const noexcept { return geo_; }
-    const std::map<std::uint64_t, model_leaf>& leaves() const noexcept { return leaves_; }
+    const map_type& leaves() const noexcept { return leaves_; }
+    /// Bytes of all leaves.
+    std::uint64_t mapped_bytes() const noexcept { return bytes_; }
+
+    // ---- operations ----
 
     /// page_table::map with leaves restricted to `sizes` (the geometry's page sizes by default).
     result<void> map(std::uint64_t va, std::uint64_t pa, std::uint64_t size, prot p, std::uint64_t sizes = 0) {
@@ -45,24 +127,12 @@ public:
         if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
         const std::uint64_t last = va + size - 1, pa_last = pa + size - 1;
         if (last < va || pa_last < pa || !in_ias(last) || !in_oas(pa_last)) return failure(errc::range);
-        if (!overlapping(va, last).empty()) return failure(errc::exists);
-        std::uint64_t pos = va;
-        for (;;) {
-            const std::uint64_t out = pos + (pa - va);
-            unsigned best = 64;
-            for (unsigned b = 64; b-- > 0;) {
-                const std::uint64_t s = std::uint64_t{1} << b;
-                if (((sizes >> b) & 1) && (pos & (s - 1)) == 0 && (out & (s - 1)) == 0 && s - 1 <= last - pos) {
-                    best = b;
-                    break;
-                }
-            }
-            if (best == 64) FAIL("no page size fits (alignment was checked)");
-            leaves_[pos] = model_leaf{pos, best, out, p};
-            const std::uint64_t leaf_last = pos + ((std::uint64_t{1} << best) - 1);
-            if (leaf_last == last) return success();
-            pos = leaf_last + 1;
-        }
+        if (overlaps(va, last)) return failure(errc::exists);
+        greedy_leaves(sizes, va, pa, size, [&](std::uint64_t lva, std::uint64_t lpa, unsigned lg2) {
+            add(model_leaf{lva, lg2, lpa, p});
+            return true;
+        });
+        return success();
     }
 
     /// page_table::map_pages: exactly `pgcount` leaves of `pgsize`.
@@ -78,24 +148,14 @@ public:
     }
 
     /// page_table::unmap, exact or splitting the leaves the range's ends fall into.
-    result<length_t> unmap(std::uint64_t va, std::uint64_t size, bool split) {
-        const std::uint64_t minp = smallest_page(geo_);
+    result<length_t> unmap(std::uint64_t va, std::uint64_t size, bool split_ends) {
+        const std::uint64_t minp = smallest_page();
         if (size == 0 || ((va | size) & (minp - 1)) != 0) return failure(errc::invalid);
         const std::uint64_t last = va + size - 1;
         if (last < va || !in_ias(last)) return failure(errc::range);
-        if (split) {
-            split_at(va);
-            if (last + 1 != 0 && in_ias(last + 1)) split_at(last + 1);
-        }
-        auto hit = overlapping(va, last);
-        for (std::uint64_t k : hit)
-            if (leaves_[k].iova < va || leaves_[k].last() > last) return failure(errc::partial);
-        std::uint64_t bytes = 0;
-        for (std::uint64_t k : hit) {
-            bytes += leaves_[k].size();
-            leaves_.erase(k);
-        }
-        return length_t{bytes};
+        if (split_ends) split_range_ends(va, last);
+        if (cuts(va, last)) return failure(errc::partial);
+        return length_t{remove_inside(va, last, [](std::uint64_t, const model_leaf&) {})};
     }
 
     /// What page_table::replace reports, from the contract: `changed` false when every byte of
@@ -109,34 +169,16 @@ public:
     template <class F>
     result<replace_expectation> replace(const typename F::config& cfg, std::uint64_t va, std::uint64_t pa,
                                         std::uint64_t size, prot p) {
-        const std::uint64_t minp = smallest_page(geo_);
+        const std::uint64_t minp = smallest_page();
         if (size == 0 || !prot_valid(p) || !F::check_prot(cfg, p).ok()) return failure(errc::invalid);
         if (((va | pa | size) & (minp - 1)) != 0) return failure(errc::invalid);
         const std::uint64_t last = va + size - 1, pa_last = pa + size - 1;
         if (last < va || pa_last < pa || !in_ias(last) || !in_oas(pa_last)) return failure(errc::range);
         if (translates_as<F>(cfg, va, last, pa - va, p)) return replace_expectation{0, false};
-        split_at(va);
-        if (last + 1 != 0 && in_ias(last + 1)) split_at(last + 1);
-        std::uint64_t removed = 0;
-        for (std::uint64_t k : overlapping(va, last)) {
-            removed += leaves_[k].size();
-            leaves_.erase(k);
-        }
-        if (auto r = map(va, pa, size, p); !r) FAIL("map after clearing the range: " << to_string(r.error()));
+        split_range_ends(va, last);
+        const std::uint64_t removed = remove_inside(va, last, [](std::uint64_t, const model_leaf&) {});
+        if (auto r = map(va, pa, size, p); !r) throw model_error("map after clearing the range failed");
         return replace_expectation{removed, true};
-    }
-
-    /// The leaf holding `va`, or null.
-    const model_leaf* leaf_at(std::uint64_t va) const {
-        auto it = leaves_.upper_bound(va);
-        if (it == leaves_.begin()) return nullptr;
-        --it;
-        return va <= it->second.last() ? &it->second : nullptr;
-    }
-    std::optional<std::uint64_t> translate(std::uint64_t va) const {
-        const model_leaf* l = leaf_at(va);
-        if (l == nullptr) return std::nullopt;
-        return l->pa + (va - l->iova);
     }
 
     /// The dump a table of format F holding exactly these leaves gives: each leaf at the level
@@ -150,7 +192,7 @@ public:
         out.reserve(leaves_.size());
         for (const auto& [va, l] : leaves_) {
             const auto level = level_of[l.size_lg2];
-            if (!level) FAIL("no level holds leaves of 2^" << l.size_lg2 << " bytes");
+            if (!level) throw model_error("no level holds leaves of this size");
             const unsigned item = F::item_lg2(*level);
             const std::uint64_t raw = F::make_leaf(cfg, *level, l.size_lg2, l.pa, l.perm);
             for (std::uint64_t i = 0; i < (std::uint64_t{1} << (l.size_lg2 - item)); ++i)
@@ -159,17 +201,110 @@ public:
         return out;
     }
 
+    // ---- primitives ----
+
+    /// The leaf containing `va`, or end().
+    const_iterator find(std::uint64_t va) const {
+        auto it = leaves_.upper_bound(va);
+        if (it == leaves_.begin()) return leaves_.end();
+        --it;
+        return va <= it->second.last() ? it : leaves_.end();
+    }
+    /// The leaf holding `va`, or null.
+    const model_leaf* leaf_at(std::uint64_t va) const {
+        auto it = find(va);
+        return it == leaves_.end() ? nullptr : &it->second;
+    }
+    /// What `va` translates to, if anything.
+    std::optional<std::uint64_t> translate(std::uint64_t va) const {
+        const model_leaf* l = leaf_at(va);
+        if (l == nullptr) return std::nullopt;
+        return l->pa + (va - l->iova);
+    }
+    /// True when any leaf intersects [va, last].
+    bool overlaps(std::uint64_t va, std::uint64_t last) const {
+        if (find(va) != leaves_.end()) return true;
+        auto it = leaves_.lower_bound(va);
+        return it != leaves_.end() && it->first <= last;
+    }
+    /// True when a leaf intersects [va, last] without lying inside it (an exact unmap would cut it).
+    bool cuts(std::uint64_t va, std::uint64_t last) const {
+        auto first = find(va);
+        if (first != leaves_.end() && first->first < va) return true;
+        auto end_leaf = find(last);
+        return end_leaf != leaves_.end() && end_leaf->second.last() > last;
+    }
+    /// Bytes of the leaves inside [va, last].
+    std::uint64_t bytes_inside(std::uint64_t va, std::uint64_t last) const {
+        std::uint64_t bytes = 0;
+        for (auto it = leaves_.lower_bound(va); it != leaves_.end() && it->first <= last; ++it) bytes += it->second.size();
+        return bytes;
+    }
+
+    /// Adds a leaf; it must not overlap one.
+    void add(const model_leaf& leaf) {
+        if (overlaps(leaf.iova, leaf.last())) throw model_error("added leaf overlaps a leaf");
+        leaves_.emplace(leaf.iova, leaf);
+        bytes_ += leaf.size();
+    }
+    /// Removes the leaves that start inside [va, last], calling `fn(va, leaf)` for each;
+    /// returns their bytes.
+    template <class Fn>
+    std::uint64_t remove_inside(std::uint64_t va, std::uint64_t last, Fn&& fn) {
+        std::uint64_t removed = 0;
+        auto it = leaves_.lower_bound(va);
+        while (it != leaves_.end() && it->first <= last) {
+            fn(it->first, it->second);
+            removed += it->second.size();
+            it = leaves_.erase(it);
+        }
+        bytes_ -= removed;
+        return removed;
+    }
+
+    /// The largest page size of the geometry below 2^lg2, or 0.
+    unsigned next_smaller(unsigned lg2) const noexcept {
+        const std::uint64_t below = geo_.pgsize_bitmap & low_mask(lg2);
+        return below == 0 ? 0 : 63 - static_cast<unsigned>(std::countl_zero(below));
+    }
+    /// Calls `fn(from_lg2, to_lg2)` for each step that splitting at `boundary` would take: the
+    /// leaf holding `boundary` strictly inside becomes leaves of the next smaller size, and the
+    /// one of those holding `boundary` is split again, until `boundary` is a leaf edge.
+    template <class Fn>
+    void split_steps(std::uint64_t boundary, Fn&& fn) const {
+        const model_leaf* l = leaf_at(boundary);
+        if (l == nullptr) return;
+        unsigned lg2 = l->size_lg2;
+        while ((boundary & low_mask(lg2)) != 0) {
+            const unsigned to = next_smaller(lg2);
+            fn(lg2, to);
+            if (to == 0) return;  // boundary finer than the smallest page: caller's bug
+            lg2 = to;
+        }
+    }
+    /// Performs the split `split_steps` describes: makes `boundary` a leaf edge.
+    void split(std::uint64_t boundary) {
+        for (;;) {
+            auto it = find(boundary);
+            if (it == leaves_.end() || it->first == boundary) return;
+            const model_leaf whole = it->second;
+            const unsigned to = next_smaller(whole.size_lg2);
+            if (to == 0) throw model_error("split below the smallest page size");
+            leaves_.erase(it);
+            for (std::uint64_t off = 0; off < whole.size(); off += lg2_to_size(to))
+                leaves_.emplace(whole.iova + off, model_leaf{whole.iova + off, to, whole.pa + off, whole.perm});
+        }
+    }
+
 private:
     bool in_ias(std::uint64_t a) const noexcept { return geo_.ias >= 64 || (a >> geo_.ias) == 0; }
     bool in_oas(std::uint64_t a) const noexcept { return geo_.oas >= 64 || (a >> geo_.oas) == 0; }
+    std::uint64_t smallest_page() const noexcept { return geo_.pgsize_bitmap & (~geo_.pgsize_bitmap + 1); }
 
-    /// Keys of the leaves intersecting [va, last].
-    std::vector<std::uint64_t> overlapping(std::uint64_t va, std::uint64_t last) const {
-        std::vector<std::uint64_t> keys;
-        auto it = leaves_.upper_bound(va);
-        if (it != leaves_.begin() && std::prev(it)->second.last() >= va) --it;
-        for (; it != leaves_.end() && it->first <= last; ++it) keys.push_back(it->first);
-        return keys;
+    /// Splits at the range's first byte and after its last (when that is still an input address).
+    void split_range_ends(std::uint64_t va, std::uint64_t last) {
+        split(va);
+        if (last + 1 != 0 && in_ias(last + 1)) split(last + 1);
     }
 
     /// True when leaves with no hole between them cover [va, last], each translating x to
@@ -178,12 +313,12 @@ private:
     bool translates_as(const typename F::config& cfg, std::uint64_t va, std::uint64_t last, std::uint64_t delta,
                        prot p) const {
         std::uint64_t next = va;
-        for (std::uint64_t k : overlapping(va, last)) {
-            const model_leaf& l = leaves_.at(k);
+        for (auto it = find(va); it != leaves_.end() && it->first <= last; ++it) {
+            const model_leaf& l = it->second;
             const std::uint64_t from = std::max(l.iova, va);
             if (from != next || l.pa + (from - l.iova) != from + delta) return false;
             const auto level = leaf_level<F>(geo_, l.size_lg2);
-            if (!level) FAIL("no level holds leaves of 2^" << l.size_lg2 << " bytes");
+            if (!level) throw model_error("no level holds leaves of this size");
             auto decoded = [&](prot q) { return F::leaf_prot(cfg, *level, F::make_leaf(cfg, *level, l.size_lg2, l.pa, q)); };
             if (decoded(l.perm) != decoded(p)) return false;
             if (l.last() >= last) return true;
@@ -192,23 +327,9 @@ private:
         return false;
     }
 
-    /// Makes `b` a leaf edge.
-    void split_at(std::uint64_t b) {
-        for (;;) {
-            const model_leaf* l = leaf_at(b);
-            if (l == nullptr || l->iova == b) return;
-            const model_leaf whole = *l;
-            const std::uint64_t smaller = geo_.pgsize_bitmap & (whole.size() - 1);
-            if (smaller == 0) FAIL("no smaller page size (b is aligned to the smallest page)");
-            const unsigned to = static_cast<unsigned>(std::bit_width(smaller) - 1);
-            leaves_.erase(whole.iova);
-            for (std::uint64_t off = 0; off < whole.size(); off += std::uint64_t{1} << to)
-                leaves_[whole.iova + off] = model_leaf{whole.iova + off, to, whole.pa + off, whole.perm};
-        }
-    }
-
     geometry geo_;
-    std::map<std::uint64_t, model_leaf> leaves_;
+    map_type leaves_;
+    std::uint64_t bytes_ = 0;
 };
 
 } // namespace iopgtable::test
