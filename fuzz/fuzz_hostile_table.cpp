@@ -259,17 +259,5 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    using namespace iopgtable;
-    fuzz::byte_reader in(data, size);
-    const std::uint8_t format_index = in.u8(), config_index = in.u8();
-    fuzz::with_format(format_index, [&](auto type) {
-        using F = typename decltype(type)::type;
-        const auto configs = F::sample_configs();
-        FUZZ_CHECK(!configs.empty(), "%s has no sample configurations", F::name);
-        const auto& cfg = configs[config_index % configs.size()];
-        auto geo = F::make_geometry(cfg);
-        FUZZ_CHECK(geo.ok(), "%s: a sample configuration is refused", F::name);
-        fuzz::hostile_run<F>(cfg, *geo, in).run();
-    });
-    return 0;
+    return iopgtable::fuzz::run_per_format<iopgtable::fuzz::hostile_run>(data, size);
 }

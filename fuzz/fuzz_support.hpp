@@ -109,6 +109,25 @@ inline std::vector<std::string> pair_names() {
     return v;
 }
 
+/// The body of a per-format target's LLVMFuzzerTestOneInput: the input's first two bytes pick
+/// a format of the list (`with_format`) and one of its sample configurations; the rest goes to
+/// `Run<F>(config, geometry, reader).run()`.
+template <template <class> class Run>
+int run_per_format(const std::uint8_t* data, std::size_t size) {
+    byte_reader in(data, size);
+    const std::uint8_t format_index = in.u8(), config_index = in.u8();
+    with_format(format_index, [&](auto type) {
+        using F = typename decltype(type)::type;
+        const auto configs = F::sample_configs();
+        FUZZ_CHECK(!configs.empty(), "%s has no sample configurations", F::name);
+        const auto& cfg = configs[config_index % configs.size()];
+        auto geo = F::make_geometry(cfg);
+        FUZZ_CHECK(geo.ok(), "%s: a sample configuration is refused", F::name);
+        Run<F>(cfg, *geo, in).run();
+    });
+    return 0;
+}
+
 /// True when `x` does not fit in `bits` bits.
 constexpr bool beyond(std::uint64_t x, unsigned bits) noexcept { return bits < 64 && (x >> bits) != 0; }
 
