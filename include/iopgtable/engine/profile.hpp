@@ -4,8 +4,11 @@
 /// The rest of a format's contract: its profile. `page_table_format` (format.hpp) is what the
 /// engine walks with; the profile is what everything around the engine (the sharing
 /// negotiation, the virtio device, `iopt`, the test suites) learns about a format, so that none
-/// of them names a format or switches on a sharing model. Each format header asserts both
-/// concepts where it declares the format; `formats/all.hpp` asserts them for the list.
+/// of them names a format or switches on a sharing model. A format is a header pair: its
+/// walker (`formats/<name>_walker.hpp`, struct `<name>_walker`: the `page_table_format`
+/// members and dirty tracking) and its profile (`formats/<name>.hpp`: the type the list holds,
+/// deriving from the walker, with the members below). Each header asserts its concept where it
+/// declares the format; `formats/all.hpp` asserts them for the list.
 ///
 /// | member | meaning |
 /// |---|---|
@@ -16,6 +19,9 @@
 /// | `sample_configs()` → vector<config> | configurations the suites run; the last-resort device limits; PROBE_TABLE's `sizes` |
 /// | `sharing_model`, `sharing_variant` | its numbers in the registry (formats/sharing_models.hpp) |
 /// | `guest_shareable` | whether a guest may attach a table of this format (PROBE_TABLE offers it) |
+///
+/// The profile also holds the optional leaf attributes that nested walks decode (engine/format.hpp:
+/// `leaf_permissions`, `input_fault_level`, `leaf_accessed`, `leaf_memory_type`).
 ///
 /// A guest-shareable format (`shareable_format<F>`) also says how its tables travel in the
 /// sharing requests:

@@ -2,7 +2,8 @@
 #pragma once
 /// @file all.hpp
 /// The one list of formats. Tests, benchmarks, fuzzers and `iopt` iterate it; adding a format
-/// means adding its header and one entry here.
+/// means adding its header pair (`<name>_walker.hpp`, the walker; `<name>.hpp`, its profile
+/// deriving from it; formats/README.md) and one entry here.
 #include <type_traits>
 
 #include <boost/hana/all_of.hpp>
