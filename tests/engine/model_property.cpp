@@ -10,47 +10,28 @@
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 
-#include "support/checks.hpp"
-#include "support/format_list.hpp"
-#include "support/reference_model.hpp"
+#include "support/model_run.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;
 
 namespace {
 
-constexpr std::uint64_t regions = 4;  ///< the window: this many largest pages
-
-template <class T>
-std::string outcome(const result<T>& r) {
-    return r.ok() ? std::string("ok") : std::string(to_string(r.error()));
-}
-
 enum class op_kind { map, map_pages, unmap, unmap_split, bad_map };
 
 /// One run of the property for format F.
 template <class F>
 void random_operations() {
-    const auto cfgs = F::sample_configs();
-    RC_ASSERT(!cfgs.empty());
-    const auto& cfg = cfgs[*rc::gen::resize(100, rc::gen::inRange<std::size_t>(0, cfgs.size()))];
-    const auto geo_r = F::make_geometry(cfg);
-    RC_ASSERT(geo_r.ok());
-    const geometry g = *geo_r;
-    // The largest size of which `regions` fit (all of them unless pages reach near the top of the input space) and those below.
-    const auto sizes = page_sizes_upto(g, largest_page(g, regions));
-    RC_ASSERT(!sizes.empty());
-    const std::uint64_t small = sizes.front(), big = sizes.back();
-    RC_ASSERT(ias_end(g) / regions >= big);
+    model_run<F> run;
+    const geometry& g = run.g;
+    const auto& sizes = run.sizes;
+    const std::uint64_t small = run.small, big = run.big;
+    constexpr std::uint64_t regions = model_run<F>::regions;
+    auto& pt = run.pt();
+    auto& model = run.model;
     const bool at_top = *rc::gen::resize(100, rc::gen::arbitrary<bool>());
     const std::uint64_t window = at_top ? ias_last(g) - (regions * big - 1) : 0;
     RC_LOG() << F::name << " " << describe(g) << (at_top ? " window at the top" : " window at 0") << "\n";
-
-    auto mem = make_test_memory<F>();
-    auto created = page_table<F, test_memory<F>>::create(cfg, *mem);
-    RC_ASSERT(created.ok());
-    auto pt = std::move(created).value();
-    reference_model model(g);
 
     // A range in the window: k pages of a size (plus maybe one smallest page), usually aligned
     // to that size, sometimes only to a smaller one, a few slots from the start or the end of
@@ -120,12 +101,7 @@ void random_operations() {
                 default: iova = ias_last(g) - (small - 1); break;
                 }
             }
-            RC_LOG() << "map 0x" << std::hex << iova << " -> 0x" << pa << " size 0x" << len << " prot 0x" << to_bits(p);
-            const auto got = pt.map(in_addr<F>(iova), pa_t{pa}, length_t{len}, p);
-            const auto check = F::check_prot(cfg, p);
-            const auto want = check.ok() || !prot_valid(p) || len == 0 ? model.map(iova, pa, len, p) : check;
-            RC_LOG() << ": " << outcome(got) << "\n";
-            RC_ASSERT(outcome(got) == outcome(want));
+            run.map(iova, pa, len, p);
             break;
         }
         case op_kind::map_pages: {
@@ -146,15 +122,7 @@ void random_operations() {
         case op_kind::unmap:
         case op_kind::unmap_split: {
             auto [iova, len] = gen_unmap_range();
-            const bool split = kind == op_kind::unmap_split;
-            RC_LOG() << (split ? "unmap split 0x" : "unmap 0x") << std::hex << iova << " size 0x" << len;
-            const auto got = pt.unmap(in_addr<F>(iova), length_t{len}, split ? unmap_mode::split : unmap_mode::exact);
-            const auto want = model.unmap(iova, len, split);
-            RC_LOG() << ": " << outcome(got);
-            if (got.ok()) RC_LOG() << " 0x" << got->value;
-            RC_LOG() << "\n";
-            RC_ASSERT(outcome(got) == outcome(want));
-            if (got.ok()) RC_ASSERT(got->value == want->value);
+            run.unmap(iova, len, kind == op_kind::unmap_split);
             break;
         }
         }
@@ -170,25 +138,8 @@ void random_operations() {
         for (int i = 0; i < 8; ++i)
             points.push_back(window + *rc::gen::inRange<std::uint64_t>(0, regions * big / small) * small +
                              *rc::gen::inRange<std::uint64_t>(0, small));
-        for (std::uint64_t va : points) {
-            if (va >= ias_end(g)) continue;
-            const auto got = pt.iova_to_phys(in_addr<F>(va));
-            const auto want = model.translate(va);
-            RC_ASSERT(got.has_value() == want.has_value());
-            if (got) RC_ASSERT(got->value == *want);
-            // lookup_leaf (the DMA path's walk) tells what lookup tells about the leaf.
-            const leaf_translation leaf = pt.lookup_leaf(in_addr<F>(va));
-            const auto full = pt.lookup(in_addr<F>(va));
-            RC_ASSERT(leaf.mapped() == got.has_value());
-            RC_ASSERT(leaf.mapped() == (full.status == walk_status::mapped));
-            if (leaf.mapped()) {
-                RC_ASSERT(leaf.oa == got->value);
-                RC_ASSERT(unsigned{leaf.size_lg2} == full.size_lg2);
-                RC_ASSERT(unsigned{leaf.level} == full.level);
-                RC_ASSERT(leaf.perm == full.perm);
-            }
-        }
-        RC_ASSERT(dump_difference(dump(pt), model.expected_dump<F>(cfg)) == "");
+        run.check_points(points);
+        run.check_dump();
     }
     // Everything unmapped and reclaimed: the root alone.
     for (const auto& [va, l] : model.leaves()) {
@@ -199,7 +150,7 @@ void random_operations() {
     RC_ASSERT(dump(pt).empty());
     pt.reclaim();
     RC_ASSERT(pt.table_bytes() == pt.top_table_bytes());
-    RC_ASSERT(mem->bytes_in_use() == root_only_bytes(pt));
+    RC_ASSERT(run.mem->bytes_in_use() == root_only_bytes(pt));
 }
 
 } // namespace

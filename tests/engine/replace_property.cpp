@@ -9,43 +9,26 @@
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 
-#include "support/checks.hpp"
-#include "support/format_list.hpp"
-#include "support/reference_model.hpp"
+#include "support/model_run.hpp"
 
 using namespace iopgtable;
 using namespace iopgtable::test;
 
 namespace {
 
-constexpr std::uint64_t regions = 4;  ///< the window: this many largest pages
-
-template <class T>
-std::string outcome(const result<T>& r) {
-    return r.ok() ? std::string("ok") : std::string(to_string(r.error()));
-}
-
 enum class op_kind { replace, replace_same, map, unmap, unmap_split };
 
 template <class F>
 void random_replaces() {
-    const auto cfgs = F::sample_configs();
-    const auto& cfg = cfgs[*rc::gen::resize(100, rc::gen::inRange<std::size_t>(0, cfgs.size()))];
-    const auto geo_r = F::make_geometry(cfg);
-    RC_ASSERT(geo_r.ok());
-    const geometry g = *geo_r;
-    // The largest size of which `regions` fit (all of them unless pages reach near the top of the input space) and those below.
-    const auto sizes = page_sizes_upto(g, largest_page(g, regions));
-    RC_ASSERT(!sizes.empty());
-    const std::uint64_t small = sizes.front(), big = sizes.back();
-    RC_ASSERT(ias_end(g) / regions >= big);
+    model_run<F> run;
+    const auto& cfg = run.cfg;
+    const geometry& g = run.g;
+    const auto& sizes = run.sizes;
+    const std::uint64_t small = run.small, big = run.big;
+    constexpr std::uint64_t regions = model_run<F>::regions;
+    auto& pt = run.pt();
+    auto& model = run.model;
     RC_LOG() << F::name << " " << describe(g) << "\n";
-
-    auto mem = make_test_memory<F>();
-    auto created = page_table<F, test_memory<F>>::create(cfg, *mem);
-    RC_ASSERT(created.ok());
-    auto pt = std::move(created).value();
-    reference_model model(g);
 
     // Ranges of a few pages of one size in the window, usually aligned to it; outputs at the
     // input's offset (so that replacing what is there often matches), flipped by the largest
@@ -106,7 +89,7 @@ void random_replaces() {
             }
             RC_LOG() << "replace 0x" << std::hex << iova << " -> 0x" << pa << " size 0x" << len << " prot 0x" << to_bits(p);
             const auto got = pt.replace(in_addr<F>(iova), pa_t{pa}, length_t{len}, p);
-            const auto want = model.replace<F>(cfg, iova, pa, len, p);
+            const auto want = model.template replace<F>(cfg, iova, pa, len, p);
             RC_LOG() << ": " << outcome(got);
             if (got.ok()) RC_LOG() << " removed 0x" << got->removed << (got->changed ? " changed" : " unchanged");
             RC_LOG() << "\n";
@@ -125,24 +108,13 @@ void random_replaces() {
             std::tie(iova, len) = gen_range();
             const std::uint64_t pa = gen_pa(iova, len);
             const prot p = gen_prot();
-            RC_LOG() << "map 0x" << std::hex << iova << " -> 0x" << pa << " size 0x" << len;
-            const auto got = pt.map(in_addr<F>(iova), pa_t{pa}, length_t{len}, p);
-            const auto check = F::check_prot(cfg, p);
-            const auto want = check.ok() ? model.map(iova, pa, len, p) : check;
-            RC_LOG() << ": " << outcome(got) << "\n";
-            RC_ASSERT(outcome(got) == outcome(want));
+            run.map(iova, pa, len, p);
             break;
         }
         case op_kind::unmap:
         case op_kind::unmap_split: {
             std::tie(iova, len) = gen_range();
-            const bool split = kind == op_kind::unmap_split;
-            RC_LOG() << (split ? "unmap split 0x" : "unmap 0x") << std::hex << iova << " size 0x" << len;
-            const auto got = pt.unmap(in_addr<F>(iova), length_t{len}, split ? unmap_mode::split : unmap_mode::exact);
-            const auto want = model.unmap(iova, len, split);
-            RC_LOG() << ": " << outcome(got) << "\n";
-            RC_ASSERT(outcome(got) == outcome(want));
-            if (got.ok()) RC_ASSERT(got->value == want->value);
+            run.unmap(iova, len, kind == op_kind::unmap_split);
             break;
         }
         }
@@ -158,14 +130,8 @@ void random_replaces() {
             points.push_back(va);
             points.push_back(l.last());
         }
-        for (std::uint64_t va : points) {
-            if (va >= ias_end(g)) continue;
-            const auto got = pt.iova_to_phys(in_addr<F>(va));
-            const auto want = model.translate(va);
-            RC_ASSERT(got.has_value() == want.has_value());
-            if (got) RC_ASSERT(got->value == *want);
-        }
-        RC_ASSERT(dump_difference(dump(pt), model.expected_dump<F>(cfg)) == "");
+        run.check_points(points);
+        run.check_dump();
     }
 }
 
