@@ -383,11 +383,7 @@ private:
 } // namespace
 } // namespace iopgtable::fuzz
 
-/// `IOPGTABLE_FUZZ_LIST=1`: the names of what the input picks by index (fuzz_support.hpp).
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    iopgtable::fuzz::list_names_if_asked(iopgtable::fuzz::pair_names());
-    return 0;
-}
+IOPGTABLE_FUZZ_LISTS(iopgtable::fuzz::pair_names())
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     using namespace iopgtable;

@@ -281,11 +281,7 @@ void run(const std::uint8_t* data, std::size_t size) {
 } // namespace
 } // namespace iopgtable::fuzz
 
-/// `IOPGTABLE_FUZZ_LIST=1`: the names of what the input picks by index (fuzz_support.hpp).
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    iopgtable::fuzz::list_names_if_asked(iopgtable::fuzz::format_names());
-    return 0;
-}
+IOPGTABLE_FUZZ_LISTS(iopgtable::fuzz::format_names())
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     iopgtable::fuzz::run(data, size);

@@ -92,6 +92,14 @@ inline void list_names_if_asked(const std::vector<std::string>& names) {
     std::exit(0);
 }
 
+/// Defines the target's LLVMFuzzerInitialize: with `IOPGTABLE_FUZZ_LIST=1` it prints `names`
+/// (format_names() or pair_names(): what the input picks by index) and exits.
+#define IOPGTABLE_FUZZ_LISTS(names)                                                                   \
+    extern "C" int LLVMFuzzerInitialize(int*, char***) {                                              \
+        iopgtable::fuzz::list_names_if_asked(names);                                                  \
+        return 0;                                                                                     \
+    }
+
 /// `format arm-lpae-s1/4k`, ...: the formats fuzz_ops and fuzz_hostile_table pick by index.
 inline std::vector<std::string> format_names() {
     std::vector<std::string> v;
