@@ -18,7 +18,7 @@
 #include <catch2/catch.hpp>
 #include <iopgtable/iopgtable.hpp>
 
-#include "reference_model.hpp"  // dump_entry, leaf_level
+#include "leaf_dump.hpp"
 
 namespace iopgtable::test {
 

@@ -28,7 +28,6 @@
 #include <map>
 #include <memory_resource>
 #include <optional>
-#include <ostream>
 #include <stdexcept>
 #include <vector>
 
@@ -36,6 +35,8 @@
 #include <iopgtable/core/prot.hpp>
 #include <iopgtable/core/result.hpp>
 #include <iopgtable/engine/format.hpp>
+
+#include "leaf_dump.hpp"
 
 namespace iopgtable::test {
 
@@ -79,29 +80,6 @@ void greedy_leaves(std::uint64_t bitmap, std::uint64_t va, std::uint64_t pa, std
         if (next - 1 >= last) return;
         pos = next;
     }
-}
-
-/// The level at which the engine places a leaf of 2^size_lg2 bytes: the highest level in use
-/// whose leaf sizes include it (nullopt when none does).
-template <class F>
-std::optional<unsigned> leaf_level(const geometry& g, unsigned size_lg2) {
-    for (unsigned l = g.levels; l-- > 0;)
-        if (((F::leaf_sizes(l) >> size_lg2) & 1) && F::item_lg2(l) <= size_lg2) return l;
-    return std::nullopt;
-}
-
-/// One leaf entry of a table as `visit_all` reports it (raw widened to 64 bits).
-struct dump_entry {
-    std::uint64_t iova = 0;
-    unsigned level = 0;
-    unsigned size_lg2 = 0;
-    std::uint64_t raw = 0;
-    friend bool operator==(const dump_entry&, const dump_entry&) = default;
-};
-
-inline std::ostream& operator<<(std::ostream& o, const dump_entry& e) {
-    return o << "{iova 0x" << std::hex << e.iova << std::dec << " level " << e.level << " size_lg2 " << e.size_lg2
-             << " raw 0x" << std::hex << e.raw << std::dec << "}";
 }
 
 class reference_model {
@@ -243,8 +221,12 @@ public:
 
     /// Adds a leaf; it must not overlap one.
     void add(const model_leaf& leaf) {
-        if (overlaps(leaf.iova, leaf.last())) throw model_error("added leaf overlaps a leaf");
-        leaves_.emplace(leaf.iova, leaf);
+        // One search: the first leaf at or after it, and the one before that.
+        const auto next = leaves_.lower_bound(leaf.iova);
+        if ((next != leaves_.end() && next->first <= leaf.last()) ||
+            (next != leaves_.begin() && std::prev(next)->second.last() >= leaf.iova))
+            throw model_error("added leaf overlaps a leaf");
+        leaves_.emplace_hint(next, leaf.iova, leaf);
         bytes_ += leaf.size();
     }
     /// Removes the leaves that start inside [va, last], calling `fn(va, leaf)` for each;
