@@ -4,12 +4,17 @@
 /// The one list of formats. Tests, benchmarks, fuzzers and `iopt` iterate it; adding a format
 /// means adding its header pair (`<name>_walker.hpp`, the walker; `<name>.hpp`, its profile
 /// deriving from it; formats/README.md) and one entry here.
+#include <cstddef>
 #include <type_traits>
 
 #include <boost/hana/all_of.hpp>
 #include <boost/hana/bool.hpp>
+#include <boost/hana/concat.hpp>
+#include <boost/hana/equal.hpp>
 #include <boost/hana/filter.hpp>
 #include <boost/hana/flatten.hpp>
+#include <boost/hana/index_if.hpp>
+#include <boost/hana/optional.hpp>
 #include <boost/hana/transform.hpp>
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
@@ -51,16 +56,32 @@ inline constexpr bool nests_over = std::is_same_v<typename S1::input_address, io
                                    std::is_same_v<typename S2::input_address, ipa_t> &&
                                    S1::sharing_model == S2::sharing_model;
 
-/// Every nested pair of the list, `nested_pair<S1, S2>` types in list order of S1, then S2.
-/// The nested tests, the nested fuzzer and the nested benchmarks iterate it.
-inline constexpr auto nested_pairs = boost::hana::flatten(boost::hana::transform(all_formats, [](auto s1) {
-    using S1 = typename decltype(s1)::type;
-    auto over = boost::hana::filter(all_formats, [](auto s2) {
-        return boost::hana::bool_c<nests_over<S1, typename decltype(s2)::type>>;
+namespace detail {
+/// F's position in all_formats.
+template <class F>
+inline constexpr std::size_t list_position = std::remove_reference_t<decltype(
+    boost::hana::index_if(all_formats, boost::hana::equal.to(boost::hana::type_c<F>)).value())>::value;
+} // namespace detail
+
+/// Every nested pair of the list, as `nested_pair<S1, S2>` types. They are in the order of the
+/// later of their two formats in the list; pairs with the same later format L come as (S1, L)
+/// in list order of S1, then (L, S2) in list order of S2. So a format appended to the list
+/// appends its pairs, and the index a fuzz seed picks a pair by keeps its meaning
+/// (fuzz/format_names.txt). The nested tests, the nested fuzzer and the nested benchmarks
+/// iterate it.
+inline constexpr auto nested_pairs = boost::hana::flatten(boost::hana::transform(all_formats, [](auto later) {
+    using L = typename decltype(later)::type;
+    auto below = boost::hana::filter(all_formats, [](auto s1) {
+        using S1 = typename decltype(s1)::type;
+        return boost::hana::bool_c<(detail::list_position<S1> < detail::list_position<L>) && nests_over<S1, L>>;
     });
-    return boost::hana::transform(over, [](auto s2) {
-        return boost::hana::type_c<nested_pair<S1, typename decltype(s2)::type>>;
+    auto above = boost::hana::filter(all_formats, [](auto s2) {
+        using S2 = typename decltype(s2)::type;
+        return boost::hana::bool_c<(detail::list_position<S2> < detail::list_position<L>) && nests_over<L, S2>>;
     });
+    return boost::hana::concat(
+        boost::hana::transform(below, [](auto s1) { return boost::hana::type_c<nested_pair<typename decltype(s1)::type, L>>; }),
+        boost::hana::transform(above, [](auto s2) { return boost::hana::type_c<nested_pair<L, typename decltype(s2)::type>>; }));
 }));
 
 static_assert(boost::hana::all_of(all_formats, [](auto f) {
