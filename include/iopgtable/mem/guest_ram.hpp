@@ -44,11 +44,9 @@ public:
     /// slot free again, allocation starting where it started. Only when no table is in use
     /// (otherwise false, and nothing changed). Reuses the buffer: for running many short
     /// sessions (fuzz inputs) in one RAM without a new allocation each time; costs one memset
-    /// of the whole RAM. Not while another thread allocates tables.
+    /// of the whole RAM, which no table allocation can overlap.
     bool clear() noexcept {
-        if (!pool_.reset_if_idle()) return false;
-        std::memset(data_.get(), 0, ((size_ + 7) / 8 + 1) * 8);
-        return true;
+        return pool_.reset_if_idle([this]() noexcept { std::memset(data_.get(), 0, ((size_ + 7) / 8 + 1) * 8); });
     }
 
     /// A zero-filled table of `bytes` (power of two), aligned to max(bytes, 64).

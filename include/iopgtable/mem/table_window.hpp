@@ -39,13 +39,20 @@ public:
         free_.clear();
     }
     /// Back to the state of a new window with the same bounds, when no table is in use
-    /// (otherwise false, and nothing changed).
-    bool reset_if_idle() noexcept {
+    /// (otherwise false, and nothing changed). `also()` runs inside the same critical section,
+    /// after the reset, so no table can be taken until it returns (guest RAM zeroes its bytes
+    /// there).
+    template <class Also>
+    bool reset_if_idle(Also&& also) noexcept {
         std::lock_guard g(lock_);
         if (in_use_ != 0) return false;
         next_ = lo_;
         free_.clear();
+        also();
         return true;
+    }
+    bool reset_if_idle() noexcept {
+        return reset_if_idle([]() noexcept {});
     }
 
     /// The address of a table of footprint(bytes), aligned to that footprint. Errors: invalid
