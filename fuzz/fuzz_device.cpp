@@ -360,8 +360,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     const bool was_open = std::any_of(before.begin(), before.end(),
                                                       [&](const auto& o) { return o[0] == id && o[1] == dom; });
                     FUZZ_CHECK(was_open, "PAGE_REPLY OK for id %u domain %u not open", id, dom);
-                    FUZZ_CHECK(after.size() + 1 == before.size(), "PAGE_REPLY OK closed %zu requests",
-                               before.size() - after.size());
+                    // The reply closes its request; retrying that request's accesses may
+                    // post fault events, and a queue found broken then (the guest may have
+                    // written over the eventq's rings) fails every stalled access: all close
+                    // (device.hpp process_requests; regressions/fuzz_device/reply-breaks-queue).
+                    if (m.dev().needs_reset())
+                        FUZZ_CHECK(after.empty(), "a queue broke and %zu page requests stayed open", after.size());
+                    else
+                        FUZZ_CHECK(after.size() + 1 == before.size(), "PAGE_REPLY OK closed %zu requests",
+                                   before.size() - after.size());
                 } else if (used == 4) {
                     FUZZ_CHECK(after == before, "a refused PAGE_REPLY changed the page requests");
                 }
