@@ -84,6 +84,44 @@ TEST_CASE("a hole in stage 2 under the middle of a stage-1 table faults; nothing
     CHECK(s.w.s1->iova_to_phys(iova_t{0x1ff0000}) == pa_t{0x1ff0000});
 }
 
+TEST_CASE("a view refuses a stage-2 hole in one fetch: the rest of the hole, with one stage-2 walk", "[nested][window]") {
+    hole_setup s;
+    REQUIRE(s.w.s2->unmap(ipa_t{s.page}, length_t{k4}).ok());
+    constexpr std::uint64_t words = k4 / sizeof(std::uint64_t);  // a 4K stage-2 page of 64-bit entries
+
+    nested::stage2_view<S2, guest_ram> view(s.w.stage2());
+    auto r = view.entries<std::uint64_t>(pa_t{s.page}, 8192, false);
+    CHECK(r.count == 0);
+    CHECK(r.first == nullptr);
+    CHECK(r.gap == words);  // the empty level-0 entry of stage 2 covers exactly the 4K page
+    REQUIRE(view.last_fault());
+    CHECK(view.last_fault()->reason == nested::fault_reason::translation);
+    const unsigned one_walk = view.accesses();
+    CHECK(one_walk >= 1);
+    CHECK(one_walk <= S2::max_levels);
+
+    // From inside the hole: up to its end; a shorter request: that many.
+    CHECK(view.entries<std::uint64_t>(pa_t{s.page + 10 * 8}, 8192, false).gap == words - 10);
+    CHECK(view.entries<std::uint64_t>(pa_t{s.page}, 3, false).gap == 3);
+    // The page after the hole is mapped: a run from there, not part of the hole.
+    CHECK(view.entries<std::uint64_t>(pa_t{s.page + k4}, 8192, false).count == words);
+
+    // Read as empty: a run of zero words over the rest of the hole (at most 4 KiB of them).
+    nested::stage2_view<S2, guest_ram> empty_view(s.w.stage2(), nested::view_settings{.unreadable_as_empty = true});
+    auto z = empty_view.entries<std::uint64_t>(pa_t{s.page + 8}, 8192, false);
+    REQUIRE(z.count == words - 1);
+    REQUIRE(z.first != nullptr);
+    CHECK(std::all_of(z.first, z.first + z.count, [](std::uint64_t v) { return v == 0; }));
+    CHECK(empty_view.accesses() == one_walk);
+    // A store is never given a zero word.
+    CHECK(empty_view.entries<std::uint64_t>(pa_t{s.page}, 1, true).count == 0);
+
+    // The engine passes the hole with the view's answer: a reclaim over the table reads the
+    // hole's 512 entries as unbacked and frees nothing that maps.
+    (void)s.w.s1->reclaim();
+    CHECK(s.w.s1->iova_to_phys(iova_t{0x10000000}) == pa_t{0x200000});
+}
+
 TEST_CASE("a read-only stage-2 page under a stage-1 table: reads pass, writes fault", "[nested][window]") {
     hole_setup s;
     // A leaf whose entry lies in the page and one in the table's first page, then the host

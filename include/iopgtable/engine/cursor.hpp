@@ -64,6 +64,11 @@ struct level_cursor {
     word* win = nullptr;
     std::uint64_t win_idx = 0;
     std::uint64_t win_n = 0;
+    /// Entries [hole_idx, hole_idx + hole_n) the memory said are not backed (entry_span::gap),
+    /// for the life of this cursor: a guest table over a stage-2 hole is passed with one
+    /// stage-2 walk per hole, not one per entry.
+    std::uint64_t hole_idx = 0;
+    std::uint64_t hole_n = 0;
 
     /// A cursor over the whole of the table at `table` whose first slot maps `base`.
     IOPGTABLE_ALWAYS_INLINE static level_cursor whole(const config& c, R& m, std::uint64_t table, std::uint64_t mask, std::uint64_t base) noexcept {
@@ -95,12 +100,17 @@ struct level_cursor {
         if (for_store) return read(true);
         const std::uint64_t idx = index();
         if (idx - win_idx >= win_n) {  // outside the window (idx < win_idx wraps)
+            if (idx - hole_idx < hole_n) return take(nullptr);
             const std::uint64_t left = std::min(mask - idx, (last >> item) - (pos >> item)) + 1;
             const entry_span<word> s = run(idx, left, false);
             win = s.first;
             win_idx = idx;
             win_n = s.count;
-            if (s.count == 0) return take(nullptr);
+            if (s.count == 0) {
+                hole_idx = idx;
+                hole_n = std::min(s.gap, left);
+                return take(nullptr);
+            }
         }
         return take_backed(win + (idx - win_idx));
     }

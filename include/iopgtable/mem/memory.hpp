@@ -37,11 +37,15 @@ concept table_memory = table_reader<M> && requires(M& m, pa_t a, std::uint64_t b
 };
 
 /// Consecutive entries that lie in one piece of host memory: `first[0 .. count)` may be read
-/// (or, from `entry_run(..., true)`, written) by pointer. count 0: the first entry is not backed.
+/// (or, from `entry_run(..., true)`, written) by pointer. count 0: the first entry is not backed;
+/// then `gap`, when above 1, says that the memory found the first `gap` entries unbacked by one
+/// cause (a stage-2 page or block that faults as a whole), so that a walk along the table in
+/// the same operation treats them as unbacked without asking again. 0 or 1: only the first.
 template <class W>
 struct entry_span {
     W* first = nullptr;
     std::uint64_t count = 0;
+    std::uint64_t gap = 0;
 };
 
 /// Optional members a table memory may add (the engine reaches memory only through the helpers

@@ -419,17 +419,26 @@ private:
         }
     }
 
-    /// view_settings::on_fetch: remembers the table block of every stage-1 entry read.
-    static void note_table_page(void* cookie, std::uint64_t ipa) noexcept {
+    /// view_settings::on_fetch: remembers the table block of every stage-1 entry read (a fetch
+    /// of `bytes` from `ipa`, inside one stage-2 leaf or one faulting region, so its blocks are
+    /// few; one call per fetch, not per entry: a scan of a 64K-granule table over a stage-2
+    /// hole is 8192 entries).
+    static void note_table_page(void* cookie, std::uint64_t ipa, std::uint64_t bytes) noexcept {
         auto* self = static_cast<basic_folded_table*>(cookie);
-        const std::uint64_t page = ipa >> self->table_block_lg2_;
-        if (self->have_last_page_ && page == self->last_page_) return;
-        try {
-            self->ix_->table_pages.insert(page);
-            self->last_page_ = page;
-            self->have_last_page_ = true;
-        } catch (...) {
-            self->pages_lost_ = true;  // every later stage-2 change re-syncs everything
+        const std::uint64_t first = ipa >> self->table_block_lg2_;
+        const std::uint64_t end = ipa + (bytes == 0 ? 0 : bytes - 1);
+        const std::uint64_t last = (end < ipa ? ~std::uint64_t{0} : end) >> self->table_block_lg2_;
+        for (std::uint64_t page = first;; ++page) {
+            if (!self->have_last_page_ || page != self->last_page_) {
+                try {
+                    self->ix_->table_pages.insert(page);
+                    self->last_page_ = page;
+                    self->have_last_page_ = true;
+                } catch (...) {
+                    self->pages_lost_ = true;  // every later stage-2 change re-syncs everything
+                }
+            }
+            if (page == last) break;
         }
     }
 

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <span>
 
@@ -60,8 +61,10 @@ struct view_settings {
     bool unreadable_as_empty = false;
     /// Stage-2 translations of table IPAs, shared with whoever invalidates it (may be null).
     walk_cache* cache = nullptr;
-    /// Called with the IPA of every entry fetched (may be null).
-    void (*on_fetch)(void* cookie, std::uint64_t ipa) = nullptr;
+    /// Called once per fetch with the IPA of its first entry and its bytes (entries fetched
+    /// times their size; refused entries included): every entry fetched lies in one such range
+    /// (may be null).
+    void (*on_fetch)(void* cookie, std::uint64_t ipa, std::uint64_t bytes) = nullptr;
     void* cookie = nullptr;
     /// Most entries the view fetches in its life; later fetches are refused (read as empty
     /// with `unreadable_as_empty`) and `exhausted()` turns true. Bounds a walk over a hostile
@@ -97,14 +100,22 @@ public:
     }
     /// The words from `ipa` on, at most `n`, that one stage-2 leaf maps onto contiguous host
     /// memory (a table spanning several stage-2 pages is read one page at a time: its pages
-    /// may be scattered, missing or read-only). Each word counts as one fetch.
+    /// may be scattered, missing or read-only). Each word counts as one fetch. A refused fetch
+    /// answers for the words up to `n` that the same stage-2 fault refuses (resolve's
+    /// `extent_end`): unbacked with entry_span::gap, or, with `unreadable_as_empty`, as a run
+    /// of zero words (at most 4 KiB of them), so that a scan over a stage-2 hole walks stage 2
+    /// once per hole instead of once per entry.
     template <class W>
     entry_span<W> entries(pa_t ipa, std::uint64_t n, bool write) noexcept {
         return fetch<W>(ipa, n, write || set_.need_write);
     }
 
     /// The host-physical address of `ipa` for a fetch, and in `extent_end` the first IPA after
-    /// the stage-2 leaf that maps it; nothing when the fetch faults (recorded in last_fault()).
+    /// the stage-2 leaf that maps it; nothing when the fetch faults (recorded in last_fault()),
+    /// and then in `extent_end` the first IPA after the region that faults the same way (the
+    /// leaf that refuses the access, the empty stage-2 entry the walk stopped at, everything
+    /// above the IPA size), or `ipa` itself when only `ipa` is known to fault. In both cases
+    /// 0 stands for 2^64.
     std::optional<std::uint64_t> resolve(std::uint64_t ipa, std::uint64_t& extent_end) noexcept {
         return resolve(ipa, extent_end, set_.need_write);
     }
@@ -112,11 +123,13 @@ public:
     std::optional<std::uint64_t> resolve(std::uint64_t ipa, std::uint64_t& extent_end, bool write) noexcept {
         if (set_.ipa_bits < 64 && (ipa >> set_.ipa_bits) != 0) {
             fault_ = fetch_fault{1, 0, ipa, fault_reason::address_size};
+            extent_end = 0;
             return std::nullopt;
         }
         if (set_.cache) {
             if (const auto* c = set_.cache->find(ipa)) {
                 fault_level_ = c->level;
+                extent_end = c->ipa_base + lg2_to_size(c->size_lg2);
                 if (walk_refused(c->memory)) {
                     fault_ = fetch_fault{2, c->level, ipa, fault_reason::permission};
                     return std::nullopt;
@@ -125,7 +138,6 @@ public:
                     fault_ = fetch_fault{2, c->level, ipa, fault_reason::permission};
                     return std::nullopt;
                 }
-                extent_end = c->ipa_base + lg2_to_size(c->size_lg2);
                 return c->pa_base + (ipa - c->ipa_base);
             }
         }
@@ -133,9 +145,15 @@ public:
         accesses_ += o.accesses;
         if (!o.ok) {
             fault_ = fetch_fault{2, o.level, ipa, o.reason};
+            // An empty stage-2 entry at level L faults every IPA of its slot alike (Arm
+            // translation fault, VT-d/AMD not-present). Other reasons: this IPA only.
+            extent_end = ipa;
+            if (o.reason == fault_reason::translation && o.level < S2::max_levels && S2::item_lg2(o.level) < 64)
+                extent_end = (ipa | low_mask(S2::item_lg2(o.level))) + 1;
             return std::nullopt;
         }
         fault_level_ = o.leaf.level;
+        extent_end = o.leaf.input_base + lg2_to_size(o.leaf.size_lg2);
         if (walk_refused(o.leaf.memory)) {
             fault_ = fetch_fault{2, o.leaf.level, ipa, fault_reason::permission};
             return std::nullopt;
@@ -147,7 +165,6 @@ public:
         if (set_.cache && has(o.leaf.perm, prot::read))
             set_.cache->insert({o.leaf.input_base, o.leaf.output_base, o.leaf.size_lg2, o.leaf.level, o.leaf.perm, true,
                                 o.leaf.memory});
-        extent_end = o.leaf.input_base + lg2_to_size(o.leaf.size_lg2);
         return o.leaf.output_base + (ipa - o.leaf.input_base);
     }
 
@@ -229,9 +246,14 @@ private:
         std::uint64_t end = 0;
         const auto pa = resolve(ipa.value, end, write);
         if (!pa) {
-            ++fetches_;
-            if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
-            return refuse<W>(write);
+            // Every word up to the end of the region that faults alike is refused by this one
+            // walk: each counts as a fetch, as it would one by one.
+            std::uint64_t k = n;
+            if (end != 0) k = end > ipa.value ? std::min(n, (end - ipa.value) / sizeof(W)) : 1;
+            if (k == 0) k = 1;
+            fetches_ += k;
+            if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value, k * sizeof(W));
+            return refuse<W>(write, k);
         }
         // Only the rest of the stage-2 leaf is contiguous in host memory (end 0: it reaches 2^64).
         if (end != 0) n = std::min(n, (end - ipa.value) / sizeof(W));
@@ -239,13 +261,12 @@ private:
         const entry_span<W> run = entry_run<W>(*s2_.mem, pa_t{*pa}, n, write);
         if (run.count == 0) {
             ++fetches_;
-            if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value);
+            if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value, sizeof(W));
             fault_ = fetch_fault{1, 0, ipa.value, fault_reason::walk_abort};
             return refuse<W>(write);
         }
         fetches_ += run.count;
-        if (set_.on_fetch)
-            for (std::uint64_t i = 0; i < run.count; ++i) set_.on_fetch(set_.cookie, ipa.value + i * sizeof(W));
+        if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value, run.count * sizeof(W));
         if (memo != nullptr) remember<W>(*memo, ipa.value, *pa, end);
         return run;
     }
@@ -263,17 +284,22 @@ private:
         if (run.count != words) return;
         memo = page_memo{page_ipa >> memo_lg2, set_.cache->generation(), reinterpret_cast<std::byte*>(run.first)};
     }
+    /// A refused fetch of `k` words (all refused for one cause): unbacked (entry_span::gap k),
+    /// or with `unreadable_as_empty` and a read, up to k words of zero.
     template <class W>
-    entry_span<W> refuse(bool write) noexcept {
-        if (!set_.unreadable_as_empty || write) return {};
-        if constexpr (sizeof(W) == sizeof(zero64_)) {
-            zero64_ = 0;
-            return {reinterpret_cast<W*>(&zero64_), 1};
+    entry_span<W> refuse(bool write, std::uint64_t k = 1) noexcept {
+        if (!set_.unreadable_as_empty || write) return {nullptr, 0, k};
+        if constexpr (sizeof(W) == sizeof(std::uint64_t)) {
+            return {reinterpret_cast<W*>(zero_words64_), std::min<std::uint64_t>(k, std::size(zero_words64_))};
         } else {
-            zero32_ = 0;
-            return {reinterpret_cast<W*>(&zero32_), 1};
+            static_assert(sizeof(W) == sizeof(std::uint32_t));
+            return {reinterpret_cast<W*>(zero_words32_), std::min<std::uint64_t>(k, std::size(zero_words32_))};
         }
     }
+    /// What refused words read as with `unreadable_as_empty`: never written (a refused fetch
+    /// gives no word to store to), shared by every view.
+    static inline std::uint64_t zero_words64_[512] = {};
+    static inline std::uint32_t zero_words32_[1024] = {};
 
     stage_table<S2, HM> s2_;
     view_settings set_;
@@ -283,8 +309,6 @@ private:
     std::optional<fetch_fault> fault_;
     std::uint64_t trace_[trace_capacity]{};
     unsigned trace_count_ = 0;
-    std::uint64_t zero64_ = 0;
-    std::uint32_t zero32_ = 0;
     std::uint64_t fetches_ = 0;
     bool exhausted_ = false;
 };
