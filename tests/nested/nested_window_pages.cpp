@@ -93,7 +93,7 @@ TEST_CASE("a view refuses a stage-2 hole in one fetch: the rest of the hole, wit
     auto r = view.entries<std::uint64_t>(pa_t{s.page}, 8192, false);
     CHECK(r.count == 0);
     CHECK(r.first == nullptr);
-    CHECK(r.gap == words);  // the empty level-0 entry of stage 2 covers exactly the 4K page
+    CHECK(view.refused_run() == words);  // the empty level-0 entry of stage 2 covers exactly the 4K page
     REQUIRE(view.last_fault());
     CHECK(view.last_fault()->reason == nested::fault_reason::translation);
     const unsigned one_walk = view.accesses();
@@ -101,8 +101,10 @@ TEST_CASE("a view refuses a stage-2 hole in one fetch: the rest of the hole, wit
     CHECK(one_walk <= S2::max_levels);
 
     // From inside the hole: up to its end; a shorter request: that many.
-    CHECK(view.entries<std::uint64_t>(pa_t{s.page + 10 * 8}, 8192, false).gap == words - 10);
-    CHECK(view.entries<std::uint64_t>(pa_t{s.page}, 3, false).gap == 3);
+    CHECK(view.entries<std::uint64_t>(pa_t{s.page + 10 * 8}, 8192, false).count == 0);
+    CHECK(view.refused_run() == words - 10);
+    CHECK(view.entries<std::uint64_t>(pa_t{s.page}, 3, false).count == 0);
+    CHECK(view.refused_run() == 3);
     // The page after the hole is mapped: a run from there, not part of the hole.
     CHECK(view.entries<std::uint64_t>(pa_t{s.page + k4}, 8192, false).count == words);
 

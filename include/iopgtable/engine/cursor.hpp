@@ -64,11 +64,6 @@ struct level_cursor {
     word* win = nullptr;
     std::uint64_t win_idx = 0;
     std::uint64_t win_n = 0;
-    /// Entries [hole_idx, hole_idx + hole_n) the memory said are not backed (entry_span::gap),
-    /// for the life of this cursor: a guest table over a stage-2 hole is passed with one
-    /// stage-2 walk per hole, not one per entry.
-    std::uint64_t hole_idx = 0;
-    std::uint64_t hole_n = 0;
 
     /// A cursor over the whole of the table at `table` whose first slot maps `base`.
     IOPGTABLE_ALWAYS_INLINE static level_cursor whole(const config& c, R& m, std::uint64_t table, std::uint64_t mask, std::uint64_t base) noexcept {
@@ -95,20 +90,26 @@ struct level_cursor {
     IOPGTABLE_ALWAYS_INLINE bool read(bool for_store = false) noexcept { return take(entry_at(index(), for_store)); }
     /// Sets `end` to the end of the step at pos and reads the entry there (see read()). Reads
     /// go through load()'s window: at most the entries left in the range and in the table.
+    /// When it answers false (not backed), `end` may cover further entries the memory said
+    /// are not backed either: callers treat [pos, end] as one unbacked step.
     IOPGTABLE_ALWAYS_INLINE bool load(bool for_store = false) noexcept {
         step();
         if (for_store) return read(true);
         const std::uint64_t idx = index();
         if (idx - win_idx >= win_n) {  // outside the window (idx < win_idx wraps)
-            if (idx - hole_idx < hole_n) return take(nullptr);
             const std::uint64_t left = std::min(mask - idx, (last >> item) - (pos >> item)) + 1;
             const entry_span<word> s = run(idx, left, false);
             win = s.first;
             win_idx = idx;
             win_n = s.count;
             if (s.count == 0) {
-                hole_idx = idx;
-                hole_n = std::min(s.gap, left);
+                // The memory found the next entries unbacked too (has_refused_runs: a stage-2
+                // hole under a guest's table): the step covers them all, so that a walk passes
+                // the hole with one question instead of one per entry.
+                if constexpr (has_refused_runs<R>) {
+                    const std::uint64_t gap = std::min(mem->refused_run(), left);
+                    if (gap > 1) end = std::min(last, (((pos >> item) + gap - 1) << item) | low_mask(item));
+                }
                 return take(nullptr);
             }
         }

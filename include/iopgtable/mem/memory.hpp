@@ -37,15 +37,12 @@ concept table_memory = table_reader<M> && requires(M& m, pa_t a, std::uint64_t b
 };
 
 /// Consecutive entries that lie in one piece of host memory: `first[0 .. count)` may be read
-/// (or, from `entry_run(..., true)`, written) by pointer. count 0: the first entry is not backed;
-/// then `gap`, when above 1, says that the memory found the first `gap` entries unbacked by one
-/// cause (a stage-2 page or block that faults as a whole), so that a walk along the table in
-/// the same operation treats them as unbacked without asking again. 0 or 1: only the first.
+/// (or, from `entry_run(..., true)`, written) by pointer. count 0: the first entry is not backed
+/// (see has_refused_runs).
 template <class W>
 struct entry_span {
     W* first = nullptr;
     std::uint64_t count = 0;
-    std::uint64_t gap = 0;
 };
 
 /// Optional members a table memory may add (the engine reaches memory only through the helpers
@@ -69,6 +66,16 @@ concept has_entry_runs = requires(M& m, pa_t a, std::uint64_t n) {
 template <class M>
 concept has_table_budget = requires(const M& m) {
     { m.table_bytes_left() } noexcept -> std::same_as<std::uint64_t>;
+};
+
+/// Optional: after `entries` answered count 0, `refused_run()` says how many words from that
+/// address on (at least 1) the same cause refuses (a stage-2 page or block that faults as a
+/// whole), so that a walk along the table in the same operation treats them as unbacked
+/// without asking again. Kept out of entry_span, which stays two words (returned in
+/// registers on the hot path).
+template <class M>
+concept has_refused_runs = requires(const M& m) {
+    { m.refused_run() } noexcept -> std::same_as<std::uint64_t>;
 };
 
 template <class M, class W>

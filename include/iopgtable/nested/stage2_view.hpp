@@ -102,13 +102,17 @@ public:
     /// memory (a table spanning several stage-2 pages is read one page at a time: its pages
     /// may be scattered, missing or read-only). Each word counts as one fetch. A refused fetch
     /// answers for the words up to `n` that the same stage-2 fault refuses (resolve's
-    /// `extent_end`): unbacked with entry_span::gap, or, with `unreadable_as_empty`, as a run
+    /// `extent_end`): unbacked (`refused_run()` says how many), or, with `unreadable_as_empty`, as a run
     /// of zero words (at most 4 KiB of them), so that a scan over a stage-2 hole walks stage 2
     /// once per hole instead of once per entry.
     template <class W>
     entry_span<W> entries(pa_t ipa, std::uint64_t n, bool write) noexcept {
         return fetch<W>(ipa, n, write || set_.need_write);
     }
+
+    /// After `entries` answered count 0: how many words from that address on the same fault
+    /// refused (mem/memory.hpp has_refused_runs).
+    std::uint64_t refused_run() const noexcept { return refused_; }
 
     /// The host-physical address of `ipa` for a fetch, and in `extent_end` the first IPA after
     /// the stage-2 leaf that maps it; nothing when the fetch faults (recorded in last_fault()),
@@ -284,11 +288,12 @@ private:
         if (run.count != words) return;
         memo = page_memo{page_ipa >> memo_lg2, set_.cache->generation(), reinterpret_cast<std::byte*>(run.first)};
     }
-    /// A refused fetch of `k` words (all refused for one cause): unbacked (entry_span::gap k),
+    /// A refused fetch of `k` words (all refused for one cause): unbacked (refused_run() k),
     /// or with `unreadable_as_empty` and a read, up to k words of zero.
     template <class W>
     entry_span<W> refuse(bool write, std::uint64_t k = 1) noexcept {
-        if (!set_.unreadable_as_empty || write) return {nullptr, 0, k};
+        refused_ = k;
+        if (!set_.unreadable_as_empty || write) return {};
         if constexpr (sizeof(W) == sizeof(std::uint64_t)) {
             return {reinterpret_cast<W*>(zero_words64_), std::min<std::uint64_t>(k, std::size(zero_words64_))};
         } else {
@@ -310,6 +315,7 @@ private:
     std::uint64_t trace_[trace_capacity]{};
     unsigned trace_count_ = 0;
     std::uint64_t fetches_ = 0;
+    std::uint64_t refused_ = 1;
     bool exhausted_ = false;
 };
 
@@ -358,6 +364,8 @@ public:
     W* writable_entry(pa_t ipa) noexcept {
         return view_.template writable_entry<W>(ipa);
     }
+    /// See stage2_view::refused_run.
+    std::uint64_t refused_run() const noexcept { return view_.refused_run(); }
     /// Runs of words inside one stage-2 leaf (see stage2_view::entries).
     template <class W>
     entry_span<W> entries(pa_t ipa, std::uint64_t n, bool write) noexcept {
