@@ -118,9 +118,28 @@ TEST_CASE("a view refuses a stage-2 hole in one fetch: the rest of the hole, wit
     // A store is never given a zero word.
     CHECK(empty_view.entries<std::uint64_t>(pa_t{s.page}, 1, true).count == 0);
 
-    // The engine passes the hole with the view's answer: a reclaim over the table reads the
-    // hole's 512 entries as unbacked and frees nothing that maps.
+    // Read as empty, only the zero words given count against the fetch budget. With the
+    // whole 2M around the table gone (an empty stage-2 level-1 entry), a fetch of the table's
+    // 8192 words gives 512 (4 KiB of zeros): of a budget of 600, 88 are left for the next.
+    const std::uint64_t block = s.table & ~std::uint64_t{0x1fffff};
+    REQUIRE(s.w.s2->unmap(ipa_t{block}, length_t{0x200000}).ok());
+    nested::stage2_view<S2, guest_ram> budget_view(
+        s.w.stage2(), nested::view_settings{.unreadable_as_empty = true, .fetch_budget = 600});
+    CHECK(budget_view.entries<std::uint64_t>(pa_t{s.table}, 8192, false).count == 512);
+    CHECK(budget_view.entries<std::uint64_t>(pa_t{s.table + 512 * 8}, 8192, false).count == 88);
+    CHECK_FALSE(budget_view.exhausted());
+}
+
+TEST_CASE("the engine passes a stage-2 hole under a guest's table with one stage-2 walk", "[nested][window]") {
+    hole_setup s;
+    REQUIRE(s.w.s2->unmap(ipa_t{s.page}, length_t{k4}).ok());
+    // reclaim scans the level-0 table from its first entry up to the leaf of 0x10000000 (entry
+    // 4096): the hole's 512 entries lie on the way. Each entry asked on its own would cost a
+    // stage-2 walk; the cursor takes the view's refused run as one unbacked step.
+    auto& view = s.w.gmem->view();
+    view.begin_walk();
     (void)s.w.s1->reclaim();
+    CHECK(view.accesses() < 512);  // asked entry by entry, the hole alone costs one walk per entry
     CHECK(s.w.s1->iova_to_phys(iova_t{0x10000000}) == pa_t{0x200000});
 }
 

@@ -255,6 +255,8 @@ private:
             std::uint64_t k = n;
             if (end != 0) k = end > ipa.value ? std::min(n, (end - ipa.value) / sizeof(W)) : 1;
             if (k == 0) k = 1;
+            // Read as empty, the answer is at most the zero words there are: only those count.
+            if (set_.unreadable_as_empty && !write) k = std::min(k, zero_words<W>());
             fetches_ += k;
             if (set_.on_fetch) set_.on_fetch(set_.cookie, ipa.value, k * sizeof(W));
             return refuse<W>(write, k);
@@ -295,11 +297,15 @@ private:
         refused_ = k;
         if (!set_.unreadable_as_empty || write) return {};
         if constexpr (sizeof(W) == sizeof(std::uint64_t)) {
-            return {reinterpret_cast<W*>(zero_words64_), std::min<std::uint64_t>(k, std::size(zero_words64_))};
+            return {reinterpret_cast<W*>(zero_words64_), std::min(k, zero_words<W>())};
         } else {
             static_assert(sizeof(W) == sizeof(std::uint32_t));
-            return {reinterpret_cast<W*>(zero_words32_), std::min<std::uint64_t>(k, std::size(zero_words32_))};
+            return {reinterpret_cast<W*>(zero_words32_), std::min(k, zero_words<W>())};
         }
+    }
+    template <class W>
+    static constexpr std::uint64_t zero_words() noexcept {
+        return sizeof(W) == sizeof(std::uint64_t) ? std::size(zero_words64_) : std::size(zero_words32_);
     }
     /// What refused words read as with `unreadable_as_empty`: never written (a refused fetch
     /// gives no word to store to), shared by every view.
