@@ -18,6 +18,11 @@
 #include <iopgtable/nested/iotlb.hpp>
 #include <iopgtable/nested/types.hpp>
 #include <iopgtable/nested/walk_cache.hpp>
+#include <iopgtable/formats/sharing_models.hpp>
+#include <iopgtable/virtio/guest_memory.hpp>
+#include <iopgtable/virtio/iotlb.hpp>
+#include <iopgtable/virtio/page_requests.hpp>
+#include <iopgtable/virtio/status.hpp>
 #include <iopgtable/virtio/virtqueue.hpp>
 #include <iopgtable/virtio/wire.hpp>
 
@@ -166,6 +171,85 @@ TEST_CASE("enumerator names, as tools and logs print them", "[names]") {
     CHECK(virtio::to_string(virtio::queue_fault::ring_unreadable) == "ring_unreadable");
     CHECK(virtio::to_string(virtio::chain_error::head_out_of_range) == "head_out_of_range");
     CHECK(to_string(static_cast<errc>(100)) == "unknown");
+    // A value outside the enumeration (a corrupted log record, a cast from the wire) prints as
+    // unknown, never as one of the names.
+    CHECK(nested::to_string(static_cast<nested::access_kind>(200)) == "unknown");
+    CHECK(nested::to_string(static_cast<nested::fault_reason>(200)) == "unknown");
+    CHECK(nested::to_string(static_cast<memory_type>(200)) == "unknown");
+    CHECK(virtio::to_string(static_cast<virtio::queue_fault>(200)) == "unknown");
+}
+
+TEST_CASE("engine errors as virtio status (virtio-iommu 5.13.6.3), and out-of-enumeration inputs", "[names]") {
+    CHECK(virtio::to_status(errc::partial) == virtio::status::range);  // an UNMAP splitting a mapping
+    CHECK(virtio::to_status(errc::fault) == virtio::status::fault);
+    CHECK(virtio::to_status(errc::nomem) == virtio::status::nomem);
+    CHECK(virtio::to_status(static_cast<errc>(100)) == virtio::status::deverr);
+    // An access kind or permission rule outside the enumerations allows nothing.
+    const nested::access_rights all{7, 7};
+    CHECK(nested::permits(all, {nested::access_kind::write, true}));
+    CHECK_FALSE(nested::permits(all, {static_cast<nested::access_kind>(200), true}));
+    CHECK(nested::rights_of(prot::read | prot::write, static_cast<permission_rule>(200)) == nested::access_rights{});
+    // The sharing registry knows no variant 99 of the ARM model, nor any variant of model 99.
+    CHECK(sharing::find_variant(sharing::model_arm, 99) == nullptr);
+    CHECK(sharing::find_variant(99, 1) == nullptr);
+    CHECK(sharing::find_variant(sharing::model_arm, 1) != nullptr);
+}
+
+TEST_CASE("device IOTLB: its size is a power of two, at least 16, and it counts range invalidations", "[iotlb]") {
+    virtio::device_iotlb small(3), odd(1000);
+    CHECK(small.capacity() == 16);
+    CHECK(odd.capacity() == 1024);
+    small.insert(1, 0x5000, 0x9000, 12, 3);
+    CHECK(small.find(1, 0x5008) != nullptr);
+    small.invalidate(1, 0x4000, 0x4fff);  // the page before: the entry stays
+    CHECK(small.find(1, 0x5008) != nullptr);
+    small.invalidate(1, 0x6000, 0x5000);  // empty range (last < first): counted, nothing dropped
+    CHECK(small.find(1, 0x5008) != nullptr);
+    small.invalidate(1, 0x5fff, 0x5fff);
+    CHECK(small.find(1, 0x5008) == nullptr);
+    CHECK(small.range_invalidations() == 3);
+}
+
+TEST_CASE("page request book: limits as given, clear forgets every request and waiting access", "[page-requests]") {
+    virtio::page_request_limits lim;
+    lim.total = 2;
+    lim.per_endpoint = 1;
+    lim.accesses = 3;
+    virtio::page_request_book book(lim);
+    CHECK(book.limits().total == 2);
+    CHECK(book.limits().per_endpoint == 1);
+    CHECK(book.limits().accesses == 3);
+    virtio::page_request r;
+    r.id = book.next_id();
+    r.endpoint = 4;
+    r.page = 0x7000;
+    REQUIRE(book.can_open(4));
+    REQUIRE(book.open(r, virtio::stalled_access{11, 4, 0x7010, 0x7013}));
+    CHECK_FALSE(book.can_open(4));  // one per endpoint
+    virtio::page_request* open = book.find(4, 0, 0x7000);
+    REQUIRE(open != nullptr);
+    REQUIRE(book.join(*open, virtio::stalled_access{12, 4, 0x7020, 0x7027}));
+    CHECK(book.size() == 1);
+    CHECK(book.stalled() == 2);
+    book.clear();
+    CHECK(book.size() == 0);
+    CHECK(book.stalled() == 0);
+    CHECK(book.find(4, 0, 0x7000) == nullptr);
+    CHECK(book.can_open(4));
+}
+
+TEST_CASE("guest_view: GPA to HPA inside the slot only, and the host memory behind it", "[guest-memory]") {
+    guest_ram host{0x10000, pa_t{0x4000'0000}};
+    virtio::guest_view v{host, 0x8000'0000, 0x4000'2000, 0x4000};
+    CHECK(&v.host() == &host);
+    CHECK(v.hpa_of(pa_t{0x8000'0000}) == std::optional<std::uint64_t>{0x4000'2000});
+    CHECK(v.hpa_of(pa_t{0x8000'3fff}) == std::optional<std::uint64_t>{0x4000'5fff});
+    CHECK_FALSE(v.hpa_of(pa_t{0x8000'4000}));  // the slot's end
+    CHECK_FALSE(v.hpa_of(pa_t{0x7fff'ffff}));  // below it
+    // A slot that does not lie inside its host memory is empty.
+    virtio::guest_view outside{host, 0x8000'0000, 0x4000'e000, 0x4000};
+    CHECK(outside.size() == 0);
+    CHECK_FALSE(outside.hpa_of(pa_t{0x8000'0000}));
 }
 
 TEST_CASE("length literals and length arithmetic", "[core]") {

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -833,3 +834,60 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
 }
 
 } // namespace
+
+// ---- the backend's helpers on their own ----
+
+TEST_CASE("vhost: backend_cache keeps UPDATEs, drops what an INVALIDATE covers, forgets the oldest when full",
+          "[vhost]") {
+    vh::backend_cache cache(2);
+    auto update = [](std::uint32_t asid, std::uint64_t iova, std::uint64_t size, std::uint64_t uaddr, std::uint8_t perm) {
+        return vh::frame{vh::msg_v2, asid, vh::iotlb_msg{iova, size, uaddr, perm, vh::iotlb_update}};
+    };
+    cache.apply(update(1, 0x10000, 0x2000, 0x7000'0000, vh::access_rw));
+    cache.apply(update(2, 0x10000, 0x1000, 0x7100'0000, vh::access_ro));
+    cache.apply(update(1, 0x20000, 0, 0x7200'0000, vh::access_rw));  // size 0: nothing
+    CHECK(cache.size() == 2);
+    CHECK(cache.lookup(1, 0x11234, vh::access_wo) == std::optional<std::uint64_t>{0x7000'1234});
+    CHECK(cache.lookup(2, 0x10010, vh::access_ro) == std::optional<std::uint64_t>{0x7100'0010});
+    CHECK_FALSE(cache.lookup(2, 0x10010, vh::access_wo));  // read-only range
+    CHECK_FALSE(cache.lookup(3, 0x10010, vh::access_ro));  // another address space
+    CHECK(cache.hits() == 2);
+    CHECK(cache.misses() == 2);
+    // An INVALIDATE of asid 1 touching the range's last byte drops the whole range, not asid 2's.
+    cache.apply(vh::frame{vh::msg_v2, 1, vh::iotlb_msg{0x11fff, 1, 0, 0, vh::iotlb_invalidate}});
+    CHECK(cache.size() == 1);
+    CHECK_FALSE(cache.lookup(1, 0x10000, vh::access_ro));
+    CHECK(cache.lookup(2, 0x10000, vh::access_ro));
+    // Full (capacity 2): the oldest goes first.
+    cache.apply(update(1, 0x30000, 0x1000, 0x7300'0000, vh::access_rw));
+    cache.apply(update(1, 0x40000, 0x1000, 0x7400'0000, vh::access_rw));
+    CHECK(cache.size() == 2);
+    CHECK_FALSE(cache.lookup(2, 0x10000, vh::access_ro));
+    CHECK(cache.lookup(1, 0x30000, vh::access_ro));
+    CHECK(cache.lookup(1, 0x40000, vh::access_ro));
+}
+
+TEST_CASE("vhost: a socket_stream moved into another closes the one it replaces and carries its end", "[vhost]") {
+    auto a = vh::socket_stream::make_pair(20);
+    auto b = vh::socket_stream::make_pair(20);
+    REQUIRE(a);
+    REQUIRE(b);
+    const int replaced = b->first.fd(), moved = a->first.fd();
+    b->first = std::move(a->first);
+    CHECK(a->first.fd() == -1);
+    CHECK(b->first.fd() == moved);
+    // The replaced end was closed: its peer reads end-of-stream.
+    std::array<std::uint8_t, 4> got{};
+    CHECK(b->second.read_some(got) == -1);
+    CHECK(::fcntl(replaced, F_GETFD) == -1);
+    // The moved end still talks to its peer.
+    const std::array<std::uint8_t, 3> msg{1, 2, 3};
+    REQUIRE(b->first.write_all(msg));
+    CHECK(a->second.read_some(got) == 3);
+    CHECK(got[2] == 3);
+    // Self-move keeps the descriptor.
+    auto& self = b->first;
+    self = std::move(b->first);
+    CHECK(b->first.fd() == moved);
+    CHECK_FALSE(a->first.write_all(msg));  // a moved-from end refuses to write
+}

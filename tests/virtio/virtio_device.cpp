@@ -236,6 +236,16 @@ TEST_CASE("virtio device: settings the specification says a device should not pr
         t.device.reserved = {{0x2000, 0x2fff, resv_mem_t_reserved}, {0x1000, 0x1fff, resv_mem_t_reserved}};
         CHECK(arm_machine::create(t).ok());  // adjacent is not overlapping
     }
+    SECTION("probe_size not a multiple of 4, or too small for the reserved regions it must carry") {
+        machine_settings t = small_machine();
+        t.device.reserved = {low};
+        t.device.probe_size = 66;  // RESV_MEM properties are 4-byte aligned (5.13.6.8)
+        CHECK(refusal(t) == "probe_size");
+        t.device.probe_size = sizeof(virtio_iommu_probe_resv_mem) - 4;  // one region does not fit
+        CHECK(refusal(t) == "probe_size");
+        t.device.probe_size = sizeof(virtio_iommu_probe_resv_mem);
+        CHECK(arm_machine::create(t).ok());
+    }
     SECTION("more than one MSI region (5.13.6.8.1.2: SHOULD NOT present more than one per endpoint)") {
         machine_settings t = small_machine();
         t.device.reserved = {x86_msi_window, low, other_msi};

@@ -427,6 +427,20 @@ TEST_CASE("fast: a refused group is sent again one UNMAP at a time", "[driver][f
     CHECK(u.pending().empty());  // the refused one is dropped, not retried forever
 }
 
+TEST_CASE("driver: requests are counted by type, types outside req_type together under 0", "[driver]") {
+    recording_transport t;
+    driver<recording_transport> d(t);
+    (void)d.send(unmap_request(1, 0, 0xfff));
+    (void)d.send(request{{0x99, 0, 0, 0, 0, 0, 0, 0}, 4});
+    (void)d.send(request{{0x06, 0, 0, 0, 0, 0, 0, 0}, 4});  // between the base and the 0x40 types
+    (void)d.send(request{{}, 4});                           // nothing readable: no type, not counted
+    CHECK(t.log.size() == 4);
+    CHECK(d.sent(req_type::unmap) == 1);
+    CHECK(d.sent(req_type::map) == 0);
+    CHECK(d.sent(static_cast<req_type>(0x99)) == 2);
+    CHECK(d.sent(static_cast<req_type>(0)) == 2);
+}
+
 TEST_CASE("fast: without a window, or beyond max_pending, unmaps go out at once", "[driver][fast][relaxed]") {
     recording_transport t;
     driver<recording_transport> d(t);
@@ -464,6 +478,25 @@ TEST_CASE("fast: without a window, or beyond max_pending, unmaps go out at once"
         CHECK(u.flush(0) == status::ok);
         CHECK(t.log.size() == 1);
         CHECK(u.stats().max_delay_ns == 0);
+    }
+    SECTION("a release stamped before the one held: the later-held unmap goes out first when due") {
+        deferral_settings s;
+        s.window_ns = 10 * ms;
+        s.margin_ns = 5 * ms;  // due at age 5 ms
+        deferred_unmapper<recording_transport> u(d, s);
+        CHECK(u.release(1, 0, 0xfff, 100 * ms) == status::ok);
+        CHECK(u.release(2, 0x1000, 0x1fff, 50 * ms) == status::ok);  // the clock went back
+        // At 56 ms the second is 6 ms old; the first, released "later", reads as age 0. Release
+        // order is not time order any more, so the poll looks past the head of the list.
+        CHECK(u.poll(56 * ms) == status::ok);
+        CHECK(unmaps_in(t) == std::vector<unmap_seen>{{2, 0x1000, 0x1fff}});
+        REQUIRE(u.pending().size() == 1);
+        CHECK(u.pending()[0].domain == 1);
+        CHECK(u.poll(104 * ms) == status::ok);  // the first: 4 ms old
+        CHECK(t.log.size() == 1);
+        CHECK(u.poll(105 * ms) == status::ok);
+        CHECK(unmaps_in(t) == std::vector<unmap_seen>{{2, 0x1000, 0x1fff}, {1, 0, 0xfff}});
+        CHECK(u.pending().empty());
     }
 }
 

@@ -311,6 +311,7 @@ TEST_CASE("virtio sharing: no stale translation after INVALIDATE; new entries pe
     shared_lpae_vm v(mode);
     auto& g = v.g;
     REQUIRE((v.dev().shared(1)->mode() == mode));
+    CHECK(v.dev().shared(1)->format_name() == arm_lpae_s1_4k::name);  // the format ATTACH_TABLE chose
     const std::uint64_t a = 0x100000, b = 0x101000, c = 0x300000;
 
     // A new guest entry: nested sees it at once; folded only after INVALIDATE (documented).
