@@ -16,7 +16,11 @@
 # Usage: bash scripts/fuzz.sh MINUTES [TARGET...]     (TARGET: fuzz_ops, ops, ...)
 # Environment: JOBS (targets at once, default 2), BUILD (build folder, default build/fuzz),
 #              FUZZ_FLAGS (extra libFuzzer flags for the runs, e.g. -max_len=1024), after the
-#              target's own from fuzz/run_flags.txt.
+#              target's own from fuzz/run_flags.txt; CORPUS (the folder of <target>/ corpora to
+#              run from and merge into, default fuzz/corpus; a <target>/ missing there starts
+#              as a copy of fuzz/corpus/<target>/). A long run's corpus can outgrow what the
+#              fuzz stage replays in its 30 s (fuzz/README.md, "Long runs"): CORPUS keeps it
+#              outside the repository, e.g. CORPUS=$HOME/iopgtable-corpora.
 # Logs, run corpora and artifacts: $BUILD/long/<target>/ (kept until the next run).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,14 +71,19 @@ else
 fi
 
 long=$root/$build/long
+corpora=${CORPUS:-$root/fuzz/corpus}
+[[ $corpora == /* ]] || corpora=$root/$corpora
 count_files() { find "$1" -type f 2>/dev/null | wc -l; }
 size_of() { find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", (s + 1023) / 1024 }'; }
 is_sha1_name() { [[ ${1##*/} =~ ^[0-9a-f]{40}$ ]]; }
 
 # One target: fuzz for `seconds` in a scratch copy of its corpus, then merge.
 run_one() {
-  local t=$1 dir=$long/$1 seeds=$root/fuzz/corpus/$1 rc=0
+  local t=$1 dir=$long/$1 seeds=$corpora/$1 rc=0
   rm -rf "$dir"
+  if [[ ! -d $seeds && -d $root/fuzz/corpus/$t ]]; then
+    mkdir -p "$seeds" && cp -r "$root/fuzz/corpus/$t/." "$seeds/"
+  fi
   mkdir -p "$dir/run" "$dir/artifacts" "$seeds"
   cp -r "$seeds/." "$dir/run/"
   echo "$(count_files "$seeds") $(size_of "$seeds")" >"$dir/before"
@@ -108,7 +117,7 @@ run_one() {
   done
 }
 
-echo "fuzz.sh: ${#targets[@]} target(s), $minutes min each, $jobs_at_once at a time: ${targets[*]}"
+echo "fuzz.sh: ${#targets[@]} target(s), $minutes min each, $jobs_at_once at a time: ${targets[*]}; corpora in $corpora"
 start=$SECONDS
 for t in "${targets[@]}"; do
   while (($(jobs -rp | wc -l) >= jobs_at_once)); do
@@ -129,7 +138,7 @@ for t in "${targets[@]}"; do
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
   read -r before_n before_k <"$dir/before"
-  after="$(count_files "$root/fuzz/corpus/$t") / $(size_of "$root/fuzz/corpus/$t") KiB"
+  after="$(count_files "$corpora/$t") / $(size_of "$corpora/$t") KiB"
   n=$(count_files "$dir/artifacts")
   rc=$(cat "$dir/rc" 2>/dev/null || echo missing)
   what=$n
