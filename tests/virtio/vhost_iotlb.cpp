@@ -265,6 +265,37 @@ TEST_CASE("vhost: a MISS that faults is answered ACCESS_FAIL after the fault eve
     CHECK(r.svc->stats().access_fails == 3);
 }
 
+TEST_CASE("vhost: a MISS that translates to host memory the VMM has no address for is answered ACCESS_FAIL",
+          "[vhost]") {
+    machine_settings s;
+    s.device.endpoints = 1;
+    auto made = machine<arm_host>::create(s);
+    REQUIRE(made.ok());
+    auto& m = **made;
+    vh::memory_stream stream;
+    // The VMM maps only the first 64 KiB of host memory into its address space.
+    auto partial_uaddr = [](std::uint64_t hpa, std::uint64_t size) -> std::optional<std::uint64_t> {
+        if (hpa < host_base || hpa - host_base >= 0x10000 || size > 0x10000 - (hpa - host_base)) return std::nullopt;
+        return vmm_base + (hpa - host_base);
+    };
+    vh::vhost_settings vs;
+    vs.endpoints = {0};
+    vh::vhost_iotlb_service<arm_host, vh::memory_stream> svc(m.dev(), stream, partial_uaddr, vs);
+    std::array<std::uint8_t, 4> out{};
+    REQUIRE(m.submit(attach(1, 0), out) == 4);
+    REQUIRE(out[0] == 0);
+    REQUIRE(m.submit(map(1, 0x10000, 0x10fff, dma, rw), out) == 4);
+    REQUIRE(out[0] == 0);
+    REQUIRE(stream.push(vh::encode(miss_frame(0, 0x10008, vh::access_rw))));
+    REQUIRE(svc.poll() == 1);
+    const auto replies = frames_of(stream.take());
+    REQUIRE(replies.size() == 1);
+    CHECK(replies[0] == vh::frame{vh::msg_v2, 0, vh::iotlb_msg{0x10008, 0, 0, vh::access_rw, vh::iotlb_access_fail}});
+    CHECK(svc.ranges() == 0);
+    CHECK(svc.stats().access_fails == 1);
+    CHECK(m.take_events().empty());  // the translation itself did not fault
+}
+
 TEST_CASE("vhost: malformed frames get an error reply (ACCESS_FAIL, perm 0) and change nothing; unknown envelopes "
           "are dropped",
           "[vhost]") {
