@@ -116,7 +116,8 @@ struct rig {
     noting_stream stream;
     std::optional<vh::vhost_iotlb_service<arm_host, noting_stream>> svc;
 
-    explicit rig(vh::vhost_settings vs = all_endpoints(), std::uint64_t extra_features = 0) {
+    explicit rig(vh::vhost_settings vs = all_endpoints(), std::uint64_t extra_features = 0,
+                 vh::uaddr_fn uaddr = test_uaddr) {
         machine_settings s;
         s.device.endpoints = 4;
         s.device.features |= extra_features;
@@ -124,7 +125,7 @@ struct rig {
         REQUIRE(r.ok());
         m = std::move(*r);
         stream.dev = &m->dev();
-        svc.emplace(m->dev(), stream, test_uaddr, std::move(vs));
+        svc.emplace(m->dev(), stream, std::move(uaddr), std::move(vs));
     }
     static vh::vhost_settings all_endpoints() {
         vh::vhost_settings v;
@@ -267,33 +268,18 @@ TEST_CASE("vhost: a MISS that faults is answered ACCESS_FAIL after the fault eve
 
 TEST_CASE("vhost: a MISS that translates to host memory the VMM has no address for is answered ACCESS_FAIL",
           "[vhost]") {
-    machine_settings s;
-    s.device.endpoints = 1;
-    auto made = machine<arm_host>::create(s);
-    REQUIRE(made.ok());
-    auto& m = **made;
-    vh::memory_stream stream;
     // The VMM maps only the first 64 KiB of host memory into its address space.
-    auto partial_uaddr = [](std::uint64_t hpa, std::uint64_t size) -> std::optional<std::uint64_t> {
+    rig r(rig::all_endpoints(), 0, [](std::uint64_t hpa, std::uint64_t size) -> std::optional<std::uint64_t> {
         if (hpa < host_base || hpa - host_base >= 0x10000 || size > 0x10000 - (hpa - host_base)) return std::nullopt;
         return vmm_base + (hpa - host_base);
-    };
-    vh::vhost_settings vs;
-    vs.endpoints = {0};
-    vh::vhost_iotlb_service<arm_host, vh::memory_stream> svc(m.dev(), stream, partial_uaddr, vs);
-    std::array<std::uint8_t, 4> out{};
-    REQUIRE(m.submit(attach(1, 0), out) == 4);
-    REQUIRE(out[0] == 0);
-    REQUIRE(m.submit(map(1, 0x10000, 0x10fff, dma, rw), out) == 4);
-    REQUIRE(out[0] == 0);
-    REQUIRE(stream.push(vh::encode(miss_frame(0, 0x10008, vh::access_rw))));
-    REQUIRE(svc.poll() == 1);
-    const auto replies = frames_of(stream.take());
-    REQUIRE(replies.size() == 1);
-    CHECK(replies[0] == vh::frame{vh::msg_v2, 0, vh::iotlb_msg{0x10008, 0, 0, vh::access_rw, vh::iotlb_access_fail}});
-    CHECK(svc.ranges() == 0);
-    CHECK(svc.stats().access_fails == 1);
-    CHECK(m.take_events().empty());  // the translation itself did not fault
+    });
+    REQUIRE(r.send(attach(1, 0)) == st::ok);
+    REQUIRE(r.send(map(1, 0x10000, 0x10fff, dma, rw)) == st::ok);
+    CHECK(r.miss(0, 0x10008, vh::access_rw) ==
+          vh::frame{vh::msg_v2, 0, vh::iotlb_msg{0x10008, 0, 0, vh::access_rw, vh::iotlb_access_fail}});
+    CHECK(r.svc->ranges() == 0);
+    CHECK(r.svc->stats().access_fails == 1);
+    CHECK(r.m->take_events().empty());  // the translation itself did not fault
 }
 
 TEST_CASE("vhost: malformed frames get an error reply (ACCESS_FAIL, perm 0) and change nothing; unknown envelopes "
@@ -871,9 +857,6 @@ TEST_CASE("vhost: a backend thread that caches translations never uses one the g
 TEST_CASE("vhost: backend_cache keeps UPDATEs, drops what an INVALIDATE covers, forgets the oldest when full",
           "[vhost]") {
     vh::backend_cache cache(2);
-    auto update = [](std::uint32_t asid, std::uint64_t iova, std::uint64_t size, std::uint64_t uaddr, std::uint8_t perm) {
-        return vh::frame{vh::msg_v2, asid, vh::iotlb_msg{iova, size, uaddr, perm, vh::iotlb_update}};
-    };
     cache.apply(update(1, 0x10000, 0x2000, 0x7000'0000, vh::access_rw));
     cache.apply(update(2, 0x10000, 0x1000, 0x7100'0000, vh::access_ro));
     cache.apply(update(1, 0x20000, 0, 0x7200'0000, vh::access_rw));  // size 0: nothing
@@ -885,7 +868,7 @@ TEST_CASE("vhost: backend_cache keeps UPDATEs, drops what an INVALIDATE covers, 
     CHECK(cache.hits() == 2);
     CHECK(cache.misses() == 2);
     // An INVALIDATE of asid 1 touching the range's last byte drops the whole range, not asid 2's.
-    cache.apply(vh::frame{vh::msg_v2, 1, vh::iotlb_msg{0x11fff, 1, 0, 0, vh::iotlb_invalidate}});
+    cache.apply(inval(1, 0x11fff, 1, 0, 0));
     CHECK(cache.size() == 1);
     CHECK_FALSE(cache.lookup(1, 0x10000, vh::access_ro));
     CHECK(cache.lookup(2, 0x10000, vh::access_ro));
