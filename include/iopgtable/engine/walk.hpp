@@ -60,7 +60,35 @@ struct leaf_translation {
     constexpr bool mapped() const noexcept { return oa != ~std::uint64_t{0}; }
 };
 
+/// Where a walk of one address stopped, and the entry there: `lookup_entry`'s answer without
+/// the entry's table-memory address, 16 bytes, so that it comes back in registers. `level` is
+/// the stop's level (for bad_table, the level whose entry could not be read).
+template <class F>
+struct walk_stop {
+    typename F::word raw = 0;  ///< the last entry read (0 for bad_table and out_of_range)
+    std::uint8_t level = 0;
+    walk_status status = walk_status::unmapped;
+    /// Table entries read: one per level from the top down to `level`, less the one a
+    /// bad_table stop could not read.
+    std::uint8_t accesses = 0;
+};
+
 namespace detail {
+
+/// The walk behind `lookup_stop`: descends while entries are tables, stops at the first leaf,
+/// empty or unreadable entry. `Top` is the walk's top level (for the access count).
+template <unsigned Top, class F, class R, unsigned L>
+IOPGTABLE_ALWAYS_INLINE inline walk_stop<F> stop_level(level_cursor<F, R, L> c) noexcept {
+    if (!c.read()) return {0, L, walk_status::bad_table, Top - L};
+    switch (c.kind) {
+    case entry_kind::leaf: return {c.raw, L, walk_status::mapped, Top - L + 1};
+    case entry_kind::table:
+        if constexpr (L > 0) return stop_level<Top>(c.descend());
+        else return {c.raw, L, walk_status::bad_table, Top - L + 1};  // formats never classify a level-0 entry as a table
+    case entry_kind::empty: break;
+    }
+    return {c.raw, L, walk_status::unmapped, Top - L + 1};
+}
 
 /// The walk behind `lookup` (Decode: the leaf's size, addresses and flags too) and
 /// `lookup_entry` (not Decode: the entry alone).
@@ -231,6 +259,18 @@ template <page_table_format F, table_reader R>
 walk_info<F> lookup_entry(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
                           std::uint64_t va) noexcept {
     return detail::lookup_walk<false, F>(cfg, geo, mem, root, va);
+}
+
+/// `lookup_entry` without the entry's table-memory address, answered in registers: for
+/// walkers that check the entry themselves (nested/stage.hpp) on a hot path. Reads at most
+/// `geo.levels` entries.
+template <page_table_format F, table_reader R>
+IOPGTABLE_ALWAYS_INLINE inline walk_stop<F> lookup_stop(const typename F::config& cfg, const geometry& geo, R& mem,
+                                                        pa_t root, std::uint64_t va) noexcept {
+    if (!geo.in_ias(va)) return {0, static_cast<std::uint8_t>(geo.levels - 1), walk_status::out_of_range, 0};
+    return with_level<F::max_levels>(geo.levels - 1, [&]<unsigned L>(level_c<L>) IOPGTABLE_ALWAYS_INLINE_LAMBDA {
+        return detail::stop_level<L>(level_cursor<F, R, L>{&cfg, &mem, root.value, geo.top_mask, va, va});
+    });
 }
 
 /// Calls `fn(const leaf_entry<F>&)` for every leaf entry whose slot intersects [first, last], in

@@ -66,12 +66,12 @@ struct stage_table {
 template <table_reader M>
 class bounded_reader {
 public:
-    bounded_reader(M& mem, unsigned oas) noexcept : mem_(mem), oas_(oas) {}
+    bounded_reader(M& mem, unsigned oas) noexcept : mem_(mem), above_oas_(oas < 64 ? ~low_mask(oas) : 0) {}
 
     template <class W>
     IOPGTABLE_ALWAYS_INLINE W* entry(pa_t pa) noexcept {
         if constexpr (!requires { M::software_walk; }) {
-            if (oas_ < 64 && (pa.value >> oas_) != 0) {
+            if ((pa.value & above_oas_) != 0) {
                 failure_ = fault_reason::address_size;
                 return nullptr;
             }
@@ -85,7 +85,7 @@ public:
 
 private:
     M& mem_;
-    unsigned oas_;
+    std::uint64_t above_oas_;  ///< the address bits at and above 2^oas
     fault_reason failure_ = fault_reason::walk_abort;
 };
 
@@ -134,12 +134,14 @@ constexpr stage_outcome check_leaf(const typename F::config& cfg, const geometry
 /// A walk's result as a leaf or a fault: an input beyond the input size (at
 /// `input_fault_level`) and an empty entry are translation faults, an unreadable table is
 /// `unreadable` (what the memory said), a leaf is checked by `check_leaf`.
-template <page_table_format F>
-constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometry& geo, const walk_info<F>& w,
+template <page_table_format F, class W>
+    requires std::same_as<W, walk_info<F>> || std::same_as<W, walk_stop<F>>
+constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometry& geo, const W& w,
                                     std::uint64_t input, fault_reason unreadable) noexcept {
-    stage_outcome o;
+    // Built in place (a check_leaf result assigned over a cleared record was two copies).
+    stage_outcome o = w.status == walk_status::mapped ? check_leaf<F>(cfg, geo, w.level, w.raw, input) : stage_outcome{};
     switch (w.status) {
-    case walk_status::mapped: o = check_leaf<F>(cfg, geo, w.level, w.raw, input); break;
+    case walk_status::mapped: break;
     case walk_status::unmapped:
         o.reason = fault_reason::translation;
         o.level = w.level;
@@ -161,7 +163,7 @@ constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometr
 template <page_table_format F, table_reader M>
 stage_outcome walk_stage(const stage_table<F, M>& t, std::uint64_t input) noexcept {
     bounded_reader<M> reader(*t.mem, t.geo.oas);
-    const auto w = lookup_entry<F>(t.cfg, t.geo, reader, t.root, input);  // check_leaf decodes the leaf
+    const auto w = lookup_stop<F>(t.cfg, t.geo, reader, t.root, input);  // check_leaf decodes the leaf
     return finish_walk<F>(t.cfg, t.geo, w, input, reader.failure());
 }
 

@@ -82,7 +82,8 @@ public:
     /// Most fetches one walk's trace keeps: one per level of the deepest format the contract allows.
     static constexpr unsigned trace_capacity = max_table_levels;
 
-    stage2_view(const stage_table<S2, HM>& s2, const view_settings& s = {}) noexcept : s2_(s2), set_(s) {}
+    stage2_view(const stage_table<S2, HM>& s2, const view_settings& s = {}) noexcept
+        : s2_(s2), set_(s), memo_reads_(s.cache != nullptr && !s.need_write && s.on_fetch == nullptr) {}
 
     /// Pointer to the W-sized word at guest-physical `ipa` (typed pa_t, as walkers type table
     /// addresses), or nullptr (a zero word with `unreadable_as_empty`) when the IPA is beyond
@@ -220,7 +221,7 @@ private:
     /// everything else is fetch_slow.
     template <class W>
     IOPGTABLE_ALWAYS_INLINE entry_span<W> fetch(pa_t ipa, std::uint64_t n, bool write) noexcept {
-        if (set_.cache != nullptr && !write && set_.on_fetch == nullptr && fetches_ < set_.fetch_budget) {
+        if (memo_reads_ && !write && fetches_ < set_.fetch_budget) {
             const std::uint64_t page = ipa.value >> memo_lg2;
             const page_memo& memo = memo_[page % memo_slots];
             const std::uint64_t off = ipa.value & low_mask(memo_lg2);
@@ -228,7 +229,9 @@ private:
                 // What resolve and the host memory said about this page still holds.
                 record(ipa.value);
                 set_.cache->count_hit();
-                n = std::min({n, set_.fetch_budget - fetches_, (lg2_to_size(memo_lg2) - off) / sizeof(W)});
+                // One word (entry()'s case, n a constant 1) fits: the budget has one left, and
+                // an aligned word inside the page.
+                if (n > 1) n = std::min({n, set_.fetch_budget - fetches_, (lg2_to_size(memo_lg2) - off) / sizeof(W)});
                 fetches_ += n;
                 return {reinterpret_cast<W*>(memo.host + off), n};
             }
@@ -246,7 +249,7 @@ private:
         n = std::min(n, set_.fetch_budget - fetches_);
         record(ipa.value);
         page_memo* memo = nullptr;
-        if (set_.cache != nullptr && !write && set_.on_fetch == nullptr) memo = &memo_[(ipa.value >> memo_lg2) % memo_slots];
+        if (memo_reads_ && !write) memo = &memo_[(ipa.value >> memo_lg2) % memo_slots];
         std::uint64_t end = 0;
         const auto pa = resolve(ipa.value, end, write);
         if (!pa) {
@@ -314,6 +317,8 @@ private:
 
     stage_table<S2, HM> s2_;
     view_settings set_;
+    /// Reads may use the page memo: a walk cache, no on_fetch, and reads that need no write.
+    bool memo_reads_;
     page_memo memo_[memo_slots];
     unsigned accesses_ = 0;
     unsigned fault_level_ = 0;
