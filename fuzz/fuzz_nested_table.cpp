@@ -211,8 +211,28 @@ private:
         }
     }
 
+    /// The DMA path's walk (translate_leaf) against the full one at `a`: mapped with rights
+    /// that let an access through exactly when translate() passes it, to the same output with
+    /// the same flags and size.
+    void check_leaf_walk(std::uint64_t a, const char* when) {
+        const nested::leaf_walk l = tr_->translate_leaf(iova_t{a});
+        for (const auto kind : {nested::access_kind::read, nested::access_kind::write, nested::access_kind::exec})
+            for (const bool privileged : {false, true}) {
+                const nested::access_request req{kind, privileged};
+                const auto n = tr_->translate(iova_t{a}, req);
+                const bool leaf_ok = l.mapped() && nested::permits(l.rights, req);
+                FUZZ_CHECK(leaf_ok == n.ok() && (!n.ok() || (l.output == n->output.value && l.perm == n->perm &&
+                                                              l.size_lg2 == n->size_lg2)),
+                           "%s over %s %s: access %d%s at %#" PRIx64 ": leaf walk %s %#" PRIx64 ", translate %s %#" PRIx64,
+                           S1::name, S2::name, when, int(kind), privileged ? " privileged" : "", a,
+                           leaf_ok ? "passes to" : "refuses", l.output, n.ok() ? "passes to" : "refuses",
+                           n.ok() ? n->output.value : 0);
+            }
+    }
+
     /// The shadow against the nested walk at `a`, for a read and a write.
     void check_fold_at(std::uint64_t a, const char* when) {
+        check_leaf_walk(a, when);
         if (!fold_ || aliased_ || (geo1_.ias < 64 && (a >> geo1_.ias) != 0)) return;
         for (const auto kind : {nested::access_kind::read, nested::access_kind::write}) {
             const nested::access_request req{kind, false};
@@ -347,6 +367,7 @@ private:
             probe(va);
             (void)look_at(va);
             (void)tr_->translate(iova_t{va}, {nested::access_kind::read, false});
+            check_leaf_walk(va, "probe");
             break;
         }
         case 7: {  // reclaim

@@ -303,6 +303,20 @@ void run_ops(bool mediated, std::uint64_t data_base, const std::vector<op_words>
     };
     auto check_point = [&](std::uint64_t iova) {
         if ((iova >> w.s1->geo().ias) != 0) return;
+        // The DMA path's walk, uncached and through the walk cache, passes an access exactly
+        // when the full walk does, to the same output with the same flags and size.
+        const nested::leaf_walk leaf[] = {w.cold.translate_leaf(iova_t{iova}), w.cached.translate_leaf(iova_t{iova})};
+        for (const auto& l : leaf) {
+            for (const auto a : accesses) {
+                const auto n = w.cold.translate(iova_t{iova}, a);
+                RC_ASSERT((l.mapped() && nested::permits(l.rights, a)) == n.ok());
+                if (n.ok()) {
+                    RC_ASSERT(l.output == n->output.value);
+                    RC_ASSERT(l.perm == n->perm);
+                    RC_ASSERT(l.size_lg2 == n->size_lg2);
+                }
+            }
+        }
         for (const auto a : accesses) {
             const auto n = w.cold.translate(iova_t{iova}, a);
             const auto s = w.fold->lookup(iova_t{iova});

@@ -147,6 +147,70 @@ TEST_CASE("a translation's size is the smaller leaf, permissions are kept per st
     }
 }
 
+TEST_CASE("translate_leaf: the DMA path's walk answers output, flags, rights and size, or no translation", "[nested]") {
+    lpae_pair w;
+    nested::walk_cache wc;
+    auto t = w.make_translator({&wc, nullptr, 0});
+    REQUIRE(w.s1->map(iova_t{0x40000000}, pa_t{0x200000}, length_t{0x200000}, prot::read).ok());
+    REQUIRE(w.s2->map(ipa_t{0x200000}, pa_t{data_hpa}, length_t{0x1000}, rw).ok());
+    for (int pass = 0; pass < 2; ++pass) {  // cold, then with the stage-1 tables' pages in the walk cache
+        const auto l = t.translate_leaf(iova_t{0x40000123});
+        REQUIRE(l.mapped());
+        CHECK(l.output == data_hpa + 0x123);
+        CHECK(l.size_lg2 == 12);  // the stage-2 page, inside the stage-1 2M block
+        CHECK(has(l.perm, prot::read));
+        CHECK_FALSE(has(l.perm, prot::write));  // read-only in stage 1
+        CHECK(nested::permits(l.rights, rd));
+        CHECK_FALSE(nested::permits(l.rights, wr));
+        // Stage 1 stops at its level-1 block: 3 entries, each fetched through a 4-level stage-2
+        // walk while cold, then the final 4-level stage-2 walk.
+        CHECK(l.accesses == (pass == 0 ? 3 * 5 + 4 : 3 + 4));
+    }
+    // Stage 2 does not map the next page: no translation, and the walk's entries still counted.
+    const auto miss = t.translate_leaf(iova_t{0x40001000});
+    CHECK_FALSE(miss.mapped());
+    CHECK(miss.output == ~std::uint64_t{0});
+    CHECK(miss.accesses == 3 + 4);
+    // Stage 1 does not map it.
+    CHECK_FALSE(t.translate_leaf(iova_t{0x80000000}).mapped());
+    // Beyond stage 1's input size: nothing read.
+    const auto far = t.translate_leaf(iova_t{std::uint64_t{1} << 48});
+    CHECK_FALSE(far.mapped());
+    CHECK(far.accesses == 0);
+    CHECK(t.stats().translations == 5);
+    CHECK(t.stats().walks == 5);
+}
+
+TEST_CASE("lookup_stop stops where lookup_entry stops, with the same entry and count", "[nested][walk]") {
+    lpae_pair w;
+    REQUIRE(w.s2->map(ipa_t{0x200000}, pa_t{data_hpa}, length_t{0x200000}, rw).ok());
+    REQUIRE(w.s2->map(ipa_t{0x40000000 + 0x10000000}, pa_t{data_hpa + 0x400000}, length_t{0x1000}, prot::read).ok());
+    const auto st = nested::stage_table<arm_lpae_s2_4k, guest_ram>::of(*w.s2);
+    // A 2M block (level 1), a 4K page (level 0), empty at levels 0, 1 and 3, beyond the input size.
+    for (const std::uint64_t ipa : {std::uint64_t{0x200123}, std::uint64_t{0x50000fff}, std::uint64_t{0x50001000},
+                                    std::uint64_t{0x600000}, std::uint64_t{0x8000000000}, std::uint64_t{1} << 48}) {
+        const auto e = lookup_entry<arm_lpae_s2_4k>(st.cfg, st.geo, *st.mem, st.root, ipa);
+        const auto s = lookup_stop<arm_lpae_s2_4k>(st.cfg, st.geo, *st.mem, st.root, ipa);
+        CHECK(s.status == e.status);
+        CHECK(s.level == e.level);
+        CHECK(s.raw == e.raw);
+        CHECK(s.accesses == e.accesses);
+    }
+    // A table address the memory does not back: both stop at the level whose entry is unread.
+    guest_ram small{0x2000, pa_t{0}};
+    std::uint64_t top[512] = {};
+    top[0] = 0x7000 | 0b11;  // a table outside `small`
+    REQUIRE(small.write(pa_t{0}, top, sizeof top));
+    const auto geo = *arm_lpae_s2_4k::make_geometry(arm_lpae_s2_4k::config{});
+    const auto e = lookup_entry<arm_lpae_s2_4k>(arm_lpae_s2_4k::config{}, geo, small, pa_t{0}, 0x1000);
+    const auto s = lookup_stop<arm_lpae_s2_4k>(arm_lpae_s2_4k::config{}, geo, small, pa_t{0}, 0x1000);
+    CHECK(e.status == walk_status::bad_table);
+    CHECK(s.status == e.status);
+    CHECK(s.level == e.level);
+    CHECK(s.accesses == e.accesses);
+    CHECK(s.accesses == 1);
+}
+
 TEST_CASE("memory types combine to the more restrictive", "[nested]") {
     lpae_pair w;
     auto t = w.make_translator();

@@ -67,7 +67,7 @@ public:
         }
         ++stats_.walks;
         view_.begin_walk();
-        const auto w1 = lookup_entry<S1>(s1_cfg_, s1_geo_, view_, s1_root_, iova.value);  // finish_walk decodes
+        const auto w1 = lookup_stop<S1>(s1_cfg_, s1_geo_, view_, s1_root_, iova.value);  // finish_walk decodes
         unsigned accesses = w1.accesses + view_.accesses();
         auto fail = [&](unsigned stage, unsigned level, std::uint64_t address, fault_reason reason) {
             stats_.accesses += accesses;
@@ -114,6 +114,40 @@ public:
         stats_.accesses += accesses;
         if (caches_.iotlb) cache(t);
         return t;
+    }
+
+    /// The walk `translate` makes, answering only what a DMA path uses (leaf_walk): the
+    /// output address, the combined flags and rights, the mapping size and the accesses. No
+    /// access is checked (the caller checks `rights`) and no fault is described: a walk that
+    /// faults (translation, address size, access flag, walk abort, in either stage) is not
+    /// `mapped()`. The translation cache (IOTLB) is neither consulted nor filled: a caller
+    /// that asks for this keeps its own (the virtio device's IOTLB). The walk cache is used
+    /// as `translate` uses it; the counters count a translation and a walk.
+    leaf_walk translate_leaf(iova_t iova) noexcept {
+        ++stats_.translations;
+        ++stats_.walks;
+        view_.begin_walk();
+        const auto w1 = lookup_stop<S1>(s1_cfg_, s1_geo_, view_, s1_root_, iova.value);
+        unsigned accesses = w1.accesses + view_.accesses();
+        leaf_walk out;
+        if (w1.status == walk_status::mapped) {
+            const auto o1 = check_leaf<S1>(s1_cfg_, s1_geo_, w1.level, w1.raw, iova.value);
+            if (o1.ok) {
+                const std::uint64_t ipa = o1.leaf.output_base + (iova.value - o1.leaf.input_base);
+                const auto o2 = walk_stage(s2_, ipa);
+                accesses += o2.accesses;
+                if (o2.ok) {
+                    const memory_type memory = combine_memory(o1.leaf.memory, o2.leaf.memory);
+                    out.output = o2.leaf.output_base + (ipa - o2.leaf.input_base);
+                    out.perm = combine_prot(o1.leaf.perm, o2.leaf.perm, memory);
+                    out.rights = o1.leaf.rights & o2.leaf.rights;
+                    out.size_lg2 = static_cast<std::uint8_t>(std::min(o1.leaf.size_lg2, o2.leaf.size_lg2));
+                }
+            }
+        }
+        out.accesses = static_cast<std::uint8_t>(accesses);
+        stats_.accesses += accesses;
+        return out;
     }
 
     /// The guest's INVALIDATE of [iova, iova + size) in this translator's context.

@@ -150,6 +150,20 @@ struct translation {
     constexpr std::uint64_t iova_base() const noexcept { return iova.value & ~low_mask(size_lg2); }
 };
 
+/// What `nested_translator::translate_leaf` answers: a successful walk's output address and
+/// what a DMA path checks it with, 16 bytes (returned in registers); or, `mapped()` false, no
+/// translation (a fault of either stage other than permission), `output` all ones.
+struct leaf_walk {
+    std::uint64_t output = ~std::uint64_t{0};  ///< host-physical address of the IOVA
+    prot perm = prot::none;                    ///< both stages' flags combined (`combine_prot`)
+    access_rights rights{};                    ///< both stages' rights combined (`&`): what passes
+    std::uint8_t size_lg2 = 0;                 ///< the smaller of the two leaves
+    std::uint8_t accesses = 0;                 ///< table entries read (both stages, at most 6 × 7 + 6)
+    constexpr bool mapped() const noexcept { return output != ~std::uint64_t{0}; }
+};
+static_assert(sizeof(leaf_walk) == 16);
+static_assert(max_table_levels * (max_table_levels + 1) + max_table_levels <= 0xff, "leaf_walk::accesses fits a byte");
+
 /// A translation or a fault.
 class translate_result {
 public:
