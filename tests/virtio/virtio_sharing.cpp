@@ -816,6 +816,17 @@ TEST_CASE("virtio sharing: the VMM moves a guest page in stage 2; after stage2_c
     v.dev().stage2_changed(dma, page);
     CHECK_FALSE(v.at(0, a + 0x10));
 
+    // Given back write-only (LPAE stage 2 says so in S2AP; stage 1 cannot): reads fault; the
+    // nested walk translates writes, a shadow in LPAE stage-1 format cannot say write-only
+    // and drops the page (nested/README.md, "Folding": never more than both stages allow).
+    REQUIRE(v.m->stage2().map(ipa_t{dma}, pa_t{v.hpa(dma)}, length_t{page}, prot::write).ok());
+    v.dev().stage2_changed(dma, page);
+    CHECK_FALSE(v.at(0, a + 0x10));
+    if (mode == shared_mode::nested) CHECK(v.at(0, a + 0x10, access_kind::write) == v.hpa(dma + 0x10));
+    else CHECK_FALSE(v.at(0, a + 0x10, access_kind::write));
+    REQUIRE(v.m->stage2().unmap(ipa_t{dma}, length_t{page}).ok());
+    v.dev().stage2_changed(dma, page);
+
     // Given back where it was: the first host page again.
     REQUIRE(v.m->stage2().map(ipa_t{dma}, pa_t{v.hpa(dma)}, length_t{page}, rw).ok());
     v.dev().stage2_changed(dma, page);

@@ -88,13 +88,14 @@ public:
     }
     space_walk translate(std::uint64_t iova) override {
         if (!tr_) return {};
-        auto r = tr_->translate(iova_t{iova}, nested::access_request{nested::access_kind::read, false});
-        if (!r) {
-            // A table entry write-only in stage 1 or 2 still translates for writes.
-            r = tr_->translate(iova_t{iova}, nested::access_request{nested::access_kind::write, false});
-            if (!r) return space_walk{false, 0, 0, prot::none, r.accesses()};
-        }
-        return space_walk{true, r->output.value, r->size_lg2, r->perm, r->accesses};
+        // One walk, its leaf only: the device IOTLB checks each access against `perm`. A
+        // translation that lets an unprivileged transaction neither read nor write (say,
+        // execute-only) is no translation for DMA; a write-only one still translates.
+        const nested::leaf_walk l = tr_->translate_leaf(iova_t{iova});
+        constexpr nested::access_request rd{nested::access_kind::read, false}, wr{nested::access_kind::write, false};
+        if (!l.mapped() || !(nested::permits(l.rights, rd) || nested::permits(l.rights, wr)))
+            return space_walk{false, 0, 0, prot::none, l.accesses};
+        return space_walk{true, l.output, l.size_lg2, l.perm, l.accesses};
     }
     status invalidate(const sharing::invalidation& inv) override {
         // The translator keeps no translations (the device IOTLB does); the walk cache holds
