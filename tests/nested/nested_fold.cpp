@@ -306,9 +306,9 @@ void run_ops(bool mediated, std::uint64_t data_base, const std::vector<op_words>
         // The DMA path's walk, uncached and through the walk cache, passes an access exactly
         // when the full walk does, to the same output with the same flags and size.
         const nested::leaf_walk leaf[] = {w.cold.translate_leaf(iova_t{iova}), w.cached.translate_leaf(iova_t{iova})};
-        for (const auto& l : leaf) {
-            for (const auto a : accesses) {
-                const auto n = w.cold.translate(iova_t{iova}, a);
+        for (const auto a : accesses) {
+            const auto n = w.cold.translate(iova_t{iova}, a);
+            for (const auto& l : leaf) {
                 RC_ASSERT((l.mapped() && nested::permits(l.rights, a)) == n.ok());
                 if (n.ok()) {
                     RC_ASSERT(l.output == n->output.value);
@@ -316,9 +316,6 @@ void run_ops(bool mediated, std::uint64_t data_base, const std::vector<op_words>
                     RC_ASSERT(l.size_lg2 == n->size_lg2);
                 }
             }
-        }
-        for (const auto a : accesses) {
-            const auto n = w.cold.translate(iova_t{iova}, a);
             const auto s = w.fold->lookup(iova_t{iova});
             const bool shadow_ok = s.mapped && nested::permits(s.perm, a);
             RC_ASSERT(shadow_ok == n.ok());

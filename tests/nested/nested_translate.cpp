@@ -181,7 +181,7 @@ TEST_CASE("translate_leaf: the DMA path's walk answers output, flags, rights and
     CHECK(t.stats().walks == 5);
 }
 
-TEST_CASE("lookup_stop stops where lookup_entry stops, with the same entry and count", "[nested][walk]") {
+TEST_CASE("lookup_stop stops where lookup stops, with the same entry and count", "[nested][walk]") {
     lpae_pair w;
     REQUIRE(w.s2->map(ipa_t{0x200000}, pa_t{data_hpa}, length_t{0x200000}, rw).ok());
     REQUIRE(w.s2->map(ipa_t{0x40000000 + 0x10000000}, pa_t{data_hpa + 0x400000}, length_t{0x1000}, prot::read).ok());
@@ -189,7 +189,7 @@ TEST_CASE("lookup_stop stops where lookup_entry stops, with the same entry and c
     // A 2M block (level 1), a 4K page (level 0), empty at levels 0, 1 and 3, beyond the input size.
     for (const std::uint64_t ipa : {std::uint64_t{0x200123}, std::uint64_t{0x50000fff}, std::uint64_t{0x50001000},
                                     std::uint64_t{0x600000}, std::uint64_t{0x8000000000}, std::uint64_t{1} << 48}) {
-        const auto e = lookup_entry<arm_lpae_s2_4k>(st.cfg, st.geo, *st.mem, st.root, ipa);
+        const auto e = lookup<arm_lpae_s2_4k>(st.cfg, st.geo, *st.mem, st.root, ipa);
         const auto s = lookup_stop<arm_lpae_s2_4k>(st.cfg, st.geo, *st.mem, st.root, ipa);
         CHECK(s.status == e.status);
         CHECK(s.level == e.level);
@@ -202,7 +202,7 @@ TEST_CASE("lookup_stop stops where lookup_entry stops, with the same entry and c
     top[0] = 0x7000 | 0b11;  // a table outside `small`
     REQUIRE(small.write(pa_t{0}, top, sizeof top));
     const auto geo = *arm_lpae_s2_4k::make_geometry(arm_lpae_s2_4k::config{});
-    const auto e = lookup_entry<arm_lpae_s2_4k>(arm_lpae_s2_4k::config{}, geo, small, pa_t{0}, 0x1000);
+    const auto e = lookup<arm_lpae_s2_4k>(arm_lpae_s2_4k::config{}, geo, small, pa_t{0}, 0x1000);
     const auto s = lookup_stop<arm_lpae_s2_4k>(arm_lpae_s2_4k::config{}, geo, small, pa_t{0}, 0x1000);
     CHECK(e.status == walk_status::bad_table);
     CHECK(s.status == e.status);

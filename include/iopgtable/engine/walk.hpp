@@ -60,9 +60,10 @@ struct leaf_translation {
     constexpr bool mapped() const noexcept { return oa != ~std::uint64_t{0}; }
 };
 
-/// Where a walk of one address stopped, and the entry there: `lookup_entry`'s answer without
-/// the entry's table-memory address, 16 bytes, so that it comes back in registers. `level` is
-/// the stop's level (for bad_table, the level whose entry could not be read).
+/// Where a walk of one address stopped, and the entry there: `lookup`'s status, level, raw
+/// entry and access count without decoding the entry, 16 bytes, so that it comes back in
+/// registers. `level` is the stop's level (for bad_table, the level whose entry could not be
+/// read).
 template <class F>
 struct walk_stop {
     typename F::word raw = 0;  ///< the last entry read (0 for bad_table and out_of_range)
@@ -90,9 +91,8 @@ IOPGTABLE_ALWAYS_INLINE inline walk_stop<F> stop_level(level_cursor<F, R, L> c) 
     return {c.raw, L, walk_status::unmapped, Top - L + 1};
 }
 
-/// The walk behind `lookup` (Decode: the leaf's size, addresses and flags too) and
-/// `lookup_entry` (not Decode: the entry alone).
-template <bool Decode, class F, class R, unsigned L>
+/// The walk behind `lookup`.
+template <class F, class R, unsigned L>
 IOPGTABLE_ALWAYS_INLINE inline void lookup_level(level_cursor<F, R, L> c, walk_info<F>& out) noexcept {
     out.level = L;
     out.entry_address = c.address();
@@ -105,7 +105,7 @@ IOPGTABLE_ALWAYS_INLINE inline void lookup_level(level_cursor<F, R, L> c, walk_i
     switch (c.kind) {
     case entry_kind::leaf:
         out.status = walk_status::mapped;
-        if constexpr (Decode) {
+        {
             const unsigned lg2 = c.leaf_lg2();
             out.size_lg2 = lg2;
             out.input_base = c.pos & ~low_mask(lg2);
@@ -115,7 +115,7 @@ IOPGTABLE_ALWAYS_INLINE inline void lookup_level(level_cursor<F, R, L> c, walk_i
         return;
     case entry_kind::table:
         if constexpr (L > 0) {
-            lookup_level<Decode>(c.descend(), out);
+            lookup_level(c.descend(), out);
         } else {
             out.status = walk_status::bad_table;  // formats never classify a level-0 entry as a table
         }
@@ -230,40 +230,23 @@ IOPGTABLE_ALWAYS_INLINE inline leaf_translation lookup_leaf(const typename F::co
     return with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [](auto& c) { return detail::leaf_level(c); });
 }
 
-namespace detail {
-template <bool Decode, class F, class R>
-walk_info<F> lookup_walk(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
+/// Walks one input address through the table at `root`. Never fails: the status says how the
+/// walk ended. Reads at most `geo.levels` entries.
+template <page_table_format F, table_reader R>
+walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
     walk_info<F> out;
     if (!geo.in_ias(va)) {
         out.status = walk_status::out_of_range;
         out.level = geo.levels - 1;
         return out;
     }
-    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { lookup_level<Decode>(c, out); });
+    with_top_cursor<F>(cfg, geo, mem, root.value, va, va, [&](auto& c) { detail::lookup_level(c, out); });
     return out;
 }
-} // namespace detail
 
-/// Walks one input address through the table at `root`. Never fails: the status says how the
-/// walk ended. Reads at most `geo.levels` entries.
-template <page_table_format F, table_reader R>
-walk_info<F> lookup(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root, std::uint64_t va) noexcept {
-    return detail::lookup_walk<true, F>(cfg, geo, mem, root, va);
-}
-
-/// `lookup` up to the entry it ends at, without decoding a leaf: status, level, raw, accesses
-/// and entry_address are set; size_lg2, input_base, oa and perm are left as a default
-/// walk_info has them. For walkers that check the leaf entry themselves (nested/stage.hpp
-/// check_leaf) and would otherwise decode it twice.
-template <page_table_format F, table_reader R>
-walk_info<F> lookup_entry(const typename F::config& cfg, const geometry& geo, R& mem, pa_t root,
-                          std::uint64_t va) noexcept {
-    return detail::lookup_walk<false, F>(cfg, geo, mem, root, va);
-}
-
-/// `lookup_entry` without the entry's table-memory address, answered in registers: for
-/// walkers that check the entry themselves (nested/stage.hpp) on a hot path. Reads at most
-/// `geo.levels` entries.
+/// `lookup` up to the entry it ends at, without decoding it or keeping its table-memory
+/// address, answered in registers: for walkers that check the entry themselves
+/// (nested/stage.hpp check_leaf) on a hot path. Reads at most `geo.levels` entries.
 template <page_table_format F, table_reader R>
 IOPGTABLE_ALWAYS_INLINE inline walk_stop<F> lookup_stop(const typename F::config& cfg, const geometry& geo, R& mem,
                                                         pa_t root, std::uint64_t va) noexcept {

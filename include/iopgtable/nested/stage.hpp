@@ -134,9 +134,8 @@ constexpr stage_outcome check_leaf(const typename F::config& cfg, const geometry
 /// A walk's result as a leaf or a fault: an input beyond the input size (at
 /// `input_fault_level`) and an empty entry are translation faults, an unreadable table is
 /// `unreadable` (what the memory said), a leaf is checked by `check_leaf`.
-template <page_table_format F, class W>
-    requires std::same_as<W, walk_info<F>> || std::same_as<W, walk_stop<F>>
-constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometry& geo, const W& w,
+template <page_table_format F>
+constexpr stage_outcome finish_walk(const typename F::config& cfg, const geometry& geo, const walk_stop<F>& w,
                                     std::uint64_t input, fault_reason unreadable) noexcept {
     // Built in place (a check_leaf result assigned over a cleared record was two copies).
     stage_outcome o = w.status == walk_status::mapped ? check_leaf<F>(cfg, geo, w.level, w.raw, input) : stage_outcome{};
